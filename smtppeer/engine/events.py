@@ -1,0 +1,119 @@
+"""Events the receiver emits.  Those with ``needs_answer`` pause the engine
+until the adapter calls ``Receiver.answer`` — this is how a slow decision (a
+disk write, a policy lookup) keeps pipelined commands in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .address import Path
+
+
+class Event:
+    needs_answer = False
+
+
+class Decision(Event):
+    needs_answer = True
+
+
+@dataclass
+class Hello(Event):
+    """HELO or EHLO was accepted (the receiver has replied already)."""
+
+    verb: str
+    name: str
+
+
+@dataclass
+class MailFrom(Decision):
+    """Answer 250 to open the transaction, or a 4xx/5xx to refuse it."""
+
+    path: Path
+    params: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
+class RcptTo(Decision):
+    """Answer 250/251 to accept the recipient, or a 4xx/5xx to refuse it."""
+
+    path: Path
+    params: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
+class DataStarted(Event):
+    """354 has been sent; body chunks follow."""
+
+
+@dataclass
+class DataChunk(Event):
+    """Decoded (unstuffed) body bytes, in order."""
+
+    data: bytes
+
+
+@dataclass
+class DataEnd(Decision):
+    """The body was complete and valid: answer 250 once it is durable."""
+
+    size: int
+
+
+@dataclass
+class DataFailed(Event):
+    """The body was refused by the engine itself (size, bare CR/LF, long line);
+    the adapter throws away what it stored of it."""
+
+    reason: str
+
+
+@dataclass
+class Reset(Event):
+    """The transaction was abandoned (RSET, EHLO, or a refused DATA)."""
+
+
+@dataclass
+class Verify(Decision):
+    """VRFY or EXPN: answer per policy (the default discloses nothing)."""
+
+    verb: str
+    argument: str
+
+
+@dataclass
+class TurnRequested(Decision):
+    """TURN: answer 250 and swap roles, or 502 to stay receiver."""
+
+
+@dataclass
+class ExtensionCommand(Decision):
+    """A command registered by an extension (STARTTLS, AUTH, ETRN, ATRN...)."""
+
+    verb: str
+    argument: str
+
+
+@dataclass
+class Quit(Event):
+    """221 has been queued; close the connection once it is written."""
+
+
+@dataclass
+class Close(Event):
+    """The engine gave up on the session (421 queued); close after writing."""
+
+    reason: str
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA = _Marker("NEED_DATA")
+PAUSED = _Marker("PAUSED")
+CLOSED = _Marker("CLOSED")

@@ -1,0 +1,94 @@
+"""The ESMTP extension registry and the extensions every session offers.
+
+An extension contributes an EHLO keyword line, MAIL/RCPT parameters it
+understands, and commands of its own.  Later features (STARTTLS, AUTH, ETRN,
+ATRN) plug in here; the receiver's core only consults the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .replies import Reply, reply
+
+if TYPE_CHECKING:
+    from .events import Event
+    from .receiver import Receiver
+
+# A parameter check returns None when the value is fine, or the reply to refuse with.
+ParamCheck = Callable[["Receiver", "str | None"], "Reply | None"]
+# A command handler returns a reply (sent at once) or an event for the adapter.
+CommandHandler = Callable[["Receiver", str], "Reply | Event"]
+
+
+class Extension:
+    keyword: str = ""
+    mail_params: dict[str, ParamCheck] = {}
+    rcpt_params: dict[str, ParamCheck] = {}
+    commands: dict[str, CommandHandler] = {}
+
+    def ehlo_line(self, receiver: Receiver) -> str | None:
+        """The EHLO keyword line, or None when not offered in this state."""
+        return self.keyword
+
+
+class Pipelining(Extension):
+    keyword = "PIPELINING"
+
+
+class EnhancedStatusCodes(Extension):
+    keyword = "ENHANCEDSTATUSCODES"
+
+
+class EightBitMime(Extension):
+    keyword = "8BITMIME"
+
+    @staticmethod
+    def _body(receiver: Receiver, value: str | None) -> Reply | None:
+        if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+            return reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
+        return None
+
+    mail_params = {"BODY": _body}
+
+
+class Size(Extension):
+    """RFC 1870: advertise the limit; refuse a declared size over it at MAIL."""
+
+    keyword = "SIZE"
+
+    def ehlo_line(self, receiver: Receiver) -> str:
+        return f"SIZE {receiver.limits.message_size}"
+
+    @staticmethod
+    def _size(receiver: Receiver, value: str | None) -> Reply | None:
+        if value is None or not value.isdigit() or len(value) > 20:
+            return reply(501, "5.5.4", "SIZE needs a number of octets")
+        if int(value) > receiver.limits.message_size:
+            return reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        return None
+
+    mail_params = {"SIZE": _size}
+
+
+class SmtpUtf8(Extension):
+    """RFC 6531: the MAIL parameter switches on UTF-8 paths for the transaction."""
+
+    keyword = "SMTPUTF8"
+
+    @staticmethod
+    def _flag(receiver: Receiver, value: str | None) -> Reply | None:
+        if value is not None:
+            return reply(501, "5.5.4", "SMTPUTF8 takes no value")
+        return None
+
+    mail_params = {"SMTPUTF8": _flag}
+
+
+class Help(Extension):
+    keyword = "HELP"
+
+
+def default_extensions() -> list[Extension]:
+    return [Pipelining(), Size(), EightBitMime(), EnhancedStatusCodes(), SmtpUtf8(), Help()]

@@ -1,0 +1,183 @@
+"""Byte framing shared by both roles: command lines, the DATA decoder, dot-stuffing.
+
+All three work on whole chunks with ``bytes.find``/``count``/``replace`` (C
+loops) rather than a Python loop per line, because a 100 MiB message is
+1.3 million lines.
+
+The only end of DATA is ``CRLF . CRLF``.  Every other line ending (bare CR,
+bare LF) is remembered and fails the message at its end, so that a body can
+never smuggle a second message past a downstream server that reads line ends
+differently (the 2023 "SMTP smuggling" attacks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CRLF = b"\r\n"
+_END = b"\r\n.\r\n"
+
+
+@dataclass(frozen=True)
+class LineTooLong:
+    """A command line exceeded the limit; its remainder has been discarded."""
+
+
+@dataclass(frozen=True)
+class BareLineEnd:
+    """A command line ended in a bare LF or held a bare CR."""
+
+
+class LineReader:
+    """Splits a byte stream into CRLF-terminated command lines.
+
+    ``limit`` counts the CRLF, as RFC 5321 §4.5.3.1.4 does (512 octets).
+    An over-long line is reported once and skipped up to its line end, so
+    its tail is never read as a command.
+    """
+
+    def __init__(self, limit: int = 512) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self._skipping = False
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_line(self) -> bytes | LineTooLong | BareLineEnd | None:
+        """The next complete line (without CRLF), an error marker, or None."""
+        buf = self._buf
+        while True:
+            nl = buf.find(b"\n")
+            if self._skipping:
+                if nl < 0:
+                    buf.clear()
+                    return None
+                del buf[: nl + 1]
+                self._skipping = False
+                continue
+            if nl < 0:
+                if len(buf) >= self.limit:
+                    buf.clear()
+                    self._skipping = True
+                    return LineTooLong()
+                return None
+            line = bytes(buf[:nl])
+            del buf[: nl + 1]
+            if nl + 1 > self.limit:
+                return LineTooLong()
+            if not line.endswith(b"\r") or b"\r" in line[:-1]:
+                return BareLineEnd()
+            return line[:-1]
+
+    def take_rest(self) -> bytes:
+        """Remove and return the unread bytes (for DATA, TURN and STARTTLS)."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        self._skipping = False
+        return rest
+
+    def discard(self) -> int:
+        """Drop unread input (after STARTTLS); returns how much was dropped."""
+        return len(self.take_rest())
+
+
+class DataDecoder:
+    """Decodes one DATA body: finds ``CRLF.CRLF``, removes dot-stuffing.
+
+    Works on a window of ``pending + chunk``.  It emits everything up to the
+    last CRLF in the window and keeps the rest, so a pattern can never be cut
+    in half between chunks: every emitted segment starts at a CRLF and ends
+    just before one.  The stream is seen with a virtual CRLF in front (the
+    one that ended the DATA command) so the first line is treated like any
+    other; those two bytes are not emitted.
+    """
+
+    def __init__(self, line_limit: int = 1000) -> None:
+        self.line_limit = line_limit
+        self._pending = CRLF
+        self._skip = 2
+        self.done = False
+        self.rest = b""
+        self.bad_line_end = False
+        self.line_too_long = False
+
+    @property
+    def failed(self) -> bool:
+        return self.bad_line_end or self.line_too_long
+
+    def feed(self, data: bytes) -> bytes:
+        """Return the decoded body bytes found in ``data`` (may be empty)."""
+        if self.done:
+            self.rest += data
+            return b""
+        window = self._pending + data
+        end = window.find(_END)
+        if end >= 0:
+            self.done = True
+            self.rest = window[end + 5 :]
+            self._pending = b""
+            return self._emit(window[:end], last=True)
+        if self.line_too_long:
+            # The message is lost anyway: keep only what could start the end mark.
+            self._pending = window[-4:]
+            return b""
+        cut = window.rfind(CRLF)
+        if len(window) - cut - 2 > self.line_limit - 2:
+            self.line_too_long = True
+            self._pending = window[-4:]
+            return b""
+        self._pending = window[cut:]
+        return self._emit(window[:cut], last=False)
+
+    def _emit(self, segment: bytes, last: bool) -> bytes:
+        if self.line_too_long:
+            return b""
+        crlf = segment.count(CRLF)
+        if segment.count(b"\r") != crlf or segment.count(b"\n") != crlf:
+            self.bad_line_end = True
+        if len(segment) > self.line_limit and max(map(len, segment.split(CRLF))) > self.line_limit - 2:
+            self.line_too_long = True
+            return b""
+        out = segment.replace(b"\r\n.", CRLF)
+        if last:
+            out += CRLF
+        if self._skip:
+            skip, self._skip = self._skip, 0
+            out = out[skip:]
+        return out
+
+
+class DotStuffer:
+    """Encodes a body for DATA: doubles a leading dot on every line.
+
+    State crosses chunk boundaries (a chunk may end inside ``CRLF .``), and
+    the first line of the body is a line start too.  ``finish`` ends an
+    unterminated last line and appends the ``.`` line.
+    """
+
+    def __init__(self) -> None:
+        self._line_start = True
+        self._after_cr = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return b""
+        out = chunk.replace(b"\r\n.", b"\r\n..")
+        if self._line_start and chunk[:1] == b".":
+            out = b"." + out
+        elif self._after_cr and chunk[:2] == b"\n.":
+            out = b"\n.." + out[2:]
+        self._line_start = chunk.endswith(CRLF) or (self._after_cr and chunk == b"\n")
+        self._after_cr = chunk.endswith(b"\r")
+        return out
+
+    def finish(self) -> bytes:
+        if self._line_start:
+            tail = b".\r\n"
+        elif self._after_cr:
+            tail = b"\n.\r\n"
+        else:
+            tail = b"\r\n.\r\n"
+        self._line_start, self._after_cr = True, False
+        return tail

@@ -1,0 +1,374 @@
+"""The receiver-SMTP (server) role as a sans-IO state machine.
+
+Bytes go in with ``receive_data``; ``next_event`` returns what happened; the
+adapter answers decisions with ``answer``; ``data_to_send`` returns the bytes
+to write.  Parsing stops at each decision, so replies to pipelined commands
+always go out in command order (RFC 2920 §3.1) however long a decision takes.
+
+Sequencing and reply codes follow RFC 5321 §4.1 and §4.3.2 and RFC 821 §4.3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import events as ev
+from .address import AddressError, Path, parse_path, split_mail_argument
+from .extensions import Extension, default_extensions
+from .framing import BareLineEnd, DataDecoder, LineReader, LineTooLong
+from .limits import Limits
+from .replies import Reply, reply
+
+HELP_TEXT = (
+    "smtppeer: an SMTP peer that can TURN",
+    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN TURN",
+    "SOML and SAML are taken as MAIL; SEND is not implemented",
+)
+
+
+@dataclass
+class Transaction:
+    """The state between MAIL and the end of DATA."""
+
+    reverse_path: Path
+    params: dict[str, str | None]
+    recipients: list[Path] = field(default_factory=list)
+    utf8: bool = False
+
+
+class Receiver:
+    """One receiver-SMTP session, from the greeting to QUIT (or a TURN)."""
+
+    def __init__(
+        self,
+        hostname: str,
+        limits: Limits | None = None,
+        extensions: list[Extension] | None = None,
+    ) -> None:
+        self.hostname = hostname
+        self.limits = limits or Limits()
+        self.extensions = default_extensions() if extensions is None else extensions
+        self.helo_name: str | None = None
+        self.esmtp = False
+        self.transaction: Transaction | None = None
+        self.closed = False
+        self._lines = LineReader(self.limits.command_line)
+        self._out: list[bytes] = []
+        self._events: list[ev.Event] = []
+        self._awaiting: ev.Decision | None = None
+        self._decoder: DataDecoder | None = None
+        self._data_size = 0
+        self._too_big = False
+        self._bad_commands = 0
+        self._commands = self._command_table()
+        self._mail_params = {k: f for x in self.extensions for k, f in x.mail_params.items()}
+        self._rcpt_params = {k: f for x in self.extensions for k, f in x.rcpt_params.items()}
+
+    # -- the adapter's interface -------------------------------------------------
+
+    def start(self, greeting: Reply | None = None) -> None:
+        """Queue the 220 greeting (or a 554 refusal, which closes the session)."""
+        greeting = greeting or reply(220, None, f"{self.hostname} ESMTP smtppeer")
+        self._send(greeting)
+        if greeting.code != 220:
+            self.closed = True
+
+    def receive_data(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._decoder is not None:
+            self._feed_body(data)
+        else:
+            self._lines.feed(data)
+
+    def next_event(self) -> ev.Event | object:
+        """The next event, or NEED_DATA / PAUSED (awaiting an answer) / CLOSED."""
+        while True:
+            if self._events:
+                event = self._events.pop(0)
+                if event.needs_answer:
+                    self._awaiting = event
+                return event
+            if self._awaiting is not None:
+                return ev.PAUSED
+            if self.closed:
+                return ev.CLOSED
+            if self._decoder is not None:
+                return ev.NEED_DATA
+            line = self._lines.next_line()
+            if line is None:
+                return ev.NEED_DATA
+            self._handle_line(line)
+
+    def answer(self, response: Reply) -> None:
+        """Answer the pending decision; its reply is queued at once."""
+        decision = self._awaiting
+        if decision is None:
+            raise RuntimeError("no decision is pending")
+        self._awaiting = None
+        if isinstance(decision, ev.MailFrom):
+            if response.is_positive:
+                params = decision.params
+                self.transaction = Transaction(decision.path, params, utf8="SMTPUTF8" in params)
+        elif isinstance(decision, ev.RcptTo):
+            if response.is_positive and self.transaction is not None:
+                self.transaction.recipients.append(decision.path)
+        elif isinstance(decision, ev.DataEnd):
+            self.transaction = None
+        self._send(response)
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def take_unread(self) -> bytes:
+        """Bytes received but not yet parsed: after TURN they belong to the new role."""
+        return self._lines.take_rest()
+
+    def discard_unread(self) -> int:
+        """Drop buffered input (at STARTTLS: nothing sent in clear may act later)."""
+        return self._lines.discard()
+
+    def close(self, response: Reply) -> None:
+        """End the session from outside (timeout, shutdown): queue ``response``."""
+        if not self.closed:
+            self._send(response)
+            self.closed = True
+
+    @property
+    def in_data(self) -> bool:
+        return self._decoder is not None
+
+    # -- commands -----------------------------------------------------------------
+
+    def _command_table(self) -> dict[str, object]:
+        table: dict[str, object] = {
+            "HELO": self._helo,
+            "EHLO": self._ehlo,
+            "MAIL": self._mail,
+            "SOML": self._mail,
+            "SAML": self._mail,
+            "RCPT": self._rcpt,
+            "DATA": self._data,
+            "RSET": self._rset,
+            "NOOP": self._noop,
+            "QUIT": self._quit,
+            "HELP": self._help,
+            "VRFY": self._verify,
+            "EXPN": self._verify,
+            "TURN": self._turn,
+            "SEND": self._send_cmd,
+        }
+        for x in self.extensions:
+            for verb, handler in x.commands.items():
+                table[verb] = (x, handler)
+        return table
+
+    def _handle_line(self, line: bytes | LineTooLong | BareLineEnd) -> None:
+        if isinstance(line, LineTooLong):
+            return self._error(reply(500, "5.5.2", "Line too long"))
+        if isinstance(line, BareLineEnd):
+            return self._error(reply(500, "5.5.2", "Bare CR or LF not allowed; end lines with CRLF"))
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._error(reply(500, "5.5.2", "Command is not valid UTF-8"))
+        verb, _, arg = text.partition(" ")
+        handler = self._commands.get(verb.upper())
+        if handler is None:
+            if not verb:
+                return self._error(reply(500, "5.5.2", "Empty command"))
+            return self._error(reply(500, "5.5.1", "Command not recognized"))
+        if isinstance(handler, tuple):
+            ext, fn = handler
+            if ext.ehlo_line(self) is None:
+                return self._error(reply(503, "5.5.1", f"{verb.upper()} not available now"))
+            result = fn(self, arg)
+            if isinstance(result, Reply):
+                return self._reply_or_error(result)
+            self._events.append(result)
+            return None
+        handler(verb.upper(), arg)
+        return None
+
+    def _helo(self, verb: str, arg: str) -> None:
+        self._hello(verb, arg, esmtp=False)
+
+    def _ehlo(self, verb: str, arg: str) -> None:
+        self._hello(verb, arg, esmtp=True)
+
+    def _hello(self, verb: str, arg: str, esmtp: bool) -> None:
+        name = arg.strip()
+        if not name or " " in name:
+            return self._error(reply(501, "5.5.4", f"Syntax: {verb} hostname"))
+        self._reset_transaction()
+        self.helo_name, self.esmtp = name, esmtp
+        if esmtp:
+            lines = [f"{self.hostname} greets {name}"]
+            lines += [line for x in self.extensions if (line := x.ehlo_line(self))]
+            self._send(reply(250, None, *lines))
+        else:
+            self._send(reply(250, None, f"{self.hostname} greets {name}"))
+        self._events.append(ev.Hello(verb, name))
+        return None
+
+    def _mail(self, verb: str, arg: str) -> None:
+        if self.helo_name is None:
+            return self._error(reply(503, "5.5.1", "Send HELO or EHLO first"))
+        if self.transaction is not None:
+            return self._error(reply(503, "5.5.1", "Nested MAIL command"))
+        try:
+            path_text, params = split_mail_argument(arg, "FROM:")
+        except AddressError as e:
+            return self._error(reply(501, "5.5.4", f"Syntax: MAIL FROM:<address> ({e})"))
+        problem = self._check_params(params, self._mail_params)
+        if problem:
+            return self._reply_or_error(problem)
+        try:
+            path, _ = parse_path(path_text, reverse=True, utf8="SMTPUTF8" in params)
+        except AddressError as e:
+            return self._error(reply(501, "5.1.7", f"Bad sender address syntax: {e}"))
+        self._events.append(ev.MailFrom(path, params))
+        return None
+
+    def _rcpt(self, verb: str, arg: str) -> None:
+        tx = self.transaction
+        if tx is None:
+            return self._error(reply(503, "5.5.1", "Need MAIL before RCPT"))
+        try:
+            path_text, params = split_mail_argument(arg, "TO:")
+        except AddressError as e:
+            return self._error(reply(501, "5.5.4", f"Syntax: RCPT TO:<address> ({e})"))
+        problem = self._check_params(params, self._rcpt_params)
+        if problem:
+            return self._reply_or_error(problem)
+        try:
+            path, _ = parse_path(path_text, reverse=False, utf8=tx.utf8)
+        except AddressError as e:
+            return self._error(reply(501, "5.1.3", f"Bad recipient address syntax: {e}"))
+        if len(tx.recipients) >= self.limits.recipients:
+            return self._send(reply(452, "4.5.3", "Too many recipients"))
+        self._events.append(ev.RcptTo(path, params))
+        return None
+
+    def _check_params(self, params: dict[str, str | None], known: dict) -> Reply | None:
+        for key, value in params.items():
+            check = known.get(key)
+            if check is None:
+                return reply(555, "5.5.4", f"Parameter {key} not recognized")
+            problem = check(self, value)
+            if problem:
+                return problem
+        return None
+
+    def _data(self, verb: str, arg: str) -> None:
+        if arg:
+            return self._error(reply(501, "5.5.4", "DATA takes no arguments"))
+        tx = self.transaction
+        if tx is None:
+            return self._error(reply(503, "5.5.1", "Need MAIL before DATA"))
+        if not tx.recipients:
+            return self._error(reply(554, "5.5.1", "No valid recipients"))
+        self._send(reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+        self._decoder = DataDecoder(self.limits.text_line)
+        self._data_size = 0
+        self._too_big = False
+        self._events.append(ev.DataStarted())
+        rest = self._lines.take_rest()
+        if rest:
+            self._feed_body(rest)
+        return None
+
+    def _feed_body(self, data: bytes) -> None:
+        decoder = self._decoder
+        assert decoder is not None
+        body = decoder.feed(data)
+        if body and not self._too_big:
+            self._data_size += len(body)
+            if self._data_size > self.limits.message_size:
+                self._too_big = True
+            else:
+                self._events.append(ev.DataChunk(body))
+        if decoder.done:
+            self._decoder = None
+            self._lines.feed(decoder.rest)
+            if self._too_big:
+                self._fail_data(reply(552, "5.3.4", "Message size exceeds fixed maximum message size"))
+            elif decoder.line_too_long:
+                self._fail_data(reply(500, "5.5.2", "Line too long (text lines are limited to 1000 octets)"))
+            elif decoder.bad_line_end:
+                self._fail_data(
+                    reply(550, "5.6.0", "Message contains a bare CR or LF; lines must end with CRLF")
+                )
+            else:
+                self._events.append(ev.DataEnd(self._data_size))
+
+    def _fail_data(self, response: Reply) -> None:
+        self.transaction = None
+        self._events.append(ev.DataFailed(response.text))
+        self._send(response)
+
+    def _rset(self, verb: str, arg: str) -> None:
+        if arg.strip():
+            return self._error(reply(501, "5.5.4", "RSET takes no arguments"))
+        self._reset_transaction()
+        self._send(reply(250, "2.0.0", "OK"))
+        return None
+
+    def _reset_transaction(self) -> None:
+        if self.transaction is not None:
+            self.transaction = None
+            self._events.append(ev.Reset())
+
+    def _noop(self, verb: str, arg: str) -> None:
+        self._send(reply(250, "2.0.0", "OK"))
+
+    def _quit(self, verb: str, arg: str) -> None:
+        if arg.strip():
+            return self._error(reply(501, "5.5.4", "QUIT takes no arguments"))
+        self._send(reply(221, "2.0.0", f"{self.hostname} closing connection"))
+        self.closed = True
+        self._events.append(ev.Quit())
+        return None
+
+    def _help(self, verb: str, arg: str) -> None:
+        self._send(reply(214, "2.0.0", *HELP_TEXT))
+
+    def _verify(self, verb: str, arg: str) -> None:
+        if not arg.strip():
+            return self._error(reply(501, "5.5.4", f"Syntax: {verb} string"))
+        self._events.append(ev.Verify(verb, arg.strip()))
+        return None
+
+    def _turn(self, verb: str, arg: str) -> None:
+        if arg.strip():
+            return self._error(reply(501, "5.5.4", "TURN takes no arguments"))
+        if self.helo_name is None:
+            return self._error(reply(503, "5.5.1", "Send HELO or EHLO first"))
+        if self.transaction is not None:
+            return self._error(reply(503, "5.5.1", "TURN is not allowed inside a mail transaction"))
+        self._events.append(ev.TurnRequested())
+        return None
+
+    def _send_cmd(self, verb: str, arg: str) -> None:
+        self._send(reply(502, "5.5.1", f"{verb} not implemented; use MAIL"))
+
+    # -- output -----------------------------------------------------------------
+
+    def _send(self, response: Reply) -> None:
+        self._out.append(response.to_bytes())
+
+    def _reply_or_error(self, response: Reply) -> None:
+        if response.code in (500, 501, 503):
+            self._error(response)
+        else:
+            self._send(response)
+
+    def _error(self, response: Reply) -> None:
+        """A reply to bad input; too many of them end the session (421)."""
+        self._bad_commands += 1
+        self._send(response)
+        if self._bad_commands >= self.limits.bad_commands:
+            self.close(reply(421, "4.7.0", f"{self.hostname} Too many errors, closing connection"))
+            self._events.append(ev.Close("too many bad commands"))

@@ -1,0 +1,127 @@
+"""SMTP replies: building them (with enhanced status codes) and parsing them.
+
+Every reply this peer sends carries an RFC 3463 enhanced status code, because
+ENHANCEDSTATUSCODES (RFC 2034) is always advertised and a client that sees the
+keyword may rely on it for every reply after the greeting.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_ENHANCED = re.compile(rb"^[245]\.\d{1,3}\.\d{1,3}$")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One SMTP reply; ``lines`` holds the text lines without the code."""
+
+    code: int
+    lines: tuple[str, ...]
+    enhanced: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def is_positive(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def to_bytes(self) -> bytes:
+        """Serialise as one or more ``code-text`` / ``code text`` lines.
+
+        The enhanced code is repeated on every line, as RFC 2034 §4 shows.
+        """
+        out = []
+        lines = self.lines or ("",)
+        last = len(lines) - 1
+        for i, line in enumerate(lines):
+            sep = " " if i == last else "-"
+            text = f"{self.enhanced} {line}" if self.enhanced else line
+            out.append(f"{self.code}{sep}{text}".rstrip(" ") + "\r\n")
+        return "".join(out).encode("utf-8", "replace")
+
+    def __str__(self) -> str:
+        enh = f"{self.enhanced} " if self.enhanced else ""
+        return f"{self.code} {enh}{self.text}"
+
+
+def reply(code: int, enhanced: str | None, *lines: str) -> Reply:
+    """Shorthand used throughout the engine: ``reply(250, "2.1.0", "OK")``."""
+    return Reply(code, tuple(lines) or ("",), enhanced)
+
+
+class ReplyParser:
+    """Incremental parser for (possibly multi-line) replies from a server.
+
+    Tolerant on purpose: accepts a bare code line (``250``), LF-only line ends
+    from sloppy servers, and lines whose continuation code differs (taking the
+    code of the final line, as RFC 5321 §4.2.1 tells clients to).
+    """
+
+    def __init__(self, max_line: int = 4096, max_lines: int = 1000) -> None:
+        self._buf = bytearray()
+        self._pending: list[str] = []
+        self._max_line = max_line
+        self._max_lines = max_lines
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_reply(self) -> Reply | None:
+        """The next complete reply, or None until more bytes arrive.
+
+        One at a time, so that a caller that turns around after a reply can
+        hand the bytes behind it to the new role unparsed.
+        """
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if len(self._buf) > self._max_line:
+                    raise ProtocolError("reply line too long")
+                return None
+            raw = bytes(self._buf[:nl]).rstrip(b"\r")
+            del self._buf[: nl + 1]
+            if len(raw) < 3 or not raw[:3].isdigit() or raw[3:4] not in (b"", b" ", b"-"):
+                raise ProtocolError(f"malformed reply line {raw[:80]!r}")
+            self._pending.append(raw.decode("utf-8", "replace"))
+            if len(self._pending) > self._max_lines:
+                raise ProtocolError("reply has too many lines")
+            if raw[3:4] != b"-":
+                lines, self._pending = self._pending, []
+                return _assemble(lines)
+
+    def take_rest(self) -> bytes:
+        """Return (and forget) bytes not yet consumed; used at a role swap."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+
+def _assemble(raw_lines: list[str]) -> Reply:
+    code = int(raw_lines[-1][:3])
+    texts = [line[4:] for line in raw_lines]
+    enhanced = None
+    first = texts[0].split(" ", 1)
+    if first and _ENHANCED.match(first[0].encode()) and first[0][0] == str(code)[0]:
+        enhanced = first[0]
+        stripped = []
+        for t in texts:
+            head, _, tail = t.partition(" ")
+            stripped.append(tail if head == enhanced else t)
+        texts = stripped
+    return Reply(code, tuple(texts), enhanced)
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol beyond what a reply can fix."""

@@ -1,0 +1,406 @@
+"""The sender-SMTP (client) role as a sans-IO state machine.
+
+The adapter queues envelopes with ``send`` and says how the session ends with
+``finish`` (QUIT, TURN, or a command such as ``ATRN dom``).  Replies go in
+with ``receive_data``; ``next_event`` reports per-message results.
+
+Every command sent pushes the handler for its reply onto a FIFO, so with
+PIPELINING (RFC 2920) the MAIL, RCPTs and DATA of a message go out in one
+write and the replies are matched up in order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from .framing import DotStuffer
+from .limits import Limits
+from .replies import ProtocolError, Reply, ReplyParser, reply
+
+BODY_CHUNK = 64 * 1024
+
+
+@dataclass
+class Envelope:
+    """One message to send.
+
+    ``reverse_path`` and ``recipients`` are path contents without the angle
+    brackets (``""`` is the null reverse-path; a source route such as
+    ``@A,@B:u@c`` is sent as given).  ``body`` has CRLF line ends, unstuffed.
+    """
+
+    reverse_path: str
+    recipients: list[str]
+    body: bytes | BinaryIO
+    params: dict[str, str | None] = field(default_factory=dict)
+    size: int | None = None
+    tag: object = None
+
+
+class SenderEvent:
+    pass
+
+
+@dataclass
+class Ready(SenderEvent):
+    """The greeting and EHLO/HELO are done; ``extensions`` maps keyword → argument."""
+
+    extensions: dict[str, str]
+
+
+@dataclass
+class MessageResult(SenderEvent):
+    """What happened to each recipient of one envelope.
+
+    A recipient maps to the reply that decided its fate: the RCPT reply if
+    that refused it, else MAIL's refusal, else the reply to the final dot.
+    """
+
+    envelope: Envelope
+    results: dict[str, Reply]
+
+    @property
+    def delivered(self) -> list[str]:
+        return [r for r, rep in self.results.items() if rep.code == 250 or rep.code == 251]
+
+
+@dataclass
+class Turned(SenderEvent):
+    """The server accepted TURN/ATRN: this side is now the receiver."""
+
+    reply: Reply
+
+
+@dataclass
+class TurnRefused(SenderEvent):
+    reply: Reply
+
+
+@dataclass
+class Closed(SenderEvent):
+    """The session ended (QUIT answered, or the server gave up)."""
+
+    reply: Reply | None
+    clean: bool
+
+
+def _ignore(response: Reply) -> None:
+    """Handler for replies that change nothing (RSET, QUIT after a failure)."""
+
+
+def _lost(reason: str) -> Reply:
+    return reply(451, "4.4.2", reason)
+
+
+class Sender:
+    """One sender-SMTP session."""
+
+    def __init__(self, hostname: str, limits: Limits | None = None, *, use_ehlo: bool = True) -> None:
+        self.hostname = hostname
+        self.limits = limits or Limits()
+        self.extensions: dict[str, str] = {}
+        self.closed = False
+        self.turned = False
+        self.ready = False
+        self.awaiting_data_end = False
+        self._use_ehlo = use_ehlo
+        self._parser = ReplyParser()
+        self._expect: deque[Callable[[Reply], None]] = deque([self._on_greeting])
+        self._out: deque[bytes | _BodyStream] = deque()
+        self._events: deque[SenderEvent] = deque()
+        self._queue: deque[Envelope] = deque()
+        self._current: _Attempt | None = None
+        self._finish: str | None = None
+
+    # -- the adapter's interface -------------------------------------------------
+
+    def send(self, envelope: Envelope) -> None:
+        self._queue.append(envelope)
+        self._advance()
+
+    def finish(self, command: str = "QUIT") -> None:
+        """End the session with QUIT, or with TURN / ATRN to swap roles."""
+        self._finish = command
+        self._advance()
+
+    def receive_data(self, data: bytes) -> None:
+        if self.closed or self.turned:
+            return
+        self._parser.feed(data)
+        while not (self.closed or self.turned):
+            try:
+                response = self._parser.next_reply()
+            except ProtocolError as e:
+                self._fail(str(e))
+                return
+            if response is None:
+                return
+            if not self._expect:
+                self._fail(f"unexpected reply {response}")
+                return
+            self._expect.popleft()(response)
+
+    def next_event(self) -> SenderEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def data_to_send(self, max_bytes: int = 4 * BODY_CHUNK) -> bytes:
+        """Up to about ``max_bytes`` to write; the body is read lazily."""
+        parts: list[bytes] = []
+        size = 0
+        while self._out and size < max_bytes:
+            item = self._out[0]
+            if isinstance(item, bytes):
+                self._out.popleft()
+                parts.append(item)
+                size += len(item)
+                continue
+            chunk = item.read()
+            if chunk is None:
+                self._out.popleft()
+            else:
+                parts.append(chunk)
+                size += len(chunk)
+        return b"".join(parts)
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+    def take_unread(self) -> bytes:
+        """Bytes after the TURN reply: they belong to the new receiver."""
+        return self._parser.take_rest()
+
+    def connection_lost(self, reason: str = "connection lost") -> None:
+        """The transport went away: report every unfinished message as deferred."""
+        if not self.closed and not self.turned:
+            self._fail(reason)
+
+    # -- session set-up -----------------------------------------------------------
+
+    def _on_greeting(self, response: Reply) -> None:
+        if response.code != 220:
+            self._command("QUIT", _ignore)
+            self._fail(f"greeting refused: {response}", response)
+            return
+        self._hello()
+
+    def _hello(self) -> None:
+        verb = "EHLO" if self._use_ehlo else "HELO"
+        self._command(f"{verb} {self.hostname}", self._on_hello)
+
+    def _on_hello(self, response: Reply) -> None:
+        if response.code == 250:
+            if self._use_ehlo:
+                self.extensions = _parse_ehlo(response)
+            self.ready = True
+            self._events.append(Ready(dict(self.extensions)))
+            self._advance()
+        elif self._use_ehlo and response.code in (500, 501, 502, 504, 550):
+            self._use_ehlo = False  # RFC 5321 §3.2: fall back to HELO
+            self._hello()
+        else:
+            self._command("QUIT", _ignore)
+            self._fail(f"HELO refused: {response}", response)
+
+    # -- transactions -------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Start the next message or the final command when the session is idle."""
+        if not self.ready or self._current is not None or self.closed or self.turned:
+            return
+        while self._queue:
+            envelope = self._queue.popleft()
+            problem = self._unsendable(envelope)
+            if problem is None:
+                self._start(envelope)
+                return
+            self._events.append(MessageResult(envelope, dict.fromkeys(envelope.recipients, problem)))
+        if self._finish is not None:
+            command, self._finish = self._finish, None
+            if command.upper() == "QUIT":
+                self._command("QUIT", self._on_quit)
+            else:
+                self._command(command, self._on_turn)
+
+    def _unsendable(self, envelope: Envelope) -> Reply | None:
+        needs_utf8 = "SMTPUTF8" in envelope.params
+        if needs_utf8 and "SMTPUTF8" not in self.extensions:
+            return reply(553, "5.6.7", "Server does not support SMTPUTF8 addresses")
+        limit = self.extensions.get("SIZE", "")
+        if envelope.size and limit.isdigit() and int(limit) and envelope.size > int(limit):
+            return reply(552, "5.3.4", f"Message size exceeds the server's limit of {limit}")
+        if not envelope.recipients:
+            return reply(554, "5.5.1", "No recipients")
+        return None
+
+    def _start(self, envelope: Envelope) -> None:
+        attempt = _Attempt(envelope)
+        self._current = attempt
+        params = dict(envelope.params)
+        if "SIZE" in self.extensions and envelope.size is not None:
+            params["SIZE"] = str(envelope.size)
+        if "8BITMIME" not in self.extensions:
+            params.pop("BODY", None)
+        if "SMTPUTF8" not in self.extensions:
+            params.pop("SMTPUTF8", None)
+        args = "".join(f" {k}={v}" if v is not None else f" {k}" for k, v in params.items())
+        self._command(f"MAIL FROM:<{envelope.reverse_path}>{args}", self._on_mail)
+        if "PIPELINING" in self.extensions:
+            for rcpt in envelope.recipients:
+                self._command(f"RCPT TO:<{rcpt}>", self._rcpt_handler(rcpt))
+            self._command("DATA", self._on_data)
+        else:
+            attempt.lockstep = True
+
+    def _on_mail(self, response: Reply) -> None:
+        attempt = self._current
+        assert attempt is not None
+        if not response.is_positive:
+            attempt.mail_failed = response
+            for rcpt in attempt.envelope.recipients:
+                attempt.results[rcpt] = response
+            if attempt.lockstep:
+                self._done()
+            return
+        if attempt.lockstep:
+            self._next_lockstep_rcpt()
+
+    def _next_lockstep_rcpt(self) -> None:
+        attempt = self._current
+        assert attempt is not None
+        pending = [r for r in attempt.envelope.recipients if r not in attempt.results]
+        pending = [r for r in pending if r not in attempt.accepted]
+        if pending:
+            rcpt = pending[0]
+            self._command(f"RCPT TO:<{rcpt}>", self._rcpt_handler(rcpt))
+        elif attempt.accepted:
+            self._command("DATA", self._on_data)
+        else:
+            self._command("RSET", _ignore)
+            self._done()
+
+    def _rcpt_handler(self, rcpt: str) -> Callable[[Reply], None]:
+        def on_rcpt(response: Reply) -> None:
+            attempt = self._current
+            assert attempt is not None
+            if attempt.mail_failed is None:
+                if response.is_positive:
+                    attempt.accepted.append(rcpt)
+                else:
+                    attempt.results[rcpt] = response
+            if attempt.lockstep:
+                self._next_lockstep_rcpt()
+
+        return on_rcpt
+
+    def _on_data(self, response: Reply) -> None:
+        attempt = self._current
+        assert attempt is not None
+        if response.code != 354:
+            for rcpt in attempt.accepted:
+                attempt.results[rcpt] = response
+            if attempt.mail_failed is None:
+                self._command("RSET", _ignore)
+            self._done()
+            return
+        if not attempt.accepted:
+            # RFC 2920 §3.1: all RCPTs failed but DATA was accepted: send an
+            # empty message and make sure it is not delivered.
+            self._out.append(b".\r\n")
+            self._expect.append(_ignore)
+            self._done()
+            return
+        self._out.append(_BodyStream(attempt.envelope.body))
+        self.awaiting_data_end = True
+        self._expect.append(self._on_data_end)
+
+    def _on_data_end(self, response: Reply) -> None:
+        attempt = self._current
+        assert attempt is not None
+        self.awaiting_data_end = False
+        for rcpt in attempt.accepted:
+            attempt.results[rcpt] = response
+        self._done()
+
+    def _done(self) -> None:
+        attempt = self._current
+        assert attempt is not None
+        self._current = None
+        results = {r: attempt.results[r] for r in attempt.envelope.recipients}
+        self._events.append(MessageResult(attempt.envelope, results))
+        self._advance()
+
+    # -- the end ------------------------------------------------------------------
+
+    def _on_quit(self, response: Reply) -> None:
+        self.closed = True
+        self._events.append(Closed(response, clean=True))
+
+    def _on_turn(self, response: Reply) -> None:
+        if response.code == 250:
+            self.turned = True
+            self._events.append(Turned(response))
+        else:
+            self._events.append(TurnRefused(response))
+            self._command("QUIT", self._on_quit)
+
+    def _fail(self, reason: str, response: Reply | None = None) -> None:
+        """The session is over: every message not finished is deferred."""
+        lost = response if response is not None and response.code == 421 else _lost(reason)
+        if self._current is not None:
+            attempt, self._current = self._current, None
+            results = {r: attempt.results.get(r, lost) for r in attempt.envelope.recipients}
+            self._events.append(MessageResult(attempt.envelope, results))
+        while self._queue:
+            envelope = self._queue.popleft()
+            self._events.append(MessageResult(envelope, dict.fromkeys(envelope.recipients, lost)))
+        self.closed = True
+        self._events.append(Closed(response, clean=False))
+
+    def _command(self, line: str, handler: Callable[[Reply], None]) -> None:
+        self._out.append(line.encode("utf-8") + b"\r\n")
+        self._expect.append(handler)
+
+
+@dataclass
+class _Attempt:
+    envelope: Envelope
+    accepted: list[str] = field(default_factory=list)
+    results: dict[str, Reply] = field(default_factory=dict)
+    mail_failed: Reply | None = None
+    lockstep: bool = False
+
+
+class _BodyStream:
+    """Reads the body lazily and dot-stuffs it chunk by chunk."""
+
+    def __init__(self, body: bytes | BinaryIO) -> None:
+        self._body = body
+        self._offset = 0
+        self._stuffer = DotStuffer()
+        self._finished = False
+
+    def read(self) -> bytes | None:
+        if self._finished:
+            return None
+        if isinstance(self._body, bytes):
+            chunk = self._body[self._offset : self._offset + BODY_CHUNK]
+            self._offset += len(chunk)
+        else:
+            chunk = self._body.read(BODY_CHUNK)
+        if chunk:
+            return self._stuffer.feed(chunk)
+        self._finished = True
+        return self._stuffer.finish()
+
+
+def _parse_ehlo(response: Reply) -> dict[str, str]:
+    extensions = {}
+    for line in response.lines[1:]:
+        keyword, _, arg = line.partition(" ")
+        if keyword:
+            extensions[keyword.upper()] = arg
+    return extensions
