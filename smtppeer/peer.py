@@ -1,0 +1,380 @@
+"""``SMTPPeer``: the one Twisted protocol, playing receiver or sender, turning on TURN.
+
+This is the only module that knows a connection can change roles.  It owns
+the transport, the timers and the current engine object, feeds bytes in and
+writes bytes out; every decision goes to ``ReceiverHooks``, every message to
+send comes from a ``SenderJob``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet import defer, interfaces
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .engine import Limits, Receiver, Reply, Sender, reply
+from .engine import events as ev
+from .engine import sender as sev
+from .engine.extensions import Extension
+from .hooks import MessageSink, ReceiverHooks, SenderJob
+
+log = Logger()
+
+# Stop reading while a decision is pending and this much input is queued,
+# so a client that pipelines without limit cannot fill our memory.
+MAX_BUFFERED_INPUT = 1024 * 1024
+
+
+@dataclass
+class SessionSummary:
+    """What one connection did, in both roles; ``Deferred`` result of ``peer.done``."""
+
+    sent: list[sev.MessageResult] = field(default_factory=list)
+    received: int = 0
+    turned: bool = False
+    turn_refused: Reply | None = None
+    clean: bool = False
+    error: str | None = None
+
+
+@implementer(interfaces.IPushProducer)
+class SMTPPeer(Protocol):
+    """One SMTP connection; starts as receiver, or as sender when given a job."""
+
+    def __init__(
+        self,
+        hostname: str,
+        hooks: ReceiverHooks,
+        *,
+        job: SenderJob | None = None,
+        limits: Limits | None = None,
+        clock: interfaces.IReactorTime | None = None,
+        extensions: list[Extension] | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # noqa: PLC0415
+        self.hostname = hostname
+        self.hooks = hooks
+        self.job = job
+        self.limits = limits or Limits()
+        self.clock = clock
+        self.extensions = extensions
+        self.summary = SessionSummary()
+        self.done: defer.Deferred[SessionSummary] = defer.Deferred()
+        self.receiver: Receiver | None = None
+        self.sender: Sender | None = None
+        self.sink: MessageSink | None = None
+        self._timer = None
+        self._write_paused = False
+        self._reading_paused = False
+        self._pumping = False
+        self._pump_again = False
+        self._lost = False
+
+    @property
+    def role(self) -> str:
+        return "sender" if self.sender is not None else "receiver"
+
+    # -- connection life ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        if self.job is not None:
+            self._become_sender(self.job, b"")
+        else:
+            self._become_receiver(b"")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.receiver is not None:
+            self.receiver.receive_data(data)
+        elif self.sender is not None:
+            self.sender.receive_data(data)
+        self._pump()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self._lost = True
+        self._cancel_timer()
+        self._drop_sink()
+        if self.sender is not None:
+            self.sender.connection_lost(reason.getErrorMessage() if reason else "connection lost")
+            self._pump_sender()
+        if self.summary.error is None and not self.summary.clean:
+            self.summary.error = reason.getErrorMessage() if reason else "connection lost"
+        if not self.done.called:
+            self.done.callback(self.summary)
+
+    # IPushProducer: the transport tells us when its write buffer is full.
+    def pauseProducing(self) -> None:
+        self._write_paused = True
+
+    def resumeProducing(self) -> None:
+        self._write_paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        self._write_paused = True
+
+    # -- roles ------------------------------------------------------------------------
+
+    def _become_receiver(self, unread: bytes) -> None:
+        self.sender = None
+        self.receiver = Receiver(self.hostname, self.limits, self.extensions)
+        self.receiver.start(self.hooks.greeting(self))
+        if unread:
+            self.receiver.receive_data(unread)
+        self._arm(self.limits.command_timeout)
+        self._pump()
+
+    def _become_sender(self, job: SenderJob, unread: bytes) -> None:
+        self.receiver = None
+        self.job = job
+        self.sender = Sender(self.hostname, self.limits)
+        for envelope in job.envelopes:
+            self.sender.send(envelope)
+        self.sender.finish(job.finish)
+        if unread:
+            self.sender.receive_data(unread)
+        self._arm(self.limits.reply_timeout)
+        self._pump()
+
+    # -- the engine pump --------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Run the current engine until it needs input or an answer."""
+        if self._pumping:
+            self._pump_again = True
+            return
+        self._pumping = True
+        try:
+            while True:
+                self._pump_again = False
+                if self.receiver is not None:
+                    self._pump_receiver()
+                elif self.sender is not None:
+                    self._pump_sender()
+                self._flush()
+                if not self._pump_again:
+                    break
+        finally:
+            self._pumping = False
+
+    def _pump_receiver(self) -> None:
+        receiver = self.receiver
+        while receiver is self.receiver:
+            event = receiver.next_event()
+            if event is ev.NEED_DATA:
+                self._resume_reading()
+                self._arm(self.limits.data_timeout if receiver.in_data else self.limits.command_timeout)
+                return
+            if event is ev.PAUSED:
+                self._cancel_timer()  # the client is waiting for us, not we for it
+                if len(receiver._lines._buf) > MAX_BUFFERED_INPUT:
+                    self._pause_reading()
+                return
+            if event is ev.CLOSED:
+                self._close_after_flush()
+                return
+            self._dispatch_receiver_event(receiver, event)
+
+    def _dispatch_receiver_event(self, receiver: Receiver, event: ev.Event) -> None:
+        hooks = self.hooks
+        if isinstance(event, ev.MailFrom):
+            self._decide(receiver, lambda: hooks.mail_from(self, event.path, event.params))
+        elif isinstance(event, ev.RcptTo):
+            self._decide(receiver, lambda: hooks.rcpt_to(self, event.path, event.params))
+        elif isinstance(event, ev.DataStarted):
+            try:
+                self.sink = hooks.begin_message(self)
+            except Exception:
+                log.failure("could not start storing a message")
+        elif isinstance(event, ev.DataChunk):
+            if self.sink is not None:
+                self.sink.write(event.data)
+        elif isinstance(event, ev.DataEnd):
+            sink, self.sink = self.sink, None
+            if sink is None:
+                self._decide(receiver, lambda: reply(451, "4.3.0", "Could not store the message"))
+            else:
+                self._decide(receiver, sink.finish, received=True)
+        elif isinstance(event, ev.DataFailed):
+            log.info("message refused by the engine: {reason}", reason=event.reason)
+            self._drop_sink()
+        elif isinstance(event, ev.Reset):
+            self._drop_sink()
+            hooks.reset(self)
+        elif isinstance(event, ev.Verify):
+            self._decide(receiver, lambda: hooks.verify(self, event.verb, event.argument))
+        elif isinstance(event, ev.TurnRequested):
+            self._decide_turn(receiver)
+        elif isinstance(event, ev.ExtensionCommand):
+            self._decide(receiver, lambda: hooks.extension_command(self, event.verb, event.argument))
+        elif isinstance(event, ev.Quit):
+            self.summary.clean = True
+        elif isinstance(event, ev.Close):
+            self.summary.error = event.reason
+
+    def _decide(self, receiver: Receiver, ask, received: bool = False) -> None:
+        """Ask a hook; answer the engine now, or when its Deferred fires."""
+
+        def answer(response: Reply) -> None:
+            if receiver is not self.receiver or self._lost:
+                return
+            if received and response.is_positive:
+                self.summary.received += 1
+            receiver.answer(response)
+            self._pump()
+
+        def failed(failure: Failure) -> None:
+            log.failure("hook failed; answering 451", failure)
+            answer(reply(451, "4.3.0", "Local error in processing; try again later"))
+
+        d = defer.maybeDeferred(ask)
+        d.addCallbacks(answer, failed)
+
+    def _decide_turn(self, receiver: Receiver) -> None:
+        def decided(job: SenderJob | None) -> None:
+            if receiver is not self.receiver or self._lost:
+                return
+            if job is None:
+                receiver.answer(reply(502, "5.5.1", "TURN not allowed"))
+                self._pump()
+                return
+            receiver.answer(reply(250, "2.0.0", "OK, turning around"))
+            self._flush()
+            self.summary.turned = True
+            self._become_sender(job, receiver.take_unread())
+
+        def failed(failure: Failure) -> None:
+            log.failure("turn hook failed", failure)
+            decided(None)
+
+        defer.maybeDeferred(self.hooks.turn, self).addCallbacks(decided, failed)
+
+    def _pump_sender(self) -> None:
+        sender = self.sender
+        while sender is self.sender:
+            event = sender.next_event()
+            if event is None:
+                if not self._lost:
+                    limits = self.limits
+                    self._arm(limits.data_end_timeout if sender.awaiting_data_end else limits.reply_timeout)
+                return
+            job = self.job
+            if isinstance(event, sev.MessageResult):
+                self.summary.sent.append(event)
+                if job is not None:
+                    job.record(event)
+            elif isinstance(event, sev.Turned):
+                if job is not None:
+                    job.turned, job.turn_reply = True, event.reply
+                self._become_receiver(sender.take_unread())
+            elif isinstance(event, sev.TurnRefused):
+                self.summary.turn_refused = event.reply
+                if job is not None:
+                    job.turn_reply = event.reply
+            elif isinstance(event, sev.Closed):
+                self.summary.clean = event.clean
+                if not event.clean and self.summary.error is None:
+                    self.summary.error = str(event.reply) if event.reply else "session failed"
+                self._close_after_flush()
+
+    # -- output and timers -----------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self._lost:
+            return
+        engine = self.receiver if self.receiver is not None else self.sender
+        while engine is not None and not self._write_paused:
+            data = engine.data_to_send()
+            if not data:
+                break
+            self.transport.write(data)
+
+    def _close_after_flush(self) -> None:
+        self._flush()
+        self._cancel_timer()
+        self.transport.loseConnection()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    def _arm(self, seconds: float) -> None:
+        self._cancel_timer()
+        self._timer = self.clock.callLater(seconds, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self.summary.error = "timeout"
+        log.info("{role} session timed out", role=self.role)
+        if self.receiver is not None:
+            self.receiver.close(reply(421, "4.4.2", f"{self.hostname} Timeout, closing connection"))
+            self._drop_sink()
+            self._close_after_flush()
+        else:
+            if self.sender is not None:
+                self.sender.connection_lost("timeout waiting for the server")
+                self._pump_sender()
+            self.transport.loseConnection()
+
+    def _drop_sink(self) -> None:
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.abort()
+
+    # -- for hooks ----------------------------------------------------------------------
+
+    @property
+    def client_address(self) -> str:
+        peer = self.transport.getPeer()
+        return getattr(peer, "host", str(peer))
+
+
+class SMTPPeerFactory(Factory):
+    """Builds peers for a listener (receiver first) or for one outgoing job (sender first)."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        hostname: str,
+        hooks: ReceiverHooks,
+        *,
+        job: SenderJob | None = None,
+        limits: Limits | None = None,
+        clock: interfaces.IReactorTime | None = None,
+        extensions: list[Extension] | None = None,
+    ) -> None:
+        self.hostname = hostname
+        self.hooks = hooks
+        self.job = job
+        self.limits = limits
+        self.clock = clock
+        self.extensions = extensions
+
+    def buildProtocol(self, addr) -> SMTPPeer:
+        peer = SMTPPeer(
+            self.hostname,
+            self.hooks,
+            job=self.job,
+            limits=self.limits,
+            clock=self.clock,
+            extensions=self.extensions,
+        )
+        peer.factory = self
+        return peer

@@ -1,0 +1,51 @@
+"""The ``Received:`` trace header every hop prepends (RFC 5321 §4.4)."""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import time
+
+
+def address_literal(host: str) -> str:
+    """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` for an IP; the name otherwise."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
+
+
+def protocol_name(esmtp: bool, utf8: bool = False, tls: bool = False, auth: bool = False) -> str:
+    """The ``with`` keyword from the IANA mail transmission types (RFC 3848, RFC 6531)."""
+    base = "ESMTP" if esmtp else "SMTP"
+    if utf8:
+        base = "UTF8" + base
+    return base + ("S" if tls else "") + ("A" if auth else "")
+
+
+def received_header(
+    *,
+    helo: str | None,
+    client_ip: str,
+    by: str,
+    protocol: str,
+    queue_id: str,
+    recipient: str | None = None,
+    when: float | None = None,
+) -> bytes:
+    """The folded header line, CRLF-terminated, ready to prepend to a body.
+
+    ``for`` is given only with one recipient, so that a message to several
+    people does not reveal the others' addresses (RFC 5321 §7.2).
+    """
+    date = email.utils.formatdate(time.time() if when is None else when, localtime=True)
+    lines = [
+        f"Received: from {helo or 'unknown'} ({address_literal(client_ip)})",
+        f"\tby {by} (smtppeer) with {protocol} id {queue_id}",
+    ]
+    if recipient:
+        lines.append(f"\tfor <{recipient}>; {date}")
+    else:
+        lines[-1] += f"; {date}"
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
