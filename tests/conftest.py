@@ -1,0 +1,150 @@
+"""Shared fixtures: a clean-reactor check, real twistd processes, external tools.
+
+Tests that need an external program (swaks, Postfix's smtp-source...) skip
+when it is missing on a developer's machine, but fail under ``CI=true``:
+CI installs them, and a silent skip there would hide a broken interop.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool, or skip (fail under CI) when it is missing."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        message = f"{name} is not installed (apt-get install it; .ci/run does)"
+        if IN_CI:
+            pytest.fail(message + " -- CI must not skip interop tests")
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class TwistdProcess:
+    """``twistd -n smtppeer ...`` as a real process on a loopback port."""
+
+    def __init__(self, data_dir: Path, *extra: str, hostname: str = "peer.test") -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.hostname = hostname
+        self.log_path = data_dir.parent / f"twistd-{self.port}.log"
+        self.args = [
+            *TWISTD,
+            "-n",
+            "--pidfile=",
+            "smtppeer",
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
+            "--hostname",
+            hostname,
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> TwistdProcess:
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.args, cwd=self.data_dir.parent, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_for_port(self.port, self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"twistd did not start:\n{self.log()}") from None
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        self._log.close()
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def maildir(self, domain: str, user: str) -> Path:
+        return self.data_dir / "mail" / domain / user
+
+
+@pytest.fixture
+def twistd_peer(tmp_path):
+    """Start ``twistd -n smtppeer`` (extra args via ``twistd_peer(...)``); always stopped."""
+    started: list[TwistdProcess] = []
+
+    def start(*extra: str, hostname: str = "peer.test") -> TwistdProcess:
+        data = tmp_path / f"data{len(started)}"
+        data.mkdir()
+        proc = TwistdProcess(data, *extra, hostname=hostname)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_reactor(request):
+    """Fail a test that leaves delayed calls or open sockets in the reactor."""
+    from twisted.internet import reactor
+
+    def state():
+        readers = {r for r in reactor.getReaders() if "Waker" not in type(r).__name__}
+        writers = {w for w in reactor.getWriters() if "Waker" not in type(w).__name__}
+        return readers | writers, set(reactor.getDelayedCalls())
+
+    before_fds, before_calls = state()
+    yield
+    after_fds, after_calls = state()
+    leaked_fds = after_fds - before_fds
+    leaked_calls = [c for c in after_calls - before_calls if c.active()]
+    for call in leaked_calls:
+        call.cancel()
+    assert not leaked_fds, f"test left sockets open in the reactor: {leaked_fds}"
+    assert not leaked_calls, f"test left delayed calls: {leaked_calls}"

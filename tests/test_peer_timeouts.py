@@ -1,0 +1,115 @@
+"""RFC 5321 §4.5.3.2 timeouts, driven by an injected ``task.Clock`` over real sockets."""
+
+from __future__ import annotations
+
+import pytest_twisted
+from twisted.internet import defer, endpoints, protocol, reactor, task
+
+from smtppeer.engine import Limits
+from smtppeer.hooks import SenderJob
+
+from .peerutil import Listener, MemoryHooks, connect_line_client, connect_sender, message
+
+
+@defer.inlineCallbacks
+def _listen_with_clock(limits: Limits | None = None):
+    clock = task.Clock()
+    hooks = MemoryHooks()
+    listener = Listener("b.test", hooks, clock=clock, limits=limits)
+    port = yield listener.start()
+    client = yield connect_line_client(port)
+    yield client.wait_lines(1)
+    return clock, hooks, listener, client
+
+
+@pytest_twisted.inlineCallbacks
+def test_idle_client_gets_421_after_five_minutes():
+    clock, hooks, listener, client = yield _listen_with_clock()
+    try:
+        clock.advance(299)
+        assert not client.closed.called
+        clock.advance(2)
+        lines = yield client.closed
+        assert lines[-1].startswith(b"421 4.4.2 ")
+        summary = yield hooks.peers[0].done
+        assert summary.error == "timeout"
+    finally:
+        yield listener.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_each_command_restarts_the_timer():
+    clock, hooks, listener, client = yield _listen_with_clock()
+    try:
+        for n in range(2, 6):
+            clock.advance(250)
+            client.send(b"NOOP\r\n")
+            yield client.wait_lines(n)
+        assert not client.closed.called
+        client.send(b"QUIT\r\n")
+        lines = yield client.closed
+        assert lines[-1].startswith(b"221 ")
+        yield hooks.peers[0].done
+    finally:
+        yield listener.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_silence_inside_data_times_out_after_ten_minutes_and_stores_nothing():
+    clock, hooks, listener, client = yield _listen_with_clock()
+    try:
+        client.send(b"HELO a\r\nMAIL FROM:<a@a.test>\r\nRCPT TO:<u@b.test>\r\nDATA\r\nSubject: x\r\n")
+        yield client.wait_lines(5)
+        assert client.lines[-1].startswith(b"354 ")
+        clock.advance(599)
+        assert not client.closed.called
+        clock.advance(2)
+        lines = yield client.closed
+        assert lines[-1].startswith(b"421 4.4.2 ")
+        yield hooks.peers[0].done
+        assert hooks.stored == []
+    finally:
+        yield listener.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_limits_set_the_timeouts():
+    clock, hooks, listener, client = yield _listen_with_clock(Limits(command_timeout=5))
+    try:
+        clock.advance(5.5)
+        lines = yield client.closed
+        assert lines[-1].startswith(b"421 ")
+        yield hooks.peers[0].done
+    finally:
+        yield listener.stop()
+
+
+class _Silent(protocol.Protocol):
+    """A server that accepts the connection and never says a word."""
+
+    closed: defer.Deferred = None
+
+    def connectionMade(self) -> None:
+        _Silent.closed = defer.Deferred()
+
+    def connectionLost(self, reason=None) -> None:
+        _Silent.closed.callback(None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_sender_gives_up_on_a_silent_server_and_defers_its_messages():
+    clock = task.Clock()
+    ep = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+    port = yield ep.listen(protocol.Factory.forProtocol(_Silent))
+    try:
+        job = SenderJob([message(1), message(2)])
+        peer = yield connect_sender("a.test", MemoryHooks(), job, port.getHost().port, clock=clock)
+        clock.advance(299)
+        assert not peer.done.called
+        clock.advance(2)
+        summary = yield peer.done
+        assert summary.error
+        assert [r.results["u@b.test"].code for r in job.results] == [451, 451]
+        yield _Silent.closed
+    finally:
+        yield port.stopListening()
