@@ -82,6 +82,8 @@ class SMTPPeer(Protocol):
     # -- connection life ------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.client_address: str = getattr(peer, "host", str(peer))
         self.transport.registerProducer(self, True)
         if self.job is not None:
             self._become_sender(self.job, b"")
@@ -336,13 +338,6 @@ class SMTPPeer(Protocol):
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.abort()
-
-    # -- for hooks ----------------------------------------------------------------------
-
-    @property
-    def client_address(self) -> str:
-        peer = self.transport.getPeer()
-        return getattr(peer, "host", str(peer))
 
 
 class SMTPPeerFactory(Factory):

@@ -24,6 +24,18 @@ def protocol_name(esmtp: bool, utf8: bool = False, tls: bool = False, auth: bool
     return base + ("S" if tls else "") + ("A" if auth else "")
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def rfc5322_date(when: float | None = None) -> str:
+    """The local date-time in RFC 5322 form, cached per second (it is on the hot path)."""
+    global _date_cache
+    now = int(time.time() if when is None else when)
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, localtime=True))
+    return _date_cache[1]
+
+
 def received_header(
     *,
     helo: str | None,
@@ -39,7 +51,7 @@ def received_header(
     ``for`` is given only with one recipient, so that a message to several
     people does not reveal the others' addresses (RFC 5321 §7.2).
     """
-    date = email.utils.formatdate(time.time() if when is None else when, localtime=True)
+    date = rfc5322_date(when)
     lines = [
         f"Received: from {helo or 'unknown'} ({address_literal(client_ip)})",
         f"\tby {by} (smtppeer) with {protocol} id {queue_id}",

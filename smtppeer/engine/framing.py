@@ -123,7 +123,10 @@ class DataDecoder:
             self._pending = window[-4:]
             return b""
         cut = window.rfind(CRLF)
-        if len(window) - cut - 2 > self.line_limit - 2:
+        # The unfinished last line may still be legal up to a stuffing dot,
+        # line_limit - 2 octets and the CR of its CRLF; complete lines are
+        # checked exactly in _emit.
+        if len(window) - cut - 2 > self.line_limit:
             self.line_too_long = True
             self._pending = window[-4:]
             return b""
@@ -136,13 +139,15 @@ class DataDecoder:
         crlf = segment.count(CRLF)
         if segment.count(b"\r") != crlf or segment.count(b"\n") != crlf:
             self.bad_line_end = True
-        if len(segment) > self.line_limit and max(map(len, segment.split(CRLF))) > self.line_limit - 2:
+        out = segment.replace(b"\r\n.", CRLF)
+        # Measured after unstuffing: the limit does not count the doubled dot (§4.5.3.1.6).
+        if len(out) > self.line_limit and max(map(len, out.split(CRLF))) > self.line_limit - 2:
             self.line_too_long = True
             return b""
-        out = segment.replace(b"\r\n.", CRLF)
         if last:
             out += CRLF
-        if self._skip:
+        if self._skip and out:
+            # The first non-empty output starts with the virtual CRLF.
             skip, self._skip = self._skip, 0
             out = out[skip:]
         return out
