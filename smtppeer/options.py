@@ -7,6 +7,8 @@ import socket
 from twisted.internet.endpoints import _parseServer
 from twisted.python import usage
 
+from .engine import Limits
+
 DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
 
 
@@ -19,6 +21,8 @@ class Options(usage.Options):
     optParameters = [
         ["hostname", None, None, "Name to greet with and to write in Received: headers [default: this host]"],
         ["data-dir", None, "./smtppeer-data", "Directory for Maildirs (mail/<domain>/<user>/)"],
+        ["max-message-size", None, Limits.message_size, "Largest message accepted, in octets (SIZE)", int],
+        ["max-recipients", None, Limits.recipients, "Most recipients per message (RFC 5321: >= 100)", int],
     ]
 
     def __init__(self) -> None:
@@ -27,8 +31,7 @@ class Options(usage.Options):
         self["domain"] = []
 
     def opt_listen(self, endpoint: str) -> None:
-        """Listen on a Twisted server endpoint, e.g. tcp:25 or tcp6:2525:interface=\\:\\:1
-        (repeatable) [default: tcp:2525:interface=127.0.0.1]"""
+        """Listen on a Twisted server endpoint such as tcp:25 (repeatable) [default: tcp:2525:interface=127.0.0.1]"""  # noqa: E501
         try:
             _parseServer(endpoint, None)
         except (ValueError, KeyError, TypeError) as e:
@@ -42,7 +45,14 @@ class Options(usage.Options):
             raise usage.UsageError("--domain needs a domain name")
         self["domain"].append(domain)
 
+    def limits(self) -> Limits:
+        return Limits(message_size=self["max-message-size"], recipients=self["max-recipients"])
+
     def postOptions(self) -> None:
+        if self["max-message-size"] < 1024:
+            raise usage.UsageError("--max-message-size must be at least 1024 octets")
+        if self["max-recipients"] < 100:
+            raise usage.UsageError("--max-recipients must be at least 100 (RFC 5321 §4.5.3.1.8)")
         if not self["hostname"]:
             self["hostname"] = socket.gethostname()
         if not self["listen"]:
