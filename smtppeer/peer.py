@@ -91,11 +91,16 @@ class SMTPPeer(Protocol):
             self._become_receiver(b"")
 
     def dataReceived(self, data: bytes) -> None:
-        if self.receiver is not None:
-            self.receiver.receive_data(data)
-        elif self.sender is not None:
-            self.sender.receive_data(data)
-        self._pump()
+        try:
+            if self.receiver is not None:
+                self.receiver.receive_data(data)
+            elif self.sender is not None:
+                self.sender.receive_data(data)
+            self._pump()
+        except Exception:
+            # A bug must cost one session, cleanly, never the service.
+            log.failure("internal error in {role} session with {c}", role=self.role, c=self.client_address)
+            self._abandon(reply(421, "4.3.0", f"{self.hostname} Internal error, closing connection"))
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._lost = True
@@ -322,17 +327,23 @@ class SMTPPeer(Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        self.summary.error = "timeout"
-        log.info("{role} session timed out", role=self.role)
+        log.info("{role} session with {client} timed out", role=self.role, client=self.client_address)
+        self._abandon(reply(421, "4.4.2", f"{self.hostname} Timeout, closing connection"), "timeout")
+
+    def _abandon(self, response: Reply, error: str | None = None) -> None:
+        """End the session from our side: a receiver says ``response`` first;
+        a sender reports its unfinished messages as deferred."""
+        self.summary.error = error or str(response)
+        self._drop_sink()
         if self.receiver is not None:
-            self.receiver.close(reply(421, "4.4.2", f"{self.hostname} Timeout, closing connection"))
-            self._drop_sink()
+            self.receiver.close(response)
             self._close_after_flush()
-        else:
-            if self.sender is not None:
-                self.sender.connection_lost("timeout waiting for the server")
-                self._pump_sender()
-            self.transport.loseConnection()
+            return
+        if self.sender is not None:
+            self.sender.connection_lost(error or response.text)
+            self._pump_sender()
+        self._cancel_timer()
+        self.transport.loseConnection()
 
     def _drop_sink(self) -> None:
         sink, self.sink = self.sink, None

@@ -1,0 +1,73 @@
+"""A failing hook or an internal error costs one session, cleanly; never the service."""
+
+from __future__ import annotations
+
+import pytest_twisted
+from twisted.internet import defer
+
+from smtppeer.engine import reply
+
+from .peerutil import Listener, MemoryHooks, connect_line_client
+
+
+class BrokenHooks(MemoryHooks):
+    def rcpt_to(self, peer, path, params):
+        if path.mailbox.local == "boom":
+            raise RuntimeError("policy lookup failed")
+        if path.mailbox.local == "later":
+            return defer.fail(RuntimeError("asynchronous lookup failed"))
+        return reply(250, "2.1.5", "OK")
+
+    def reset(self, peer):
+        raise RuntimeError("bug in reset")
+
+
+@pytest_twisted.inlineCallbacks
+def test_hook_exceptions_become_451_and_the_session_continues():
+    hooks = BrokenHooks()
+    listener = Listener("b.test", hooks)
+    port = yield listener.start()
+    try:
+        client = yield connect_line_client(port)
+        client.send(
+            b"EHLO a\r\nMAIL FROM:<a@a.test>\r\nRCPT TO:<boom@b.test>\r\n"
+            b"RCPT TO:<later@b.test>\r\nRCPT TO:<ok@b.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"
+        )
+        lines = yield client.closed
+        finals = [line[:9] for line in lines if line[3:4] == b" "]
+        assert finals == [
+            b"220 b.tes",
+            b"250 HELP",
+            b"250 2.1.0",
+            b"451 4.3.0",
+            b"451 4.3.0",
+            b"250 2.1.5",
+            b"354 End d",
+            b"250 2.0.0",
+            b"221 2.0.0",
+        ]
+        assert hooks.stored[0].recipients == ["ok@b.test"]
+        yield hooks.peers[0].done
+    finally:
+        yield listener.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_internal_error_gives_421_and_the_listener_keeps_serving():
+    hooks = BrokenHooks()
+    listener = Listener("b.test", hooks)
+    port = yield listener.start()
+    try:
+        client = yield connect_line_client(port)
+        client.send(b"HELO a\r\nMAIL FROM:<a@a.test>\r\nRSET\r\n")
+        lines = yield client.closed
+        assert lines[-1].startswith(b"421 4.3.0 ")
+        summary = yield hooks.peers[0].done
+        assert summary.error
+        second = yield connect_line_client(port)
+        second.send(b"QUIT\r\n")
+        lines = yield second.closed
+        assert lines[-1].startswith(b"221 ")
+        yield hooks.peers[1].done
+    finally:
+        yield listener.stop()
