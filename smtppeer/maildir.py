@@ -110,11 +110,14 @@ class MaildirMessage(MessageSink):
             os.fsync(f.fileno())
         finally:
             f.close()
+        first, *others = self.maildirs
         try:
-            for maildir in self.maildirs:
+            for maildir in others:
                 os.link(self.tmp_path, os.path.join(maildir, "new", self.name))
-        finally:
+            os.rename(self.tmp_path, os.path.join(first, "new", self.name))
+        except BaseException:
             os.unlink(self.tmp_path)
+            raise
         for maildir in self.maildirs:
             _fsync_dir(os.path.join(maildir, "new"))
 

@@ -317,8 +317,12 @@ class SMTPPeer(Protocol):
             self.transport.resumeProducing()
 
     def _arm(self, seconds: float) -> None:
-        self._cancel_timer()
-        self._timer = self.clock.callLater(seconds, self._timed_out)
+        """(Re)start the timer; ``reset`` is much cheaper than cancel + callLater."""
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(seconds)
+        else:
+            self._timer = self.clock.callLater(seconds, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():

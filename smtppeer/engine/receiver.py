@@ -60,6 +60,7 @@ class Receiver:
         self._data_size = 0
         self._too_big = False
         self._bad_commands = 0
+        self._refused = False
         self._commands = self._command_table()
         self._mail_params = {k: f for x in self.extensions for k, f in x.mail_params.items()}
         self._rcpt_params = {k: f for x in self.extensions for k, f in x.rcpt_params.items()}
@@ -67,10 +68,17 @@ class Receiver:
     # -- the adapter's interface -------------------------------------------------
 
     def start(self, greeting: Reply | None = None) -> None:
-        """Queue the 220 greeting (or a 554 refusal, which closes the session)."""
+        """Queue the 220 greeting, or refuse the session.
+
+        After a 554 greeting the server "MUST still wait for the client to send
+        a QUIT" and answers anything else with 503 (RFC 5321 §3.1); any other
+        code (421) closes the session at once.
+        """
         greeting = greeting or reply(220, None, f"{self.hostname} ESMTP smtppeer")
         self._send(greeting)
-        if greeting.code != 220:
+        if greeting.is_permanent:
+            self._refused = True
+        elif greeting.code != 220:
             self.closed = True
 
     def receive_data(self, data: bytes) -> None:
@@ -175,6 +183,8 @@ class Receiver:
         except UnicodeDecodeError:
             return self._error(reply(500, "5.5.2", "Command is not valid UTF-8"))
         verb, _, arg = text.partition(" ")
+        if self._refused and verb.upper() != "QUIT":
+            return self._error(reply(503, "5.5.1", "Bad sequence of commands: service refused, send QUIT"))
         handler = self._commands.get(verb.upper())
         if handler is None:
             if not verb:

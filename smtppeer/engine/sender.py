@@ -118,6 +118,11 @@ class Sender:
     # -- the adapter's interface -------------------------------------------------
 
     def send(self, envelope: Envelope) -> None:
+        if self.closed or self.turned:
+            # Too late for this session: report it at once rather than never.
+            lost = _lost("session already ended")
+            self._events.append(MessageResult(envelope, dict.fromkeys(envelope.recipients, lost)))
+            return
         self._queue.append(envelope)
         self._advance()
 
@@ -137,6 +142,11 @@ class Sender:
                 self._fail(str(e))
                 return
             if response is None:
+                return
+            if response.code == 421:
+                # RFC 5321 §3.8: whatever it answers, 421 means the server is
+                # closing; every unfinished message is deferred with that reply.
+                self._fail(f"server closing: {response}", response)
                 return
             if not self._expect:
                 self._fail(f"unexpected reply {response}")
