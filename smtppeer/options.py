@@ -23,6 +23,7 @@ class Options(usage.Options):
         ["data-dir", None, "./smtppeer-data", "Directory for Maildirs (mail/<domain>/<user>/)"],
         ["max-message-size", None, Limits.message_size, "Largest message accepted, in octets (SIZE)", int],
         ["max-recipients", None, Limits.recipients, "Most recipients per message (RFC 5321: >= 100)", int],
+        ["max-connections", None, 200, "Concurrent sessions per listener; more get 421 4.7.0", int],
     ]
 
     def __init__(self) -> None:
@@ -51,6 +52,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["max-message-size"] < 1024:
             raise usage.UsageError("--max-message-size must be at least 1024 octets")
+        if self["max-connections"] < 1:
+            raise usage.UsageError("--max-connections must be at least 1")
         if self["max-recipients"] < 100:
             raise usage.UsageError("--max-recipients must be at least 100 (RFC 5321 §4.5.3.1.8)")
         if not self["hostname"]:

@@ -74,6 +74,7 @@ class SMTPPeer(Protocol):
         self._pumping = False
         self._pump_again = False
         self._lost = False
+        self.over_limit = False
 
     @property
     def role(self) -> str:
@@ -82,6 +83,8 @@ class SMTPPeer(Protocol):
     # -- connection life ------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        if self.factory is not None:
+            self.factory.active += 1
         peer = self.transport.getPeer()
         self.client_address: str = getattr(peer, "host", str(peer))
         self.transport.registerProducer(self, True)
@@ -103,6 +106,8 @@ class SMTPPeer(Protocol):
             self._abandon(reply(421, "4.3.0", f"{self.hostname} Internal error, closing connection"))
 
     def connectionLost(self, reason: Failure = None) -> None:
+        if self.factory is not None:
+            self.factory.active -= 1
         self._lost = True
         self._cancel_timer()
         self._drop_sink()
@@ -130,7 +135,10 @@ class SMTPPeer(Protocol):
     def _become_receiver(self, unread: bytes) -> None:
         self.sender = None
         self.receiver = Receiver(self.hostname, self.limits, self.extensions)
-        self.receiver.start(self.hooks.greeting(self))
+        if self.over_limit:
+            self.receiver.start(reply(421, "4.7.0", f"{self.hostname} Too many connections, try again later"))
+        else:
+            self.receiver.start(self.hooks.greeting(self))
         if unread:
             self.receiver.receive_data(unread)
         self._arm(self.limits.command_timeout)
@@ -369,6 +377,7 @@ class SMTPPeerFactory(Factory):
         limits: Limits | None = None,
         clock: interfaces.IReactorTime | None = None,
         extensions: list[Extension] | None = None,
+        max_connections: int | None = None,
     ) -> None:
         self.hostname = hostname
         self.hooks = hooks
@@ -376,8 +385,12 @@ class SMTPPeerFactory(Factory):
         self.limits = limits
         self.clock = clock
         self.extensions = extensions
+        self.max_connections = max_connections
+        self.active = 0
 
     def buildProtocol(self, addr) -> SMTPPeer:
+        """Over ``max_connections`` the peer still answers, with 421, so the
+        client knows to retry later instead of seeing a reset."""
         peer = SMTPPeer(
             self.hostname,
             self.hooks,
@@ -387,4 +400,5 @@ class SMTPPeerFactory(Factory):
             extensions=self.extensions,
         )
         peer.factory = self
+        peer.over_limit = self.max_connections is not None and self.active >= self.max_connections
         return peer

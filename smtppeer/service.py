@@ -34,7 +34,9 @@ def makeService(options) -> service.MultiService:  # noqa: N802 (the name Servic
     os.makedirs(os.path.join(data_dir, "mail"), mode=0o700, exist_ok=True)
     store = MaildirStore(os.path.join(data_dir, "mail"))
     hooks = LocalDelivery(options["hostname"], options["domain"], store)
-    factory = SMTPPeerFactory(options["hostname"], hooks, limits=options.limits())
+    factory = SMTPPeerFactory(
+        options["hostname"], hooks, limits=options.limits(), max_connections=options["max-connections"]
+    )
     top = service.MultiService()
     ThreadPoolSizer().setServiceParent(top)
     for endpoint in options["listen"]:

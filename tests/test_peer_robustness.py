@@ -71,3 +71,32 @@ def test_internal_error_gives_421_and_the_listener_keeps_serving():
         yield hooks.peers[1].done
     finally:
         yield listener.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_connections_over_the_limit_get_421_and_a_freed_slot_is_reused():
+    hooks = MemoryHooks()
+    listener = Listener("b.test", hooks, max_connections=2)
+    port = yield listener.start()
+    try:
+        first = yield connect_line_client(port)
+        second = yield connect_line_client(port)
+        yield first.wait_lines(1)
+        yield second.wait_lines(1)
+        third = yield connect_line_client(port)
+        lines = yield third.closed
+        assert lines == [b"421 4.7.0 b.test Too many connections, try again later"]
+        first.send(b"QUIT\r\n")
+        yield first.closed
+        yield hooks.peers[0].done
+        fourth = yield connect_line_client(port)
+        yield fourth.wait_lines(1)
+        assert fourth.lines[0].startswith(b"220 ")
+        for client in (second, fourth):
+            client.send(b"QUIT\r\n")
+            yield client.closed
+        for peer in hooks.peers:
+            yield peer.done
+        assert listener.factory.active == 0
+    finally:
+        yield listener.stop()
