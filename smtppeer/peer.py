@@ -187,7 +187,7 @@ class SMTPPeer(Protocol):
                 return
             if event is ev.PAUSED:
                 self._cancel_timer()  # the client is waiting for us, not we for it
-                if len(receiver._lines._buf) > MAX_BUFFERED_INPUT:
+                if receiver.buffered_input > MAX_BUFFERED_INPUT:
                     self._pause_reading()
                 return
             if event is ev.CLOSED:

@@ -989,3 +989,22 @@ def test_extension_command_and_params():
     x.enabled = False
     [r] = p.send(b"XTEST go\r\n")
     assert (r.code, r.enhanced) == (503, "5.5.1")
+
+
+def test_parameters_after_helo_are_refused_with_555():
+    """Service extensions exist only in an EHLO session (RFC 5321 §4.1.1.1)."""
+    p = Peer()
+    p.send(b"HELO a.example\r\n")
+    [r] = p.send(b"MAIL FROM:<a@x.example> SIZE=100\r\n")
+    assert (r.code, r.enhanced) == (555, "5.5.4")
+    assert p.codes(b"MAIL FROM:<a@x.example>\r\n") == [250]
+    [r] = p.send(b"RCPT TO:<b@y.example> NOTIFY=NEVER\r\n")
+    assert r.code == 555
+
+
+def test_buffered_input_counts_unparsed_pipelined_commands():
+    p = ready()
+    p.answer = None  # never answers: the engine stays paused on MAIL
+    p.rx.receive_data(b"MAIL FROM:<a@x.example>\r\n" + b"NOOP\r\n" * 100)
+    p.pump()
+    assert p.rx.buffered_input == len(b"NOOP\r\n") * 100

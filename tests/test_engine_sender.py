@@ -266,13 +266,14 @@ def test_pipelined_session():
     c.tx.send(env("b@y.example", "c@y.example", body=b"body\r\n"))
     c.tx.finish()
     assert c.tx.data_to_send() == (
-        b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nRCPT TO:<c@y.example>\r\nDATA\r\n"
+        b"MAIL FROM:<a@x.example> SIZE=6\r\nRCPT TO:<b@y.example>\r\nRCPT TO:<c@y.example>\r\nDATA\r\n"
     )
     # nothing more (no body) until 354
     assert c.feed(b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n") == b""
     assert c.feed(b"550 5.1.1 no\r\n") == b""
-    assert c.feed(GO) == b"body\r\n.\r\n"
-    assert c.feed(OK) == b"QUIT\r\n"
+    # RFC 2920: the body opens a group and QUIT may close it
+    assert c.feed(GO) == b"body\r\n.\r\nQUIT\r\n"
+    assert c.feed(OK) == b""
     [result] = c.events()
     assert codes(result) == {"b@y.example": 250, "c@y.example": 550}
     c.feed(b"221 bye\r\n")
@@ -287,7 +288,7 @@ def test_pipelined_replies_in_one_read():
     out = c.feed(b"250 OK\r\n250 OK\r\n354 go\r\n")
     assert out == b"Subject: t\r\n\r\nhi\r\n.\r\n"
     out = c.feed(OK)
-    assert out == b"MAIL FROM:<a@x.example>\r\nRCPT TO:<c@y.example>\r\nDATA\r\n"
+    assert out == b"MAIL FROM:<a@x.example> SIZE=18\r\nRCPT TO:<c@y.example>\r\nDATA\r\n"
 
 
 def test_pipelined_all_recipients_refused_but_354_anyway():
@@ -297,7 +298,7 @@ def test_pipelined_all_recipients_refused_but_354_anyway():
     c.tx.data_to_send()
     out = c.feed(b"250 OK\r\n550 5.1.1 no\r\n550 5.1.1 no\r\n354 go ahead\r\n")
     # RFC 2920 §3.1: an empty message, then the next transaction
-    assert out == b".\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<d@y.example>\r\nDATA\r\n"
+    assert out == b".\r\nMAIL FROM:<a@x.example> SIZE=18\r\nRCPT TO:<d@y.example>\r\nDATA\r\n"
     [result] = c.events()
     assert codes(result) == {"b@y.example": 550, "c@y.example": 550}
     # the reply to the lone dot is ignored whatever it is
@@ -372,7 +373,7 @@ def test_smtputf8():
     c = connected(EHLO_PIPELINING)
     c.tx.send(Envelope("jö@x.example", ["rö@y.example"], b"x\r\n", params={"SMTPUTF8": None}))
     out = c.tx.data_to_send()
-    assert out.startswith("MAIL FROM:<jö@x.example> SMTPUTF8\r\nRCPT TO:<rö@y.example>\r\n".encode())
+    assert out.startswith("MAIL FROM:<jö@x.example> SMTPUTF8 SIZE=3\r\nRCPT TO:<rö@y.example>\r\n".encode())
 
 
 def test_no_recipients_refused_locally():

@@ -70,6 +70,10 @@ class LineReader:
                 return BareLineEnd()
             return line[:-1]
 
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
     def take_rest(self) -> bytes:
         """Remove and return the unread bytes (for DATA, TURN and STARTTLS)."""
         rest = bytes(self._buf)

@@ -130,6 +130,11 @@ class Receiver:
         self._out.clear()
         return out
 
+    @property
+    def buffered_input(self) -> int:
+        """Octets received and not parsed yet (the adapter's back-pressure signal)."""
+        return self._lines.buffered
+
     def take_unread(self) -> bytes:
         """Bytes received but not yet parsed: after TURN they belong to the new role."""
         return self._lines.take_rest()
@@ -263,6 +268,8 @@ class Receiver:
         return None
 
     def _check_params(self, params: dict[str, str | None], known: dict) -> Reply | None:
+        if params and not self.esmtp:
+            return reply(555, "5.5.4", "MAIL and RCPT parameters need EHLO, not HELO")
         for key, value in params.items():
             check = known.get(key)
             if check is None:

@@ -228,6 +228,9 @@ class Sender:
                 self._start(envelope)
                 return
             self._events.append(MessageResult(envelope, dict.fromkeys(envelope.recipients, problem)))
+        self._send_finish()
+
+    def _send_finish(self) -> None:
         if self._finish is not None:
             command, self._finish = self._finish, None
             if command.upper() == "QUIT":
@@ -240,7 +243,8 @@ class Sender:
         if needs_utf8 and "SMTPUTF8" not in self.extensions:
             return reply(553, "5.6.7", "Server does not support SMTPUTF8 addresses")
         limit = self.extensions.get("SIZE", "")
-        if envelope.size and limit.isdigit() and int(limit) and envelope.size > int(limit):
+        size = _size(envelope)
+        if size and limit.isdigit() and int(limit) and size > int(limit):
             return reply(552, "5.3.4", f"Message size exceeds the server's limit of {limit}")
         if not envelope.recipients:
             return reply(554, "5.5.1", "No recipients")
@@ -250,8 +254,9 @@ class Sender:
         attempt = _Attempt(envelope)
         self._current = attempt
         params = dict(envelope.params)
-        if "SIZE" in self.extensions and envelope.size is not None:
-            params["SIZE"] = str(envelope.size)
+        size = _size(envelope)
+        if "SIZE" in self.extensions and size is not None:
+            params["SIZE"] = str(size)
         if "8BITMIME" not in self.extensions:
             params.pop("BODY", None)
         if "SMTPUTF8" not in self.extensions:
@@ -326,6 +331,11 @@ class Sender:
         self._out.append(_BodyStream(attempt.envelope.body))
         self.awaiting_data_end = True
         self._expect.append(self._on_data_end)
+        if "PIPELINING" in self.extensions and not self._queue:
+            # RFC 2920 §3.1: message content may open a group and QUIT/TURN
+            # close it, so the last message and the final command share a
+            # round trip.
+            self._send_finish()
 
     def _on_data_end(self, response: Reply) -> None:
         attempt = self._current
@@ -405,6 +415,13 @@ class _BodyStream:
             return self._stuffer.feed(chunk)
         self._finished = True
         return self._stuffer.finish()
+
+
+def _size(envelope: Envelope) -> int | None:
+    """The declared size (RFC 1870), known for a bytes body without being told."""
+    if envelope.size is not None:
+        return envelope.size
+    return len(envelope.body) if isinstance(envelope.body, bytes) else None
 
 
 def _parse_ehlo(response: Reply) -> dict[str, str]:
