@@ -66,11 +66,41 @@ class LocalDelivery(ReceiverHooks):
             recipient=str(rcpts[0].mailbox) if len(rcpts) == 1 else None,
         )
         maildirs = [self.maildir_for(p) for p in rcpts]
-        log.info(
-            "{queue_id}: from {sender} to {rcpts} via {client}",
-            queue_id=queue_id,
-            sender=str(tx.reverse_path),
-            rcpts=", ".join(str(p) for p in rcpts),
-            client=peer.client_address,
+        sink = self.store.new_message([m for m in maildirs if m], header, queue_id)
+        summary = f"from {tx.reverse_path} via {receiver.helo_name} [{peer.client_address}] to " + ", ".join(
+            str(p) for p in rcpts
         )
-        return self.store.new_message([m for m in maildirs if m], header, queue_id)
+        return _Logged(sink, queue_id, summary)
+
+
+class _Logged(MessageSink):
+    """One log line per accepted message, with its queue ID.
+
+    The line is pre-formatted into a single field: twisted.logger's
+    per-field formatting is a measurable share of the per-message cost.
+    """
+
+    def __init__(self, sink: MessageSink, queue_id: str, summary: str) -> None:
+        self.sink, self.queue_id, self.summary = sink, queue_id, summary
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        self.sink.write(data)
+
+    def finish(self):
+        d = self.sink.finish()
+        d.addCallback(self._log)
+        return d
+
+    def _log(self, result: Reply) -> Reply:
+        log.info(
+            "{line}",
+            line=f"{self.queue_id}: accepted {self.summary}, {self.size} octets",
+            queue_id=self.queue_id,
+        )
+        return result
+
+    def abort(self) -> None:
+        log.info("{line}", line=f"{self.queue_id}: abandoned before the end of DATA", queue_id=self.queue_id)
+        self.sink.abort()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from urllib.parse import quote
@@ -51,6 +52,7 @@ class MaildirStore:
         self.root = root
         self.run_in_thread = run_in_thread
         self._made: set[str] = set()
+        self.dir_syncer = DirectorySyncer()
 
     def path_for(self, domain: str, local_part: str) -> str:
         return os.path.join(self.root, quote(domain.lower(), safe="[]:.-"), mailbox_dirname(local_part))
@@ -107,7 +109,7 @@ class MaildirMessage(MessageSink):
             self._write_buffered()
         f, self._file = self._file, None
         try:
-            os.fsync(f.fileno())
+            os.fdatasync(f.fileno())  # the data and the size; the name is synced below
         finally:
             f.close()
         first, *others = self.maildirs
@@ -119,7 +121,7 @@ class MaildirMessage(MessageSink):
             os.unlink(self.tmp_path)
             raise
         for maildir in self.maildirs:
-            _fsync_dir(os.path.join(maildir, "new"))
+            self.store.dir_syncer.sync(os.path.join(maildir, "new"))
 
     def abort(self) -> None:
         if self._file is not None:
@@ -132,9 +134,36 @@ class MaildirMessage(MessageSink):
         self._chunks = []
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class DirectorySyncer:
+    """Group commit for directory fsyncs, called from worker threads.
+
+    A new name in ``new/`` is durable once an fsync of the directory has
+    *started* after the rename.  Threads take a ticket after their rename;
+    under the directory's lock, a thread whose ticket is already covered by
+    an fsync that began later skips its own.  With many sessions writing to
+    one Maildir this turns N directory fsyncs into a few, each still
+    covering every rename before it.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._tickets = itertools.count(1)
+        self._last_ticket = 0
+        self._synced: dict[str, int] = {}
+
+    def sync(self, path: str) -> None:
+        with self._guard:
+            self._last_ticket = ticket = next(self._tickets)
+            lock = self._locks.setdefault(path, threading.Lock())
+        with lock:
+            if self._synced.get(path, 0) >= ticket:
+                return
+            with self._guard:
+                covered = self._last_ticket  # every ticket so far was taken after its rename
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._synced[path] = covered

@@ -243,12 +243,11 @@ class SMTPPeer(Protocol):
             receiver.answer(response)
             self._pump()
 
-        def failed(failure: Failure) -> None:
+        def failed(failure: Failure) -> Reply:
             log.failure("hook failed; answering 451", failure)
-            answer(reply(451, "4.3.0", "Local error in processing; try again later"))
+            return reply(451, "4.3.0", "Local error in processing; try again later")
 
-        d = defer.maybeDeferred(ask)
-        d.addCallbacks(answer, failed)
+        _call_hook(ask, answer, failed)
 
     def _decide_turn(self, receiver: Receiver) -> None:
         def decided(job: SenderJob | None) -> None:
@@ -264,10 +263,10 @@ class SMTPPeer(Protocol):
             self._become_sender(job, receiver.take_unread())
 
         def failed(failure: Failure) -> None:
-            log.failure("turn hook failed", failure)
-            decided(None)
+            log.failure("turn hook failed; refusing TURN", failure)
+            return None
 
-        defer.maybeDeferred(self.hooks.turn, self).addCallbacks(decided, failed)
+        _call_hook(lambda: self.hooks.turn(self), decided, failed)
 
     def _pump_sender(self) -> None:
         sender = self.sender
@@ -361,6 +360,21 @@ class SMTPPeer(Protocol):
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.abort()
+
+
+def _call_hook(ask, then, on_failure) -> None:
+    """``then(ask())``, waiting if ``ask`` returns a Deferred; ``then(on_failure(f))``
+    if it fails.  No Deferred is made for a plain result: this runs for every
+    MAIL, RCPT and DATA."""
+    try:
+        result = ask()
+    except Exception:
+        then(on_failure(Failure()))
+        return
+    if isinstance(result, defer.Deferred):
+        result.addCallbacks(then, lambda f: then(on_failure(f)))
+    else:
+        then(result)
 
 
 class SMTPPeerFactory(Factory):
