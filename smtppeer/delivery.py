@@ -59,7 +59,7 @@ class LocalDelivery(ReceiverHooks):
         rcpts = tx.recipients
         header = received_header(
             helo=receiver.helo_name,
-            client_ip=peer.client_address,
+            client_literal=peer.client_literal,
             by=self.hostname,
             protocol=protocol_name(receiver.esmtp, utf8=tx.utf8),
             queue_id=queue_id,

@@ -1,10 +1,10 @@
 """Durable delivery into Maildirs (the layout of ``mailbox.Maildir``, mutt, Dovecot).
 
 A message is written once into ``tmp/`` of the first recipient's Maildir,
-fsynced, then hard-linked into each recipient's ``new/`` and the ``new/``
-directories are fsynced: only then does ``finish`` report success, so a
-``250`` never precedes durability.  The fsyncs run in a worker thread so
-that many sessions' disk waits overlap instead of queueing on the reactor.
+fsynced, then renamed (and hard-linked) into each recipient's ``new/`` and
+the ``new/`` directories are fsynced: only then does ``finish`` report
+success, so a ``250`` never precedes durability.  The disk work runs in the
+``Committer``, batched with other sessions' messages.
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-import threading
 import time
-from collections.abc import Callable
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
 
+from .committer import Committer
 from .engine import reply
 from .hooks import MessageSink
 
@@ -48,11 +46,10 @@ def unique_name() -> str:
 class MaildirStore:
     """The tree ``<root>/<domain>/<mailbox>/{tmp,new,cur}``."""
 
-    def __init__(self, root: str, run_in_thread: Callable[..., Deferred] = deferToThread) -> None:
+    def __init__(self, root: str, committer: Committer) -> None:
         self.root = root
-        self.run_in_thread = run_in_thread
+        self.committer = committer
         self._made: set[str] = set()
-        self.dir_syncer = DirectorySyncer()
 
     def path_for(self, domain: str, local_part: str) -> str:
         return os.path.join(self.root, quote(domain.lower(), safe="[]:.-"), mailbox_dirname(local_part))
@@ -69,6 +66,8 @@ class MaildirStore:
 
 
 class MaildirMessage(MessageSink):
+    """One message on its way into one or more Maildirs; a ``Commit`` for the committer."""
+
     def __init__(self, store: MaildirStore, maildirs: list[str], header: bytes, queue_id: str) -> None:
         self.store = store
         self.maildirs = maildirs
@@ -78,7 +77,6 @@ class MaildirMessage(MessageSink):
         self._chunks: list[bytes] = [header]
         self._buffered = len(header)
         self._file = None
-        self._aborted = False
 
     def write(self, data: bytes) -> None:
         if self._file is None:
@@ -98,20 +96,26 @@ class MaildirMessage(MessageSink):
         self._chunks = []
 
     def finish(self) -> Deferred:
-        d = self.store.run_in_thread(self._commit)
+        if self._file is None:
+            # Writing a small file to the page cache is cheaper here than the
+            # lock hand-offs it would cost in a worker thread; only the waits
+            # for the disk go there.
+            self._open()
+            self._write_buffered()
+        d = self.store.committer.submit(self)
         d.addCallback(lambda _: reply(250, "2.0.0", f"Ok: queued as {self.queue_id}"))
         return d
 
-    def _commit(self) -> None:
-        """Runs in a worker thread: write, fsync, link into every new/, fsync dirs."""
-        if self._file is None:
-            self._open()
-            self._write_buffered()
+    # -- Commit, run by a committer thread ----------------------------------------
+
+    def write_and_sync(self) -> None:
         f, self._file = self._file, None
         try:
-            os.fdatasync(f.fileno())  # the data and the size; the name is synced below
+            os.fdatasync(f.fileno())  # data and size; the name is synced by the committer
         finally:
             f.close()
+
+    def publish(self) -> list[str]:
         first, *others = self.maildirs
         try:
             for maildir in others:
@@ -120,8 +124,7 @@ class MaildirMessage(MessageSink):
         except BaseException:
             os.unlink(self.tmp_path)
             raise
-        for maildir in self.maildirs:
-            self.store.dir_syncer.sync(os.path.join(maildir, "new"))
+        return [os.path.join(m, "new") for m in self.maildirs]
 
     def abort(self) -> None:
         if self._file is not None:
@@ -132,38 +135,3 @@ class MaildirMessage(MessageSink):
             except FileNotFoundError:
                 pass
         self._chunks = []
-
-
-class DirectorySyncer:
-    """Group commit for directory fsyncs, called from worker threads.
-
-    A new name in ``new/`` is durable once an fsync of the directory has
-    *started* after the rename.  Threads take a ticket after their rename;
-    under the directory's lock, a thread whose ticket is already covered by
-    an fsync that began later skips its own.  With many sessions writing to
-    one Maildir this turns N directory fsyncs into a few, each still
-    covering every rename before it.
-    """
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-        self._tickets = itertools.count(1)
-        self._last_ticket = 0
-        self._synced: dict[str, int] = {}
-
-    def sync(self, path: str) -> None:
-        with self._guard:
-            self._last_ticket = ticket = next(self._tickets)
-            lock = self._locks.setdefault(path, threading.Lock())
-        with lock:
-            if self._synced.get(path, 0) >= ticket:
-                return
-            with self._guard:
-                covered = self._last_ticket  # every ticket so far was taken after its rename
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._synced[path] = covered

@@ -21,6 +21,7 @@ from .engine import events as ev
 from .engine import sender as sev
 from .engine.extensions import Extension
 from .hooks import MessageSink, ReceiverHooks, SenderJob
+from .trace import address_literal
 
 log = Logger()
 
@@ -87,6 +88,7 @@ class SMTPPeer(Protocol):
             self.factory.active += 1
         peer = self.transport.getPeer()
         self.client_address: str = getattr(peer, "host", str(peer))
+        self.client_literal = address_literal(self.client_address)
         self.transport.registerProducer(self, True)
         if self.job is not None:
             self._become_sender(self.job, b"")

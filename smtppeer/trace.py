@@ -39,7 +39,7 @@ def rfc5322_date(when: float | None = None) -> str:
 def received_header(
     *,
     helo: str | None,
-    client_ip: str,
+    client_literal: str,
     by: str,
     protocol: str,
     queue_id: str,
@@ -53,7 +53,7 @@ def received_header(
     """
     date = rfc5322_date(when)
     lines = [
-        f"Received: from {helo or 'unknown'} ({address_literal(client_ip)})",
+        f"Received: from {helo or 'unknown'} ({client_literal})",
         f"\tby {by} (smtppeer) with {protocol} id {queue_id}",
     ]
     if recipient:

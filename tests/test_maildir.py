@@ -9,7 +9,16 @@ import pytest
 import pytest_twisted
 
 from smtppeer import maildir
+from smtppeer.committer import Committer
 from smtppeer.maildir import MaildirStore, mailbox_dirname
+
+
+@pytest.fixture
+def store(tmp_path):
+    committer = Committer(workers=2)
+    committer.startService()
+    yield MaildirStore(str(tmp_path), committer)
+    pytest_twisted.blockon(committer.stopService())
 
 
 @pytest.mark.parametrize(
@@ -31,8 +40,7 @@ def test_mailbox_dirname_is_safe(local, expected):
 
 
 @pytest_twisted.inlineCallbacks
-def test_one_copy_per_recipient_readable_by_mailbox_module(tmp_path):
-    store = MaildirStore(str(tmp_path))
+def test_one_copy_per_recipient_readable_by_mailbox_module(tmp_path, store):
     boxes = [store.path_for("example.test", u) for u in ("alice", "bob", "alice")]
     msg = store.new_message(boxes, b"Received: x\r\n", "QID1")
     msg.write(b"Subject: hi\r\n\r\nbody\r\n")
@@ -48,9 +56,8 @@ def test_one_copy_per_recipient_readable_by_mailbox_module(tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
-def test_large_message_is_streamed_to_disk_before_the_end(tmp_path, monkeypatch):
+def test_large_message_is_streamed_to_disk_before_the_end(tmp_path, store, monkeypatch):
     monkeypatch.setattr(maildir, "MEMORY_LIMIT", 1000)
-    store = MaildirStore(str(tmp_path))
     msg = store.new_message([store.path_for("d.test", "u")], b"H: 1\r\n", "Q")
     chunk = b"x" * 998 + b"\r\n"
     msg.write(chunk)
@@ -61,9 +68,8 @@ def test_large_message_is_streamed_to_disk_before_the_end(tmp_path, monkeypatch)
     assert (tmp_path / "d.test" / "u" / "new" / name).read_bytes() == b"H: 1\r\n" + chunk * 2
 
 
-def test_abort_leaves_nothing_behind(tmp_path, monkeypatch):
+def test_abort_leaves_nothing_behind(tmp_path, store, monkeypatch):
     monkeypatch.setattr(maildir, "MEMORY_LIMIT", 10)
-    store = MaildirStore(str(tmp_path))
     msg = store.new_message([store.path_for("d.test", "u")], b"H: 1\r\n", "Q")
     msg.write(b"a" * 100)
     assert os.path.exists(msg.tmp_path)
