@@ -96,13 +96,11 @@ class MaildirMessage(MessageSink):
         self._chunks = []
 
     def finish(self) -> Deferred:
-        if self._file is None:
-            # Writing a small file to the page cache is cheaper here than the
-            # lock hand-offs it would cost in a worker thread; only the waits
-            # for the disk go there.
+        large = self._file is not None  # streamed to disk already: sync it off the reactor
+        if not large:
             self._open()
             self._write_buffered()
-        d = self.store.committer.submit(self)
+        d = self.store.committer.submit(self, large=large)
         d.addCallback(lambda _: reply(250, "2.0.0", f"Ok: queued as {self.queue_id}"))
         return d
 

@@ -38,12 +38,18 @@ def root(tmp_path):
     return tmp_path
 
 
+@pytest.fixture(params=[False, True], ids=["inline", "worker"])
+def large(request):
+    """Both paths: batched on the reactor thread, and on the worker thread."""
+    return request.param
+
+
 @pytest_twisted.inlineCallbacks
-def test_many_commits_are_batched_and_all_land(root):
-    committer = Committer(workers=2)
+def test_many_commits_are_batched_and_all_land(root, large):
+    committer = Committer()
     committer.startService()
     try:
-        ds = [committer.submit(FileCommit(root, f"m{i}", b"x" * i)) for i in range(200)]
+        ds = [committer.submit(FileCommit(root, f"m{i}", b"x" * i), large=large) for i in range(200)]
         yield defer.gatherResults(ds)
     finally:
         yield committer.stopService()
@@ -54,17 +60,17 @@ def test_many_commits_are_batched_and_all_land(root):
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_failing_commit_fails_alone(root):
-    committer = Committer(workers=1)
+def test_a_failing_commit_fails_alone(root, large):
+    committer = Committer()
     committer.startService()
     try:
         results = yield defer.DeferredList(
             [
-                committer.submit(FileCommit(root, "ok1", b"1")),
-                committer.submit(FileCommit(root, "bad-write", b"2", fail_in="write")),
-                committer.submit(FileCommit(root, "bad-publish", b"3", fail_in="publish")),
-                committer.submit(FileCommit(root, "bad-dir", b"4", fail_in="dir")),
-                committer.submit(FileCommit(root, "ok2", b"5")),
+                committer.submit(FileCommit(root, "ok1", b"1"), large=large),
+                committer.submit(FileCommit(root, "bad-write", b"2", fail_in="write"), large=large),
+                committer.submit(FileCommit(root, "bad-publish", b"3", fail_in="publish"), large=large),
+                committer.submit(FileCommit(root, "bad-dir", b"4", fail_in="dir"), large=large),
+                committer.submit(FileCommit(root, "ok2", b"5"), large=large),
             ],
             consumeErrors=True,
         )
@@ -76,10 +82,10 @@ def test_a_failing_commit_fails_alone(root):
 
 
 @pytest_twisted.inlineCallbacks
-def test_stop_finishes_what_was_queued(root):
-    committer = Committer(workers=1)
+def test_stop_finishes_what_was_queued(root, large):
+    committer = Committer()
     committer.startService()
-    ds = [committer.submit(FileCommit(root, f"m{i}", b"x")) for i in range(50)]
+    ds = [committer.submit(FileCommit(root, f"m{i}", b"x"), large=large) for i in range(50)]
     yield committer.stopService()
     yield defer.gatherResults(ds)
     assert len(os.listdir(root / "new")) == 50

@@ -15,10 +15,12 @@ from smtppeer.maildir import MaildirStore, mailbox_dirname
 
 @pytest.fixture
 def store(tmp_path):
-    committer = Committer(workers=2)
+    committer = Committer()
     committer.startService()
     yield MaildirStore(str(tmp_path), committer)
-    pytest_twisted.blockon(committer.stopService())
+    stopped = committer.stopService()
+    if stopped is not None:
+        pytest_twisted.blockon(stopped)
 
 
 @pytest.mark.parametrize(
