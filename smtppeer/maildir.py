@@ -54,8 +54,9 @@ class MaildirStore:
     def path_for(self, domain: str, local_part: str) -> str:
         return os.path.join(self.root, quote(domain.lower(), safe="[]:.-"), mailbox_dirname(local_part))
 
-    def ensure(self, path: str) -> str:
-        if path not in self._made:
+    def ensure(self, path: str, *, again: bool = False) -> str:
+        """Create the Maildir once; ``again`` after it was removed behind our back."""
+        if again or path not in self._made:
             for sub in ("tmp", "new", "cur"):
                 os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
             self._made.add(path)
@@ -89,7 +90,12 @@ class MaildirMessage(MessageSink):
             self._file.write(data)
 
     def _open(self) -> None:
-        self._file = open(self.tmp_path, "xb", buffering=0)  # noqa: SIM115
+        try:
+            self._file = open(self.tmp_path, "xb", buffering=0)  # noqa: SIM115
+        except FileNotFoundError:  # an administrator removed the Maildir while we ran
+            for maildir in self.maildirs:
+                self.store.ensure(maildir, again=True)
+            self._file = open(self.tmp_path, "xb", buffering=0)  # noqa: SIM115
 
     def _write_buffered(self) -> None:
         self._file.write(b"".join(self._chunks))
@@ -117,7 +123,12 @@ class MaildirMessage(MessageSink):
         first, *others = self.maildirs
         try:
             for maildir in others:
-                os.link(self.tmp_path, os.path.join(maildir, "new", self.name))
+                target = os.path.join(maildir, "new", self.name)
+                try:
+                    os.link(self.tmp_path, target)
+                except FileNotFoundError:  # removed while we ran: make it again
+                    self.store.ensure(maildir, again=True)
+                    os.link(self.tmp_path, target)
             os.rename(self.tmp_path, os.path.join(first, "new", self.name))
         except BaseException:
             os.unlink(self.tmp_path)

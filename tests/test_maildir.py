@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mailbox
 import os
+import shutil
 
 import pytest
 import pytest_twisted
@@ -78,3 +79,24 @@ def test_abort_leaves_nothing_behind(tmp_path, store, monkeypatch):
     msg.abort()
     for sub in ("tmp", "new", "cur"):
         assert os.listdir(tmp_path / "d.test" / "u" / sub) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_maildir_removed_while_running_is_made_again(tmp_path, store):
+    box = store.path_for("d.test", "u")
+    yield store.new_message([box], b"H: 1\r\n", "Q1").finish()
+    shutil.rmtree(tmp_path / "d.test")
+    result = yield store.new_message([box], b"H: 2\r\n", "Q2").finish()
+    assert result.code == 250
+    assert len(os.listdir(tmp_path / "d.test" / "u" / "new")) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_second_recipients_maildir_removed_while_running_is_made_again(tmp_path, store):
+    boxes = [store.path_for("d.test", "u"), store.path_for("d.test", "v")]
+    yield store.new_message(boxes, b"H: 1\r\n", "Q1").finish()
+    shutil.rmtree(tmp_path / "d.test" / "v")
+    result = yield store.new_message(boxes, b"H: 2\r\n", "Q2").finish()
+    assert result.code == 250
+    assert len(os.listdir(tmp_path / "d.test" / "v" / "new")) == 1
+    assert len(os.listdir(tmp_path / "d.test" / "u" / "new")) == 2
