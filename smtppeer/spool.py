@@ -1,0 +1,250 @@
+"""The durable spool: mail that is not delivered yet (relay, retry, held for a peer).
+
+Layout under ``<data-dir>/spool/`` (documented in the README so an
+administrator can inspect it with ``ls`` and a JSON viewer)::
+
+    incoming/<id>.eml   a body still being received; never acknowledged
+    queue/<id>.eml      the message as it will be sent (Received: header first)
+    queue/<id>.json     its envelope; the entry exists once this file does
+
+A message is committed by the ``Committer``: the body is synced and renamed
+into ``queue/``, then the envelope is written to a temporary name, synced and
+renamed next to it, and ``queue/`` is synced.  The envelope's rename is the
+commit point: at start-up a body without an envelope is the remains of a
+crash before the ``250`` and is deleted, never delivered.
+
+Envelope updates (per-recipient results, the next attempt) replace the JSON
+file the same way (temporary name, sync, rename, sync), so a crash leaves
+either the old or the new state, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .committer import Committer
+from .engine import reply
+
+log = Logger()
+
+# States of one recipient of a spooled message.
+PENDING = "pending"  # to be relayed, now or at next_attempt
+HELD = "held"  # waiting for its peer to call in (TURN, ATRN, ETRN)
+DELIVERED = "delivered"
+FAILED = "failed"  # permanently; a bounce is due (unless the reverse-path is null)
+FINAL = (DELIVERED, FAILED)
+
+
+@dataclass
+class Recipient:
+    address: str
+    state: str = PENDING
+    route: dict[str, str] = field(default_factory=dict)  # e.g. {"relay": "tcp:host=...:port=25"}
+    attempts: int = 0
+    last_reply: str | None = None
+    next_attempt: float = 0.0
+
+
+@dataclass
+class Envelope:
+    """What the spool keeps about one message besides its bytes."""
+
+    id: str
+    reverse_path: str
+    recipients: list[Recipient]
+    arrival: float
+    params: dict[str, str | None] = field(default_factory=dict)
+    client: dict[str, str] = field(default_factory=dict)
+    size: int = 0
+    version: int = 1
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Envelope:
+        raw = json.loads(data)
+        if raw.get("version") != 1:
+            raise ValueError(f"unknown envelope version {raw.get('version')!r}")
+        raw["recipients"] = [Recipient(**r) for r in raw["recipients"]]
+        return cls(**raw)
+
+    @property
+    def done(self) -> bool:
+        return all(r.state in FINAL for r in self.recipients)
+
+    def held_for(self, peer: str) -> list[Recipient]:
+        return [r for r in self.recipients if r.state == HELD and r.route.get("hold") == peer]
+
+
+class Spool:
+    def __init__(self, root: str, committer: Committer) -> None:
+        self.root = root
+        self.committer = committer
+        self.incoming = os.path.join(root, "incoming")
+        self.queue = os.path.join(root, "queue")
+        for path in (self.incoming, self.queue):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------------
+
+    def body_path(self, queue_id: str) -> str:
+        return os.path.join(self.queue, queue_id + ".eml")
+
+    def envelope_path(self, queue_id: str) -> str:
+        return os.path.join(self.queue, queue_id + ".json")
+
+    # -- start-up ----------------------------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """Remove what no ``250`` ever covered; count what is queued."""
+        report = {"incoming_removed": 0, "orphan_bodies_removed": 0, "temporaries_removed": 0, "queued": 0}
+        for name in os.listdir(self.incoming):
+            os.unlink(os.path.join(self.incoming, name))
+            report["incoming_removed"] += 1
+        names = set(os.listdir(self.queue))
+        for name in names:
+            path = os.path.join(self.queue, name)
+            if name.endswith(".tmp"):
+                os.unlink(path)
+                report["temporaries_removed"] += 1
+            elif name.endswith(".eml") and name[:-4] + ".json" not in names:
+                os.unlink(path)
+                report["orphan_bodies_removed"] += 1
+            elif name.endswith(".json"):
+                report["queued"] += 1
+        if any(report.values()):
+            log.info("spool recovered: {report}", report=report)
+        return report
+
+    # -- reading -----------------------------------------------------------------
+
+    def ids(self) -> list[str]:
+        return sorted(n[:-5] for n in os.listdir(self.queue) if n.endswith(".json"))
+
+    def load(self, queue_id: str) -> Envelope:
+        with open(self.envelope_path(queue_id), "rb") as f:
+            return Envelope.from_json(f.read())
+
+    def envelopes(self) -> Iterator[Envelope]:
+        """Every queued envelope; one that cannot be read is logged and skipped."""
+        for queue_id in self.ids():
+            try:
+                yield self.load(queue_id)
+            except FileNotFoundError:
+                continue  # delivered and removed meanwhile
+            except (ValueError, TypeError, KeyError):
+                log.failure("unreadable envelope {queue_id}; left in place", queue_id=queue_id)
+
+    def held_for(self, peer: str) -> list[Envelope]:
+        """The hold queue of ``peer``: every message with a recipient held for it."""
+        return [e for e in self.envelopes() if e.held_for(peer)]
+
+    # -- writing -----------------------------------------------------------------
+
+    def new_message(self, envelope: Envelope, header: bytes) -> SpoolMessage:
+        return SpoolMessage(self, envelope, header)
+
+    def update(self, envelope: Envelope) -> defer.Deferred:
+        """Replace the envelope durably (or remove the entry once every recipient is final)."""
+        if envelope.done:
+            return self.committer.submit(_Removal(self, envelope.id))
+        return self.committer.submit(_EnvelopeWrite(self, envelope))
+
+
+class SpoolMessage:
+    """A ``MessageSink`` writing one body into ``incoming/``, then committing it."""
+
+    def __init__(self, spool: Spool, envelope: Envelope, header: bytes) -> None:
+        self.spool = spool
+        self.envelope = envelope
+        self.incoming_path = os.path.join(spool.incoming, envelope.id + ".eml")
+        self._file = open(self.incoming_path, "xb")  # noqa: SIM115
+        self._file.write(header)
+        self._size = len(header)
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._size += len(data)
+
+    def finish(self) -> defer.Deferred:
+        self._file.flush()
+        self.envelope.size = self._size
+        large = self._size > 256 * 1024
+        d = self.spool.committer.submit(self, large=large)
+        d.addCallback(lambda _: reply(250, "2.0.0", f"Ok: queued as {self.envelope.id}"))
+        return d
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            _unlink(self.incoming_path)
+
+    # Commit protocol, run by the committer
+    def write_and_sync(self) -> None:
+        f, self._file = self._file, None
+        try:
+            os.fdatasync(f.fileno())
+        finally:
+            f.close()
+        _write_synced(self.spool.envelope_path(self.envelope.id) + ".tmp", self.envelope.to_json())
+
+    def publish(self) -> list[str]:
+        queue_id = self.envelope.id
+        os.rename(self.incoming_path, self.spool.body_path(queue_id))
+        os.rename(self.spool.envelope_path(queue_id) + ".tmp", self.spool.envelope_path(queue_id))
+        return [self.spool.queue]
+
+
+class _EnvelopeWrite:
+    def __init__(self, spool: Spool, envelope: Envelope) -> None:
+        self.final = spool.envelope_path(envelope.id)
+        self.data = envelope.to_json()
+
+    def write_and_sync(self) -> None:
+        _write_synced(self.final + ".tmp", self.data)
+
+    def publish(self) -> list[str]:
+        os.rename(self.final + ".tmp", self.final)
+        return [os.path.dirname(self.final)]
+
+
+class _Removal:
+    """Envelope first: a crash in between leaves an orphan body, which recovery removes."""
+
+    def __init__(self, spool: Spool, queue_id: str) -> None:
+        self.paths = [spool.envelope_path(queue_id), spool.body_path(queue_id)]
+        self.queue = spool.queue
+
+    def write_and_sync(self) -> None:
+        pass
+
+    def publish(self) -> list[str]:
+        for path in self.paths:
+            _unlink(path)
+        return [self.queue]
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
