@@ -7,7 +7,7 @@ judged on its own.  Two layers are measured on the lock-step workload of
 ``smtp-source`` (MAIL, RCPT, DATA, a 1 KiB body, one command per read):
 
 * ``engine``: the sans-IO ``Receiver`` (bytes in, events out, replies out);
-* ``adapter``: the whole ``SMTPPeer`` with ``LocalDelivery`` over a
+* ``adapter``: the whole ``SMTPPeer`` with ``ReceivingPolicy`` over a
   ``StringTransport`` and a store that discards messages.
 
 Run: ``python bench/bench_engine.py [--messages N]``.
@@ -26,11 +26,12 @@ from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
-from smtppeer.delivery import LocalDelivery  # noqa: E402
+from smtppeer.delivery import ReceivingPolicy  # noqa: E402
 from smtppeer.engine import Receiver, reply  # noqa: E402
 from smtppeer.engine import events as ev  # noqa: E402
 from smtppeer.hooks import MessageSink  # noqa: E402
 from smtppeer.peer import SMTPPeerFactory  # noqa: E402
+from smtppeer.routing import Router  # noqa: E402
 
 BODY = (b"x" * 76 + b"\r\n") * 13 + b".\r\n"
 COMMANDS = [b"MAIL FROM:<a@x.test>\r\n", b"RCPT TO:<b@localhost>\r\n", b"DATA\r\n", BODY]
@@ -76,9 +77,8 @@ class _NullStore:
 
 
 def adapter(n: int) -> float:
-    factory = SMTPPeerFactory(
-        "bench.test", LocalDelivery("bench.test", ["localhost"], _NullStore()), clock=task.Clock()
-    )
+    hooks = ReceivingPolicy("bench.test", Router("bench.test", ["localhost"]), _NullStore())
+    factory = SMTPPeerFactory("bench.test", hooks, clock=task.Clock())
     peer = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
     peer.makeConnection(transport)

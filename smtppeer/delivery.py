@@ -1,21 +1,32 @@
-"""Receiving policy for a peer that delivers its local domains into Maildirs.
+"""The receiving policy: who may send to whom, and where an accepted message goes.
 
-Mail for a local domain is accepted into ``<data-dir>/mail/<domain>/<local>/``;
-``postmaster`` without a domain goes to the primary domain's postmaster
-(RFC 5321 §4.5.1); anything else is refused with 550 5.7.1, so the peer is
-never an open relay.
+Each recipient gets one routing decision (``routing.Router``) at RCPT time:
+local recipients are written to their Maildirs; recipients to relay or to
+hold for a polling peer go into the spool with that decision recorded.  A
+message with both kinds is written to both, and the ``250`` waits for both
+to be durable.  Without a spool (no queue runner configured) only local
+recipients are accepted.
+
+Every hop adds a ``Received:`` header; a message that already carries more
+than ``max_received`` of them is refused with ``554 5.4.6`` (a routing loop,
+RFC 5321 §6.3) rather than passed round again.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from typing import TYPE_CHECKING
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from .engine import Path, Reply, reply
 from .hooks import MessageSink, ReceiverHooks
 from .ids import new_queue_id
 from .maildir import MaildirStore
+from .routing import HOLD, LOCAL, RELAY, Decision, Router
+from .spool import HELD, PENDING, Envelope, Recipient, Spool
 from .trace import protocol_name, received_header
 
 if TYPE_CHECKING:
@@ -23,33 +34,50 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+MAX_RECEIVED = 100  # RFC 5321 §6.3 suggests a limit of at least 100
+_RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
+_HEADER_SCAN_LIMIT = 256 * 1024  # a header section longer than this is not scanned further
 
-class LocalDelivery(ReceiverHooks):
-    def __init__(self, hostname: str, domains: list[str], store: MaildirStore) -> None:
+
+class ReceivingPolicy(ReceiverHooks):
+    def __init__(
+        self,
+        hostname: str,
+        router: Router,
+        maildirs: MaildirStore,
+        spool: Spool | None = None,
+        max_received: int = MAX_RECEIVED,
+        on_spooled=None,
+    ) -> None:
         self.hostname = hostname
-        self.domains = [d.lower().rstrip(".") for d in domains]
-        self.store = store
+        self.router = router
+        self.maildirs = maildirs
+        self.spool = spool
+        self.max_received = max_received
+        self.on_spooled = on_spooled  # called with each newly spooled envelope (the queue runner)
+        # where <postmaster> without a domain goes: the host's own domain if local
+        self.primary_domain = (
+            router.hostname if router.hostname in router.local_domains else min(router.local_domains)
+        )
 
-    def is_local(self, domain: str) -> bool:
-        return domain.lower().rstrip(".") in self.domains
+    def decide(self, peer: SMTPPeer, path: Path) -> Decision:
+        decision = self.router.decide(path, peer.client_address, getattr(peer, "authenticated", None))
+        if decision.kind in (RELAY, HOLD) and self.spool is None:
+            return Decision("refuse", reply=reply(550, "5.7.1", "Relaying denied"))
+        return decision
 
-    def maildir_for(self, path: Path) -> str | None:
+    def maildir_for(self, path: Path) -> str:
         box = path.mailbox
-        if box is None:
-            return None
-        if not box.domain and box.is_postmaster:
-            return self.store.path_for(self.domains[0], "postmaster")
-        if self.is_local(box.domain_key):
-            local = "postmaster" if box.is_postmaster else box.local_unquoted
-            return self.store.path_for(box.domain_key, local)
-        return None
+        if not box.domain:
+            return self.maildirs.path_for(self.primary_domain, "postmaster")
+        local = "postmaster" if box.is_postmaster else box.local_unquoted
+        return self.maildirs.path_for(box.domain_key, local)
 
     def rcpt_to(self, peer: SMTPPeer, path: Path, params: dict[str, str | None]) -> Reply:
-        if self.maildir_for(path) is None:
-            log.info(
-                "refused {rcpt} from {client}: not a local domain", rcpt=str(path), client=peer.client_address
-            )
-            return reply(550, "5.7.1", "Relaying denied")
+        decision = self.decide(peer, path)
+        if not decision.accepted:
+            log.info("refused {rcpt} from {client}", rcpt=str(path), client=peer.client_address)
+            return decision.reply
         return reply(250, "2.1.5", "Recipient OK")
 
     def begin_message(self, peer: SMTPPeer) -> MessageSink:
@@ -65,42 +93,99 @@ class LocalDelivery(ReceiverHooks):
             queue_id=queue_id,
             recipient=str(rcpts[0].mailbox) if len(rcpts) == 1 else None,
         )
-        maildirs = [self.maildir_for(p) for p in rcpts]
-        sink = self.store.new_message([m for m in maildirs if m], header, queue_id)
+        local: list[str] = []
+        spooled: list[Recipient] = []
+        for path in rcpts:
+            decision = self.decide(peer, path)
+            if decision.kind == LOCAL:
+                local.append(self.maildir_for(path))
+            elif decision.kind == RELAY:
+                onward = str(decision.path)[1:-1]
+                route = {"relay": decision.target, "domain": decision.domain or ""}
+                spooled.append(Recipient(onward, PENDING, route))
+            elif decision.kind == HOLD:
+                spooled.append(Recipient(str(decision.path)[1:-1], HELD, {"hold": decision.target}))
+        sinks: list[MessageSink] = []
+        if local:
+            sinks.append(self.maildirs.new_message(local, header, queue_id))
+        envelope = None
+        if spooled:
+            envelope = Envelope(
+                id=queue_id,
+                reverse_path=str(tx.reverse_path)[1:-1],
+                recipients=spooled,
+                arrival=time.time(),
+                params={k: v for k, v in tx.params.items() if k in ("BODY", "SMTPUTF8")},
+                client={"helo": receiver.helo_name or "", "address": peer.client_address},
+            )
+            sinks.append(self.spool.new_message(envelope, header))
         summary = f"from {tx.reverse_path} via {receiver.helo_name} [{peer.client_address}] to " + ", ".join(
             str(p) for p in rcpts
         )
-        return _Logged(sink, queue_id, summary)
+        return IncomingMessage(self, sinks, queue_id, summary, envelope)
 
 
-class _Logged(MessageSink):
-    """One log line per accepted message, with its queue ID.
+class IncomingMessage(MessageSink):
+    """Fans one body out to its sinks; refuses loops; logs one line per message.
 
-    The line is pre-formatted into a single field: twisted.logger's
+    The log line is pre-formatted into a single field: twisted.logger's
     per-field formatting is a measurable share of the per-message cost.
     """
 
-    def __init__(self, sink: MessageSink, queue_id: str, summary: str) -> None:
-        self.sink, self.queue_id, self.summary = sink, queue_id, summary
+    def __init__(
+        self,
+        policy: ReceivingPolicy,
+        sinks: list[MessageSink],
+        queue_id: str,
+        summary: str,
+        envelope: Envelope | None,
+    ) -> None:
+        self.policy, self.sinks, self.queue_id, self.summary = policy, sinks, queue_id, summary
+        self.envelope = envelope
         self.size = 0
+        self._head = b""
+        self._head_done = False
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
-        self.sink.write(data)
+        if not self._head_done:
+            self._scan_header(data)
+        for sink in self.sinks:
+            sink.write(data)
 
-    def finish(self):
-        d = self.sink.finish()
-        d.addCallback(self._log)
+    def _scan_header(self, data: bytes) -> None:
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end >= 0 or len(self._head) > _HEADER_SCAN_LIMIT:
+            self._head = self._head[: end + 2] if end >= 0 else self._head
+            self._head_done = True
+
+    def hops(self) -> int:
+        return len(_RECEIVED.findall(self._head))
+
+    def finish(self) -> defer.Deferred | Reply:
+        self._head_done = True
+        if self.hops() > self.policy.max_received:
+            self.abort(f"refused: {self.hops()} Received: headers, a mail loop")
+            return reply(554, "5.4.6", "Too many hops (Received: headers): routing loop detected")
+        if len(self.sinks) == 1:  # the common case, without the cost of gathering
+            d = defer.maybeDeferred(self.sinks[0].finish)
+        else:
+            d = defer.gatherResults([defer.maybeDeferred(s.finish) for s in self.sinks], consumeErrors=True)
+        d.addCallback(self._accepted)
         return d
 
-    def _log(self, result: Reply) -> Reply:
+    def _accepted(self, _: object) -> Reply:
         log.info(
             "{line}",
             line=f"{self.queue_id}: accepted {self.summary}, {self.size} octets",
             queue_id=self.queue_id,
         )
-        return result
+        if self.envelope is not None and self.policy.on_spooled is not None:
+            self.policy.on_spooled(self.envelope)
+        return reply(250, "2.0.0", f"Ok: queued as {self.queue_id}")
 
-    def abort(self) -> None:
-        log.info("{line}", line=f"{self.queue_id}: abandoned before the end of DATA", queue_id=self.queue_id)
-        self.sink.abort()
+    def abort(self, why: str = "abandoned before the end of DATA") -> None:
+        log.info("{line}", line=f"{self.queue_id}: {why}", queue_id=self.queue_id)
+        for sink in self.sinks:
+            sink.abort()

@@ -8,14 +8,16 @@ from twisted.application import service, strports
 from twisted.logger import Logger
 
 from .committer import Committer
-from .delivery import LocalDelivery
+from .delivery import ReceivingPolicy
 from .maildir import MaildirStore
 from .options import Options
 from .peer import SMTPPeerFactory
+from .routing import Router
 
 log = Logger()
 
 __all__ = ["Options", "makeService"]
+
 
 def makeService(options) -> service.MultiService:  # noqa: N802 (the name ServiceMaker looks for)
     data_dir = os.path.abspath(options["data-dir"])
@@ -24,7 +26,8 @@ def makeService(options) -> service.MultiService:  # noqa: N802 (the name Servic
     committer = Committer()
     committer.setServiceParent(top)
     store = MaildirStore(os.path.join(data_dir, "mail"), committer)
-    hooks = LocalDelivery(options["hostname"], options["domain"], store)
+    router = Router(options["hostname"], options["domain"])
+    hooks = ReceivingPolicy(options["hostname"], router, store)
     factory = SMTPPeerFactory(
         options["hostname"], hooks, limits=options.limits(), max_connections=options["max-connections"]
     )

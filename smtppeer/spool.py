@@ -38,7 +38,6 @@ PENDING = "pending"  # to be relayed, now or at next_attempt
 HELD = "held"  # waiting for its peer to call in (TURN, ATRN, ETRN)
 DELIVERED = "delivered"
 FAILED = "failed"  # permanently; a bounce is due (unless the reverse-path is null)
-FINAL = (DELIVERED, FAILED)
 
 
 @dataclass
@@ -49,6 +48,7 @@ class Recipient:
     attempts: int = 0
     last_reply: str | None = None
     next_attempt: float = 0.0
+    notified: bool = False  # FAILED: the sender has been told (a bounce is queued), or cannot be
 
 
 @dataclass
@@ -77,7 +77,15 @@ class Envelope:
 
     @property
     def done(self) -> bool:
-        return all(r.state in FINAL for r in self.recipients)
+        """Nothing left to do: every recipient final, and every failure reported.
+
+        The entry (and with it the body a bounce quotes) stays until the
+        bounce is itself safely queued.
+        """
+        return all(r.state == DELIVERED or (r.state == FAILED and r.notified) for r in self.recipients)
+
+    def unreported(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.state == FAILED and not r.notified]
 
     def held_for(self, peer: str) -> list[Recipient]:
         return [r for r in self.recipients if r.state == HELD and r.route.get("hold") == peer]

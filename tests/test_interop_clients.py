@@ -418,4 +418,3 @@ def test_sigterm_shuts_down_cleanly(twistd_peer):
         idle.close()
     assert_clean_shutdown(code, peer.log())
     assert len(stored_messages(peer, "localhost", "t")) == 1
-

@@ -92,6 +92,10 @@ def test_updates_are_durable_and_a_finished_entry_is_removed(spool):
     assert again.recipients[1].last_reply == "451 4.4.1 try later"
     again.recipients[1].state = FAILED
     yield spool.update(again)
+    assert spool.ids() == ["Q6"]  # kept until the failure is reported (its bounce quotes the body)
+    assert [r.address for r in spool.load("Q6").unreported()] == ["v@y.test"]
+    again.recipients[1].notified = True
+    yield spool.update(again)
     assert spool.ids() == [] and os.listdir(spool.queue) == []
 
 

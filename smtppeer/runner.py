@@ -1,0 +1,398 @@
+"""The queue runner: delivers spooled mail to its next hops, retries, gives up, bounces.
+
+Due recipients are grouped by next hop (an endpoint, or a domain whose MX
+records are looked up), and each group goes over one connection as a
+``SenderJob`` with several messages, pipelined where the server offers it.
+Connections are bounded in total and per destination.
+
+Every per-recipient result is written back to the spool (durably) as soon
+as it arrives, before anything else is done with it: a crash afterwards
+never sends to a recipient that already has the message.  A 2xx delivers,
+a 5xx fails (and bounces), a 4xx or a connection failure defers with
+exponential backoff and jitter, and a message older than the queue lifetime
+fails what is left of it with ``4.4.7``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from twisted.application import service
+from twisted.internet import defer, endpoints, interfaces
+from twisted.logger import Logger
+
+from . import bounce
+from .engine import Limits, Reply, reply
+from .engine.address import AddressError, parse_path
+from .engine.sender import Envelope as SendEnvelope
+from .engine.sender import MessageResult
+from .hooks import ReceiverHooks, SenderJob
+from .ids import new_queue_id
+from .mx import DNSLookupError, MXResolver, endpoint_description
+from .peer import SMTPPeerFactory
+from .routing import HOLD, LOCAL, MX, RELAY, Router
+from .spool import DELIVERED, FAILED, HELD, PENDING, Envelope, Recipient, Spool
+
+log = Logger()
+
+BODY_CHUNK = 64 * 1024
+
+
+@dataclass
+class RunnerSettings:
+    interval: float = 60.0  # scan at least this often
+    lifetime: float = 5 * 86400.0  # RFC 5321 §4.5.4.1: give up after 4-5 days
+    backoff_base: float = 60.0
+    backoff_max: float = 3600.0
+    jitter: float = 0.2  # ± this fraction of each delay
+    max_connections: int = 20
+    per_destination: int = 4
+    messages_per_connection: int = 100
+    connect_timeout: float = 30.0
+
+
+@dataclass
+class _Batch:
+    """One connection's worth of work: messages for one next hop."""
+
+    key: tuple[str, str]
+    items: list[tuple[Envelope, list[Recipient]]] = field(default_factory=list)
+
+
+class _LazyBody:
+    """Opens the spooled body on first read and closes it at its end (bounded fds)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._f = None
+
+    def read(self, n: int = BODY_CHUNK) -> bytes:
+        if self._f is None:
+            self._f = open(self.path, "rb")  # noqa: SIM115
+        data = self._f.read(n)
+        if not data:
+            self.close()
+        return data
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+class QueueRunner(service.Service):
+    def __init__(
+        self,
+        hostname: str,
+        spool: Spool,
+        router: Router,
+        *,
+        deliver_locally: Callable[[list[str], bytes, str], defer.Deferred] | None = None,
+        resolver: MXResolver | None = None,
+        settings: RunnerSettings | None = None,
+        limits: Limits | None = None,
+        reactor: interfaces.IReactorTime | None = None,
+        clock: interfaces.IReactorTime | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor  # noqa: PLC0415
+        self.hostname = hostname
+        self.spool = spool
+        self.router = router
+        self.deliver_locally = deliver_locally
+        self.resolver = resolver
+        self.settings = settings or RunnerSettings()
+        self.limits = limits
+        self.reactor = reactor
+        self.clock = clock or reactor
+        self.rng = rng or random.Random()
+        self.entries: dict[str, Envelope] = {}
+        self._inflight: set[tuple[str, str]] = set()
+        self._connections: dict[str, int] = defaultdict(int)
+        self._timer = None
+        self._running: set[defer.Deferred] = set()
+
+    # -- life ----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.spool.recover()
+        for envelope in self.spool.envelopes():
+            self.entries[envelope.id] = envelope
+            if envelope.unreported():  # a crash came between a failure and its bounce
+                d = defer.ensureDeferred(self._report_failures(envelope))
+                d.addErrback(lambda f: log.failure("could not bounce after restart", f))
+                self._running.add(d)
+                d.addBoth(lambda result, d=d: (self._running.discard(d), result)[1])
+        log.info("queue runner: {n} messages in the spool", n=len(self.entries))
+        self.kick()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        # Deliveries under way finish (or fail) on their own; their results are durable.
+        return self.idle()
+
+    def idle(self) -> defer.Deferred:
+        """Fires when the deliveries under way now have finished (for tests and shutdown)."""
+        return defer.DeferredList(list(self._running), consumeErrors=True)
+
+    def add(self, envelope: Envelope) -> None:
+        """A new message was spooled: try it now."""
+        self.entries[envelope.id] = envelope
+        self.kick()
+
+    def kick(self, delay: float = 0.0) -> None:
+        if not self.running:
+            return
+        if self._timer is not None and self._timer.active():
+            if self._timer.getTime() <= self.clock.seconds() + delay:
+                return
+            self._timer.cancel()
+        self._timer = self.clock.callLater(delay, self.run)
+
+    # -- scheduling ----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Start deliveries for everything due, within the connection limits."""
+        self._timer = None
+        now = self.clock.seconds()
+        batches: dict[tuple[str, str], _Batch] = {}
+        next_due = now + self.settings.interval
+        for envelope in list(self.entries.values()):
+            due = []
+            for rcpt in envelope.recipients:
+                if rcpt.state != PENDING or (envelope.id, rcpt.address) in self._inflight:
+                    continue
+                if rcpt.next_attempt > now:
+                    next_due = min(next_due, rcpt.next_attempt)
+                    continue
+                due.append(rcpt)
+            for rcpt in due:
+                key = (rcpt.route.get("relay", MX), rcpt.route.get("domain", "")) if rcpt.route else (MX, "")
+                if key[0] != MX:
+                    key = (key[0], "")  # one endpoint: one destination, whatever the domains
+                batch = batches.setdefault(key, _Batch(key))
+                if batch.items and batch.items[-1][0] is envelope:
+                    batch.items[-1][1].append(rcpt)
+                else:
+                    batch.items.append((envelope, [rcpt]))
+        for batch in batches.values():
+            self._start_batches(batch)
+        self.kick(max(0.0, next_due - now))
+
+    def _start_batches(self, batch: _Batch) -> None:
+        dest = batch.key[0] + "|" + batch.key[1]
+        per = self.settings.messages_per_connection
+        chunks = [batch.items[i : i + per] for i in range(0, len(batch.items), per)]
+        for items in chunks:
+            if self._connections[dest] >= self.settings.per_destination:
+                return
+            if sum(self._connections.values()) >= self.settings.max_connections:
+                return
+            for envelope, rcpts in items:
+                for rcpt in rcpts:
+                    self._inflight.add((envelope.id, rcpt.address))
+            self._connections[dest] += 1
+            d = defer.ensureDeferred(self._deliver(batch.key, items))
+            self._running.add(d)
+
+            def done(result, d=d, dest=dest, items=items):
+                self._running.discard(d)
+                self._connections[dest] -= 1
+                for envelope, rcpts in items:
+                    for rcpt in rcpts:
+                        self._inflight.discard((envelope.id, rcpt.address))
+                self.kick()
+                return result
+
+            d.addBoth(done)
+            d.addErrback(lambda f: log.failure("delivery batch failed", f))
+
+    # -- one connection ------------------------------------------------------------
+
+    async def _deliver(self, key: tuple[str, str], items: list[tuple[Envelope, list[Recipient]]]) -> None:
+        target, domain = key
+        try:
+            descriptions = await self._endpoints(target, domain)
+        except DNSLookupError as e:
+            code = 550 if e.status.startswith("5") else 451
+            await self._record_all(items, reply(code, e.status, str(e)))
+            return
+        last_error = "no next hop"
+        for description, endpoint in descriptions:
+            job, pending = self._job(items)
+            factory = SMTPPeerFactory(self.hostname, ReceiverHooks(), job=job, limits=self.limits)
+            try:
+                peer = await endpoint.connect(factory)
+            except Exception as e:  # noqa: BLE001 - any connection failure: try the next host
+                last_error = f"{description}: {e.__class__.__name__}: {e}"
+                continue
+            summary = await peer.done
+            await defer.DeferredList(pending, consumeErrors=True)
+            log.info(
+                "{line}",
+                line=f"delivered to {description}: {len(summary.sent)} messages, "
+                f"{'clean' if summary.clean else summary.error}",
+            )
+            return
+        await self._record_all(items, reply(451, "4.4.1", f"Cannot connect: {last_error}"))
+
+    async def _endpoints(self, target: str, domain: str) -> list[tuple[str, object]]:
+        """``(description, endpoint)`` to try in order: the route's endpoint, or the MX hosts."""
+        if target != MX:
+            return [(target, endpoints.clientFromString(self.reactor, target))]
+        if self.resolver is None:
+            raise DNSLookupError("no DNS resolver configured for MX routes", "4.4.3")
+        hops = await self.resolver.next_hops(domain)
+        timeout = self.settings.connect_timeout
+        # HostnameEndpoint: a "tcp:host=NAME" string would resolve IPv4 only
+        connect = endpoints.HostnameEndpoint
+        return [
+            (endpoint_description(h), connect(self.reactor, h.host, h.port, timeout=timeout)) for h in hops
+        ]
+
+    def _job(self, items: list[tuple[Envelope, list[Recipient]]]) -> tuple[SenderJob, list[defer.Deferred]]:
+        pending: list[defer.Deferred] = []
+
+        def on_result(result: MessageResult) -> None:
+            envelope, rcpts = result.envelope.tag
+            d = defer.ensureDeferred(self._record(envelope, rcpts, result.results))
+            d.addErrback(lambda f: log.failure("could not record results for {id}", f, id=envelope.id))
+            pending.append(d)
+
+        envelopes = [
+            SendEnvelope(
+                envelope.reverse_path,
+                [r.address for r in rcpts],
+                _LazyBody(self.spool.body_path(envelope.id)),
+                params=dict(envelope.params),
+                size=envelope.size or None,
+                tag=(envelope, rcpts),
+            )
+            for envelope, rcpts in items
+        ]
+        return SenderJob(envelopes, on_result=on_result), pending
+
+    # -- results -------------------------------------------------------------------
+
+    async def _record_all(self, items, response: Reply) -> None:
+        for envelope, rcpts in items:
+            await self._record(envelope, rcpts, {r.address: response for r in rcpts})
+
+    async def _record(self, envelope: Envelope, rcpts: list[Recipient], results: dict[str, Reply]) -> None:
+        """Write the results durably first; then bounce what failed."""
+        now = self.clock.seconds()
+        failed: list[tuple[Recipient, Reply]] = []
+        for rcpt in rcpts:
+            response = results.get(rcpt.address)
+            if response is None:
+                continue
+            rcpt.last_reply = str(response)
+            if response.code < 400:
+                rcpt.state = DELIVERED
+            elif response.code >= 500:
+                rcpt.state = FAILED
+                failed.append((rcpt, response))
+            else:
+                rcpt.attempts += 1
+                if now - envelope.arrival >= self.settings.lifetime:
+                    rcpt.state = FAILED
+                    expired = reply(451, "4.4.7", f"Delivery time expired; last error: {response}")
+                    rcpt.last_reply = str(expired)
+                    failed.append((rcpt, expired))
+                else:
+                    rcpt.next_attempt = now + self._backoff(rcpt.attempts)
+        await self.spool.update(envelope)
+        for rcpt, response in failed:
+            log.info("{line}", line=f"{envelope.id}: {rcpt.address} failed: {response}")
+        await self._report_failures(envelope)
+
+    async def _report_failures(self, envelope: Envelope) -> None:
+        """Bounce the failed recipients not reported yet; then the entry may go.
+
+        The bounce is queued durably before the failures are marked reported,
+        and the entry is removed only after that: a crash in between makes a
+        second bounce at worst, never none.
+        """
+        unreported = envelope.unreported()
+        if unreported:
+            await self._bounce(envelope, unreported)
+            for rcpt in unreported:
+                rcpt.notified = True
+            await self.spool.update(envelope)
+        if envelope.done:
+            self.entries.pop(envelope.id, None)
+
+    def _backoff(self, attempts: int) -> float:
+        s = self.settings
+        delay = min(s.backoff_max, s.backoff_base * 2 ** (attempts - 1))
+        return delay * (1 + self.rng.uniform(-s.jitter, s.jitter))
+
+    async def _bounce(self, envelope: Envelope, failed: list[Recipient]) -> None:
+        if not bounce.bounce_allowed(envelope.reverse_path):
+            log.info("{line}", line=f"{envelope.id}: no bounce for a message from <>")
+            return
+        with open(self.spool.body_path(envelope.id), "rb") as f:
+            original = f.read(256 * 1024)
+        dsn = bounce.build_dsn(
+            reporting_mta=self.hostname,
+            sender=envelope.reverse_path,
+            recipients=[
+                bounce.FailedRecipient(
+                    address=r.address,
+                    status=_status_of(r.last_reply),
+                    remote_mta=r.route.get("relay"),
+                    diagnostic=r.last_reply,
+                )
+                for r in failed
+            ],
+            original=original,
+            queue_id=envelope.id,
+            arrival=_datetime(envelope.arrival),
+        )
+        await self.inject(Envelope(new_queue_id(), "", [], time.time()), envelope.reverse_path, dsn)
+
+    async def inject(self, envelope: Envelope, recipient: str, message: bytes) -> None:
+        """Queue a locally made message (a bounce) for ``recipient``."""
+        try:
+            path, _ = parse_path(f"<{recipient}>", reverse=False, utf8=True)
+        except AddressError:
+            log.info("{line}", line=f"cannot return mail to malformed address <{recipient}>")
+            return
+        decision = self.router.decide(path, "127.0.0.1", authenticated="mailer-daemon")
+        if decision.kind == LOCAL and self.deliver_locally is not None:
+            await self.deliver_locally([recipient], message, envelope.id)
+            return
+        if decision.kind not in (RELAY, HOLD):
+            log.info("{line}", line=f"{envelope.id}: no route to return mail to <{recipient}>")
+            return
+        if decision.kind == RELAY:
+            route = {"relay": decision.target, "domain": decision.domain or ""}
+            envelope.recipients = [Recipient(recipient, PENDING, route)]
+        else:
+            envelope.recipients = [Recipient(recipient, HELD, {"hold": decision.target})]
+        sink = self.spool.new_message(envelope, b"")
+        sink.write(message)
+        await sink.finish()
+        self.add(envelope)
+
+
+def _status_of(last_reply: str | None) -> str:
+    """The RFC 3463 code in a recorded reply (``"550 5.1.1 text"``), or a generic one."""
+    parts = (last_reply or "").split()
+    if len(parts) > 1 and parts[1][:1] in "245" and parts[1].count(".") == 2:
+        return parts[1]
+    return f"{parts[0][:1]}.0.0" if parts and parts[0][:1] in "45" else "5.0.0"
+
+
+def _datetime(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)

@@ -1,0 +1,222 @@
+"""The queue runner against real SMTPPeer next hops on loopback; time from task.Clock."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from smtppeer.committer import Committer
+from smtppeer.engine import reply
+from smtppeer.routing import Router
+from smtppeer.runner import QueueRunner, RunnerSettings
+from smtppeer.spool import DELIVERED, FAILED, PENDING, Envelope, Recipient, Spool
+
+from .conftest import free_port
+from .peerutil import Listener, MemoryHooks
+
+
+class PickyHooks(MemoryHooks):
+    """A next hop that refuses some recipients permanently and some for now."""
+
+    def rcpt_to(self, peer, path, params):
+        local = path.mailbox.local
+        if local.startswith("bad"):
+            return reply(550, "5.1.1", "No such user")
+        if local.startswith("later"):
+            return reply(450, "4.2.1", "Mailbox busy")
+        return reply(250, "2.1.5", "OK")
+
+
+@pytest.fixture
+def spool(tmp_path):
+    committer = Committer()
+    yield Spool(str(tmp_path / "spool"), committer)
+    stopped = committer.stopService()
+    if stopped is not None:
+        pytest_twisted.blockon(stopped)
+
+
+class Harness:
+    def __init__(self, spool: Spool, port: int, **settings) -> None:
+        self.spool = spool
+        self.port = port
+        self.clock = task.Clock()
+        self.clock.advance(1_800_000_000)
+        self.local: list[tuple[list[str], bytes]] = []
+        router = Router("peer.test", ["peer.test"], routes={"next.test": f"tcp:host=127.0.0.1:port={port}"})
+        self.runner = QueueRunner(
+            "peer.test",
+            spool,
+            router,
+            deliver_locally=self._local,
+            settings=RunnerSettings(**settings),
+            clock=self.clock,
+        )
+
+    def _local(self, rcpts, message, queue_id):
+        self.local.append((rcpts, message))
+        return defer.succeed(None)
+
+    @defer.inlineCallbacks
+    def queue(self, queue_id: str, *addresses: str, sender: str = "a@peer.test", age: float = 0):
+        rcpts = [Recipient(a, PENDING, {"relay": f"tcp:host=127.0.0.1:port={self.port}"}) for a in addresses]
+        env = Envelope(queue_id, sender, rcpts, arrival=self.clock.seconds() - age)
+        sink = self.spool.new_message(env, b"Received: by peer.test\r\n")
+        sink.write(b"Subject: test " + queue_id.encode() + b"\r\n\r\nbody\r\n")
+        yield sink.finish()
+        return env
+
+    @defer.inlineCallbacks
+    def run(self, advance: float = 0):
+        self.clock.advance(advance)
+        yield self.runner.idle()
+        yield self.runner.idle()  # a bounce queued by the first round
+
+
+@pytest_twisted.inlineCallbacks
+def test_messages_are_delivered_over_one_connection_and_leave_the_spool(spool):
+    hooks = MemoryHooks()
+    listener = Listener("next.test", hooks)
+    port = yield listener.start()
+    h = Harness(spool, port)
+    try:
+        for n in range(3):
+            yield h.queue(f"Q{n}", f"u{n}@next.test", "v@next.test")
+        h.runner.startService()
+        yield h.run()
+        assert len(hooks.stored) == 3 and len(hooks.peers) == 1  # one connection
+        assert hooks.stored[0].recipients == ["u0@next.test", "v@next.test"]
+        assert hooks.stored[0].body.startswith(b"Received: by peer.test\r\nSubject: test Q0")
+        assert spool.ids() == [] and h.runner.entries == {}
+        yield hooks.peers[0].done
+    finally:
+        h.runner.stopService()
+        yield listener.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_next_hop_down_then_up_is_retried_after_the_backoff(spool):
+    port = free_port()  # nothing listens there yet
+    h = Harness(spool, port, backoff_base=60, jitter=0.0)
+    yield h.queue("R1", "u@next.test")
+    h.runner.startService()
+    try:
+        yield h.run()
+        rcpt = spool.load("R1").recipients[0]
+        assert (rcpt.state, rcpt.attempts) == (PENDING, 1)
+        assert rcpt.last_reply.startswith("451 4.4.1 Cannot connect")
+        assert rcpt.next_attempt == h.clock.seconds() + 60
+        hooks = MemoryHooks()
+        listener = Listener("next.test", hooks)
+        listener.factory_port = port
+        from twisted.internet import endpoints, reactor
+
+        listener.port = yield endpoints.serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1").listen(
+            listener.factory
+        )
+        try:
+            yield h.run(advance=59)
+            assert hooks.stored == []  # not due yet
+            yield h.run(advance=1)
+            assert len(hooks.stored) == 1
+            assert spool.ids() == []
+            yield hooks.peers[0].done
+        finally:
+            yield listener.stop()
+    finally:
+        h.runner.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_permanent_and_transient_refusals_per_recipient_and_a_bounce(spool):
+    hooks = PickyHooks()
+    listener = Listener("next.test", hooks)
+    port = yield listener.start()
+    h = Harness(spool, port)
+    try:
+        yield h.queue("P1", "good@next.test", "bad@next.test", "later@next.test")
+        h.runner.startService()
+        yield h.run()
+        env = spool.load("P1")
+        states = {r.address: (r.state, r.last_reply[:9]) for r in env.recipients}
+        assert states == {
+            "good@next.test": (DELIVERED, "250 2.0.0"),
+            "bad@next.test": (FAILED, "550 5.1.1"),
+            "later@next.test": (PENDING, "450 4.2.1"),
+        }
+        assert hooks.stored[0].recipients == ["good@next.test"]
+        # the bounce went to the (local) sender
+        [(rcpts, dsn)] = h.local
+        assert rcpts == ["a@peer.test"]
+        msg = email.message_from_bytes(dsn, policy=email.policy.default)
+        assert msg.get_content_type() == "multipart/report"
+        assert "bad@next.test" in dsn.decode() and "5.1.1" in dsn.decode()
+        assert "later@next.test" not in dsn.decode()
+        raw = json.loads(open(spool.envelope_path("P1")).read())
+        assert [r["state"] for r in raw["recipients"]] == [DELIVERED, FAILED, PENDING]
+        for peer in hooks.peers:
+            yield peer.done
+    finally:
+        h.runner.stopService()
+        yield listener.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_no_bounce_for_a_message_from_the_null_path(spool):
+    hooks = PickyHooks()
+    listener = Listener("next.test", hooks)
+    port = yield listener.start()
+    h = Harness(spool, port)
+    try:
+        yield h.queue("N1", "bad@next.test", sender="")
+        h.runner.startService()
+        yield h.run()
+        assert spool.ids() == []  # failed, finished, removed
+        assert h.local == []  # and nothing was bounced
+        for peer in hooks.peers:
+            yield peer.done
+    finally:
+        h.runner.stopService()
+        yield listener.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_message_past_its_lifetime_fails_with_4_4_7(spool):
+    hooks = PickyHooks()
+    listener = Listener("next.test", hooks)
+    port = yield listener.start()
+    h = Harness(spool, port, lifetime=5 * 86400)
+    try:
+        yield h.queue("E1", "later@next.test", age=5 * 86400 + 1)
+        h.runner.startService()
+        yield h.run()
+        assert spool.ids() == []
+        [(rcpts, dsn)] = h.local
+        assert "4.4.7" in dsn.decode()
+        for peer in hooks.peers:
+            yield peer.done
+    finally:
+        h.runner.stopService()
+        yield listener.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_failure_not_yet_bounced_when_the_process_died_is_bounced_at_start(spool):
+    h = Harness(spool, free_port())
+    env = yield h.queue("C1", "gone@next.test")
+    env.recipients[0].state = FAILED
+    env.recipients[0].last_reply = "550 5.1.1 No such user"
+    yield spool.update(env)  # the state a crash leaves: failed, not reported
+    h.runner.startService()
+    try:
+        yield h.run()
+        [(rcpts, dsn)] = h.local
+        assert rcpts == ["a@peer.test"] and b"5.1.1" in dsn
+        assert spool.ids() == []
+    finally:
+        h.runner.stopService()
