@@ -95,8 +95,10 @@ class ReceivingPolicy(ReceiverHooks):
         )
         local: list[str] = []
         spooled: list[Recipient] = []
+        source_routed = False
         for path in rcpts:
             decision = self.decide(peer, path)
+            source_routed = source_routed or (bool(path.route) and decision.kind == RELAY)
             if decision.kind == LOCAL:
                 local.append(self.maildir_for(path))
             elif decision.kind == RELAY:
@@ -107,12 +109,18 @@ class ReceivingPolicy(ReceiverHooks):
                 spooled.append(Recipient(str(decision.path)[1:-1], HELD, {"hold": decision.target}))
         sinks: list[MessageSink] = []
         if local:
-            sinks.append(self.maildirs.new_message(local, header, queue_id))
+            # final delivery: RFC 5321 §4.4 puts the reverse-path in a Return-Path: header
+            return_path = f"Return-Path: {tx.reverse_path}\r\n".encode()
+            sinks.append(self.maildirs.new_message(local, return_path + header, queue_id))
         envelope = None
         if spooled:
+            reverse = tx.reverse_path
+            if source_routed and not reverse.is_null:
+                # RFC 821 §3.6: a relay on a source route adds itself to the reverse-path
+                reverse = Path(reverse.mailbox, (self.hostname, *reverse.route))
             envelope = Envelope(
                 id=queue_id,
-                reverse_path=str(tx.reverse_path)[1:-1],
+                reverse_path=str(reverse)[1:-1],
                 recipients=spooled,
                 arrival=time.time(),
                 params={k: v for k, v in tx.params.items() if k in ("BODY", "SMTPUTF8")},

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
-from twisted.internet.endpoints import _parseServer
+from twisted.internet.endpoints import _parseServer, clientFromString
 from twisted.python import usage
 
 from .engine import Limits
@@ -15,7 +16,8 @@ DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
-        "Run an SMTP peer that accepts mail for its local domains into Maildirs. "
+        "Run an SMTP peer: mail for its local domains goes into Maildirs, mail for routed "
+        "domains is relayed (with retries and bounces) or held for a polling peer. "
         "With no options it listens on " + DEFAULT_LISTEN + " and stores mail under ./smtppeer-data."
     )
     optParameters = [
@@ -24,12 +26,22 @@ class Options(usage.Options):
         ["max-message-size", None, Limits.message_size, "Largest message accepted, in octets (SIZE)", int],
         ["max-recipients", None, Limits.recipients, "Most recipients per message (RFC 5321: >= 100)", int],
         ["max-connections", None, 200, "Concurrent sessions per listener; more get 421 4.7.0", int],
+        ["max-received", None, 100, "Refuse a message with more Received: headers (554 5.4.6, a loop)", int],
+        ["queue-lifetime", None, 5 * 86400.0, "Seconds before undeliverable mail is returned", float],
+        ["retry-interval", None, 60.0, "First retry after this many seconds, doubling up to an hour", float],
+        ["dns", None, None, "DNS server for MX routes, HOST or HOST:PORT [default: system resolver]"],
+    ]
+    optFlags = [
+        ["ignore-source-routes", None, "Route by the final mailbox, ignoring <@A,@B:u@c> (RFC 5321)"],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["domain"] = []
+        self["route"] = {}
+        self["hold"] = {}
+        self["relay-from"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen on a Twisted server endpoint such as tcp:25 (repeatable) [default: tcp:2525:interface=127.0.0.1]"""  # noqa: E501
@@ -38,6 +50,34 @@ class Options(usage.Options):
         except (ValueError, KeyError, TypeError) as e:
             raise usage.UsageError(f"--listen {endpoint!r}: not a server endpoint description ({e})") from e
         self["listen"].append(endpoint)
+
+    def opt_route(self, value: str) -> None:
+        """DOMAIN=ENDPOINT or DOMAIN=mx: relay mail for DOMAIN (.DOMAIN: its subdomains; *: anything,
+        for trusted clients only) to a client endpoint such as tcp:host=smarthost:port=25 (repeatable)"""
+        domain, target = _pair("--route", value)
+        if target.lower() == "mx":
+            target = "mx"
+        else:
+            try:
+                from twisted.internet import reactor  # noqa: PLC0415
+
+                clientFromString(reactor, target)
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--route {value!r}: not a client endpoint ({e})") from e
+        self["route"][domain] = target
+
+    def opt_hold(self, value: str) -> None:
+        """DOMAIN=PEER: keep mail for DOMAIN in PEER's hold queue until it polls (repeatable)"""
+        domain, peer = _pair("--hold", value)
+        self["hold"][domain] = peer
+
+    def opt_relay_from(self, network: str) -> None:
+        """A client network (CIDR) allowed to relay through the * route (repeatable)"""
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as e:
+            raise usage.UsageError(f"--relay-from {network!r}: {e}") from e
+        self["relay-from"].append(network)
 
     def opt_domain(self, domain: str) -> None:
         """Accept mail for this domain (repeatable) [default: the hostname and localhost]"""
@@ -52,6 +92,14 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["max-message-size"] < 1024:
             raise usage.UsageError("--max-message-size must be at least 1024 octets")
+        if self["dns"]:
+            text = self["dns"]
+            host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+            try:
+                ipaddress.ip_address(host)
+                self["dns"] = (host, int(port or 53))
+            except ValueError as e:
+                raise usage.UsageError(f"--dns {text!r}: give an IP address and optional port") from e
         if self["max-connections"] < 1:
             raise usage.UsageError("--max-connections must be at least 1")
         if self["max-recipients"] < 100:
@@ -62,3 +110,11 @@ class Options(usage.Options):
             self["listen"] = [DEFAULT_LISTEN]
         if not self["domain"]:
             self["domain"] = list(dict.fromkeys([self["hostname"].lower(), "localhost"]))
+
+
+def _pair(option: str, value: str) -> tuple[str, str]:
+    key, eq, target = value.partition("=")
+    key = key.strip().lower().rstrip(".")
+    if not eq or not key or not target:
+        raise usage.UsageError(f"{option} {value!r}: expected DOMAIN=VALUE")
+    return key, target

@@ -76,7 +76,12 @@ def all_stored_files(server: TwistdProcess) -> set[Path]:
 
 
 def split_received(raw: bytes) -> tuple[str, bytes]:
-    """The prepended (folded) Received: header, unfolded, and the original message."""
+    """The prepended (folded) Received: header, unfolded, and the original message.
+
+    Final delivery puts Return-Path: (the reverse-path) first (RFC 5321 §4.4).
+    """
+    assert raw.startswith(b"Return-Path: <"), raw[:200]
+    raw = raw.split(b"\r\n", 1)[1]
     assert raw.startswith(b"Received: "), raw[:200]
     lines = raw.split(b"\r\n")
     n = 1
