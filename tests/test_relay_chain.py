@@ -1,0 +1,125 @@
+"""Real twistd processes relaying to each other: by route, by source route, held mail."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import mailbox
+import smtplib
+import time
+from pathlib import Path
+
+import pytest
+
+MESSAGE = b"From: <x@src.test>\r\nTo: <u@c.test>\r\nSubject: chain\r\n\r\n.dot line\r\nbody\r\n"
+
+
+def wait_for_files(directory: Path, count: int, timeout: float = 30.0) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = sorted(directory.glob("*")) if directory.is_dir() else []
+        if len(files) >= count:
+            return files
+        time.sleep(0.05)
+    raise AssertionError(f"{directory}: {count} files expected within {timeout}s")
+
+
+def read_maildir(path: Path) -> list[bytes]:
+    box = mailbox.Maildir(str(path), factory=None, create=False)
+    return [box.get_bytes(k) for k in sorted(box.keys())]
+
+
+@pytest.fixture
+def chain(twistd_peer):
+    """C is the destination; B relays c.test to C; A relays b.test and c.test to B."""
+    c = twistd_peer("--domain", "c.test", hostname="c.test")
+    b = twistd_peer(
+        "--domain", "b.test", "--route", f"c.test=tcp:host=127.0.0.1:port={c.port}", hostname="b.test"
+    )
+    route_b = f"tcp:host=127.0.0.1:port={b.port}"
+    a = twistd_peer(
+        "--domain",
+        "a.test",
+        "--route",
+        f"b.test={route_b}",
+        "--route",
+        f"c.test={route_b}",
+        hostname="a.test",
+    )
+    return a, b, c
+
+
+def test_mail_is_relayed_along_routes_with_a_received_header_per_hop(chain):
+    a, b, c = chain
+    with smtplib.SMTP("127.0.0.1", a.port, local_hostname="client.test") as s:
+        s.sendmail("x@src.test", ["u@c.test"], MESSAGE)
+    [path] = wait_for_files(c.maildir("c.test", "u") / "new", 1)
+    [raw] = read_maildir(c.maildir("c.test", "u"))
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Return-Path"] == "<x@src.test>"
+    hops = [" ".join(h.split()) for h in msg.get_all("Received")]
+    assert [h.split(" by ")[1].split(" ")[0] for h in hops] == ["c.test", "b.test", "a.test"]
+    assert hops[2].startswith("from client.test ([127.0.0.1])")
+    assert hops[1].startswith("from a.test ([127.0.0.1])") and hops[0].startswith("from b.test ")
+    assert raw.endswith(b"\r\n.dot line\r\nbody\r\n")
+    # nothing left behind in the relays' spools
+    for relay in (a, b):
+        assert [p.name for p in (relay.data_dir / "spool" / "queue").iterdir()] == []
+
+
+def test_source_route_is_followed_and_recorded_in_the_reverse_path(chain):
+    a, b, c = chain
+    with smtplib.SMTP("127.0.0.1", a.port, local_hostname="client.test") as s:
+        s.ehlo()
+        assert s.mail("x@src.test")[0] == 250
+        code, text = s.docmd("RCPT TO:<@a.test,@b.test:u@c.test>")
+        assert code == 250, text
+        code, text = s.data(MESSAGE)
+        assert code == 250, text
+    wait_for_files(c.maildir("c.test", "u") / "new", 1)
+    [raw] = read_maildir(c.maildir("c.test", "u"))
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    # each source-route relay put itself in front of the reverse-path (RFC 821 §3.6)
+    assert msg["Return-Path"] == "<@b.test,@a.test:x@src.test>"
+    assert len(msg.get_all("Received")) == 3
+
+
+def test_an_untrusted_client_cannot_relay_to_an_unrouted_domain(chain):
+    a, _, _ = chain
+    with smtplib.SMTP("127.0.0.1", a.port) as s:
+        s.ehlo()
+        s.mail("x@src.test")
+        code, text = s.rcpt("victim@elsewhere.test")
+        assert (code, text[:5]) == (550, b"5.7.1")
+        code, text = s.docmd("RCPT TO:<@a.test,@elsewhere.test:victim@far.test>")
+        assert (code, text[:5]) == (550, b"5.7.1")
+    assert list((a.data_dir / "spool" / "queue").iterdir()) == []
+
+
+def test_a_mail_loop_is_refused_with_554_5_4_6(twistd_peer):
+    a = twistd_peer("--max-received", "3")
+    looped = b"".join(b"Received: from x by y; Sun, 29 Nov 2026 10:00:00 +0000\r\n" for _ in range(4))
+    with smtplib.SMTP("127.0.0.1", a.port) as s:
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            s.sendmail("x@src.test", ["u@localhost"], looped + b"Subject: loop\r\n\r\nx\r\n")
+    assert err.value.smtp_code == 554 and err.value.smtp_error.startswith(b"5.4.6")
+    assert not (a.maildir("localhost", "u") / "new").exists() or not list(
+        (a.maildir("localhost", "u") / "new").iterdir()
+    )
+
+
+def test_held_mail_stays_in_the_hold_queue_across_a_restart(twistd_peer):
+    p = twistd_peer("--hold", "dialup.test=dialup", hostname="provider.test")
+    with smtplib.SMTP("127.0.0.1", p.port) as s:
+        for n in range(3):
+            s.sendmail("x@src.test", [f"u{n}@dialup.test"], b"Subject: held\r\n\r\nx\r\n")
+    queue = p.data_dir / "spool" / "queue"
+    envelopes = sorted(queue.glob("*.json"))
+    assert len(envelopes) == 3
+    p.stop()
+    p.start()
+    after = sorted(queue.glob("*.json"))
+    assert after == envelopes
+    states = [json.loads(e.read_text())["recipients"][0] for e in after]
+    assert {(r["state"], r["route"]["hold"]) for r in states} == {("held", "dialup")}
