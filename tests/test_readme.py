@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import smtplib
 import subprocess
 import sys
+import time
 
-from .conftest import REPO
+from .conftest import REPO, TWISTD, free_port, wait_for_port
 
 README = (REPO / "README.rst").read_text()
 
@@ -34,3 +38,51 @@ def test_readme_examples_work_against_the_default_layout(twistd_peer):
     )
     assert out.stdout.startswith("hello from ")
     assert "by peer.test (smtppeer) with ESMTP" in out.stdout
+
+
+def _twistd_commands() -> list[list[str]]:
+    """The three-peer example: ``twistd -n ...`` lines with their continuations."""
+    text = README.replace("\\\n", " ")
+    return [
+        shlex.split(line.strip())[1:]
+        for line in text.splitlines()
+        if line.strip().startswith("twistd -n --pidfile=")
+    ]
+
+
+def test_readme_relay_example_runs(tmp_path):
+    commands = _twistd_commands()
+    assert len(commands) == 3
+    ports = {str(p): str(free_port()) for p in (2601, 2602, 2603)}
+    procs = []
+    try:
+        for argv in commands:
+            joined = " ".join(argv)
+            for old, new in ports.items():
+                joined = joined.replace(old, new)
+            proc = subprocess.Popen(
+                [*TWISTD, *shlex.split(joined)],
+                cwd=tmp_path,  # the example's relative data dirs and pid files land here
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+            procs.append(proc)
+            port = int(re.search(r"tcp:(\d+):", joined).group(1))
+            wait_for_port(port, proc)
+        with smtplib.SMTP("127.0.0.1", int(ports["2601"])) as s:
+            s.sendmail("me@example.test", ["u@c.test"], b"Subject: via a and b\r\n\r\nhi\r\n")
+            s.sendmail("me@example.test", ["x@dialup.test"], b"Subject: held\r\n\r\nhi\r\n")
+        new = tmp_path / "c-data" / "mail" / "c.test" / "u" / "new"
+        for _ in range(300):
+            if new.is_dir() and list(new.iterdir()):
+                break
+            time.sleep(0.05)
+        [delivered] = list(new.iterdir())
+        assert delivered.read_bytes().count(b"Received: from ") == 3
+        assert len(list((tmp_path / "a-data" / "spool" / "queue").glob("*.json"))) == 1  # the held one
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=15)
