@@ -80,6 +80,6 @@ def _deliver_bounce(store: MaildirStore, router: Router, rcpts: list[str], messa
     for rcpt in rcpts:
         local, _, domain = rcpt.rpartition("@")
         maildirs.append(store.path_for(domain or router.hostname, local or rcpt))
-    sink = store.new_message(maildirs, b"", queue_id)
+    sink = store.new_message(maildirs, b"Return-Path: <>\r\n", queue_id)
     sink.write(message)
     return sink.finish()

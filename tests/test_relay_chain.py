@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import TwistdProcess, free_port
+
 MESSAGE = b"From: <x@src.test>\r\nTo: <u@c.test>\r\nSubject: chain\r\n\r\n.dot line\r\nbody\r\n"
 
 
@@ -123,3 +125,67 @@ def test_held_mail_stays_in_the_hold_queue_across_a_restart(twistd_peer):
     assert after == envelopes
     states = [json.loads(e.read_text())["recipients"][0] for e in after]
     assert {(r["state"], r["route"]["hold"]) for r in states} == {("held", "dialup")}
+
+
+def test_next_hop_down_then_up_is_retried_in_a_real_run(twistd_peer):
+    b_port = free_port()
+    a = twistd_peer("--route", f"b.test=tcp:host=127.0.0.1:port={b_port}", "--retry-interval", "0.5")
+    with smtplib.SMTP("127.0.0.1", a.port) as s:
+        s.sendmail("x@src.test", ["u@b.test"], b"Subject: retried\r\n\r\nx\r\n")
+    [envelope] = wait_for_files_glob(a.data_dir / "spool" / "queue", "*.json")
+    deadline = time.monotonic() + 20
+    while json.loads(envelope.read_text())["recipients"][0]["attempts"] < 1:
+        assert time.monotonic() < deadline, "no delivery attempt recorded"
+        time.sleep(0.05)
+    assert "Cannot connect" in json.loads(envelope.read_text())["recipients"][0]["last_reply"]
+    b = TwistdProcess(a.data_dir.parent / "b-data", "--domain", "b.test", hostname="b.test")
+    b.data_dir.mkdir()
+    b.port = b_port
+    b.args[b.args.index("--listen") + 1] = f"tcp:{b_port}:interface=127.0.0.1"
+    b.start()
+    try:
+        wait_for_files(b.maildir("b.test", "u") / "new", 1)
+    finally:
+        b.stop()
+    assert list((a.data_dir / "spool" / "queue").iterdir()) == []
+
+
+def wait_for_files_glob(directory: Path, pattern: str, timeout: float = 10.0) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(directory.glob(pattern))
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"nothing like {pattern} in {directory}")
+
+
+def test_a_refused_recipient_is_bounced_and_a_failed_bounce_is_not(twistd_peer):
+    b = twistd_peer("--domain", "b.test", hostname="b.test")  # accepts b.test only
+    a = twistd_peer(
+        "--domain",
+        "a.test",
+        "--route",
+        f"nowhere.test=tcp:host=127.0.0.1:port={b.port}",
+        hostname="a.test",
+    )
+    with smtplib.SMTP("127.0.0.1", a.port) as s:
+        s.sendmail("sender@a.test", ["u@nowhere.test"], b"Subject: will fail\r\n\r\nx\r\n")
+        s.sendmail("remote@nowhere.test", ["v@nowhere.test"], b"Subject: bounce fails too\r\n\r\nx\r\n")
+    # the local sender gets a delivery status notification
+    [path] = wait_for_files(a.maildir("a.test", "sender") / "new", 1)
+    dsn = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert dsn.get_content_type() == "multipart/report"
+    assert dsn.get_param("report-type") == "delivery-status"
+    assert dsn["Return-Path"] == "<>"
+    status = [p for p in dsn.walk() if p.get_content_type() == "message/delivery-status"][0]
+    text = status.as_string()
+    assert "Final-Recipient: rfc822; u@nowhere.test" in text
+    assert "Status: 5.7.1" in text and "Action: failed" in text
+    # the remote sender's bounce is refused as well: it is dropped, not bounced again
+    deadline = time.monotonic() + 20
+    while list((a.data_dir / "spool" / "queue").glob("*.json")):
+        assert time.monotonic() < deadline, "spool did not drain"
+        time.sleep(0.05)
+    assert "no bounce for a message from <>" in a.log()
+    assert len(list((a.maildir("a.test", "sender") / "new").iterdir())) == 1
