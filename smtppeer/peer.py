@@ -380,41 +380,27 @@ def _call_hook(ask, then, on_failure) -> None:
 
 
 class SMTPPeerFactory(Factory):
-    """Builds peers for a listener (receiver first) or for one outgoing job (sender first)."""
+    """Builds peers for a listener (receiver first) or for one outgoing job (sender first).
+
+    ``peer_options`` are passed to every ``SMTPPeer`` (``job``, ``limits``,
+    ``clock``, ``extensions``).
+    """
 
     noisy = False
 
     def __init__(
-        self,
-        hostname: str,
-        hooks: ReceiverHooks,
-        *,
-        job: SenderJob | None = None,
-        limits: Limits | None = None,
-        clock: interfaces.IReactorTime | None = None,
-        extensions: list[Extension] | None = None,
-        max_connections: int | None = None,
+        self, hostname: str, hooks: ReceiverHooks, *, max_connections: int | None = None, **peer_options
     ) -> None:
         self.hostname = hostname
         self.hooks = hooks
-        self.job = job
-        self.limits = limits
-        self.clock = clock
-        self.extensions = extensions
+        self.peer_options = peer_options
         self.max_connections = max_connections
         self.active = 0
 
     def buildProtocol(self, addr) -> SMTPPeer:
         """Over ``max_connections`` the peer still answers, with 421, so the
         client knows to retry later instead of seeing a reset."""
-        peer = SMTPPeer(
-            self.hostname,
-            self.hooks,
-            job=self.job,
-            limits=self.limits,
-            clock=self.clock,
-            extensions=self.extensions,
-        )
+        peer = SMTPPeer(self.hostname, self.hooks, **self.peer_options)
         peer.factory = self
         peer.over_limit = self.max_connections is not None and self.active >= self.max_connections
         return peer

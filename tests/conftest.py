@@ -129,6 +129,21 @@ def twistd_peer(tmp_path):
         proc.stop()
 
 
+@pytest.fixture
+def spool(tmp_path):
+    """A real spool under tmp_path with its committer, stopped afterwards."""
+    import pytest_twisted
+
+    from smtppeer.committer import Committer
+    from smtppeer.spool import Spool
+
+    committer = Committer()
+    yield Spool(str(tmp_path / "spool"), committer)
+    stopped = committer.stopService()
+    if stopped is not None:
+        pytest_twisted.blockon(stopped)
+
+
 @pytest.fixture(autouse=True)
 def clean_reactor(request):
     """Fail a test that leaves delayed calls or open sockets in the reactor."""

@@ -6,11 +6,9 @@ import email
 import email.policy
 import json
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 
-from smtppeer.committer import Committer
 from smtppeer.engine import reply
 from smtppeer.routing import Router
 from smtppeer.runner import QueueRunner, RunnerSettings
@@ -32,13 +30,18 @@ class PickyHooks(MemoryHooks):
         return reply(250, "2.1.5", "OK")
 
 
-@pytest.fixture
-def spool(tmp_path):
-    committer = Committer()
-    yield Spool(str(tmp_path / "spool"), committer)
-    stopped = committer.stopService()
-    if stopped is not None:
-        pytest_twisted.blockon(stopped)
+@pytest_twisted.async_yield_fixture
+async def next_hop():
+    """A PickyHooks SMTPPeer listening on loopback; closed (and its sessions awaited) afterwards."""
+    hooks = PickyHooks()
+    listener = Listener("next.test", hooks)
+    port = await listener.start()
+    try:
+        yield hooks, port
+    finally:
+        for peer in hooks.peers:
+            await peer.done
+        await listener.stop()
 
 
 class Harness:
@@ -79,10 +82,8 @@ class Harness:
 
 
 @pytest_twisted.inlineCallbacks
-def test_messages_are_delivered_over_one_connection_and_leave_the_spool(spool):
-    hooks = MemoryHooks()
-    listener = Listener("next.test", hooks)
-    port = yield listener.start()
+def test_messages_are_delivered_over_one_connection_and_leave_the_spool(spool, next_hop):
+    hooks, port = next_hop
     h = Harness(spool, port)
     try:
         for n in range(3):
@@ -93,10 +94,8 @@ def test_messages_are_delivered_over_one_connection_and_leave_the_spool(spool):
         assert hooks.stored[0].recipients == ["u0@next.test", "v@next.test"]
         assert hooks.stored[0].body.startswith(b"Received: by peer.test\r\nSubject: test Q0")
         assert spool.ids() == [] and h.runner.entries == {}
-        yield hooks.peers[0].done
     finally:
         h.runner.stopService()
-        yield listener.stop()
 
 
 @pytest_twisted.inlineCallbacks
@@ -133,10 +132,8 @@ def test_next_hop_down_then_up_is_retried_after_the_backoff(spool):
 
 
 @pytest_twisted.inlineCallbacks
-def test_permanent_and_transient_refusals_per_recipient_and_a_bounce(spool):
-    hooks = PickyHooks()
-    listener = Listener("next.test", hooks)
-    port = yield listener.start()
+def test_permanent_and_transient_refusals_per_recipient_and_a_bounce(spool, next_hop):
+    hooks, port = next_hop
     h = Harness(spool, port)
     try:
         yield h.queue("P1", "good@next.test", "bad@next.test", "later@next.test")
@@ -159,18 +156,13 @@ def test_permanent_and_transient_refusals_per_recipient_and_a_bounce(spool):
         assert "later@next.test" not in dsn.decode()
         raw = json.loads(open(spool.envelope_path("P1")).read())
         assert [r["state"] for r in raw["recipients"]] == [DELIVERED, FAILED, PENDING]
-        for peer in hooks.peers:
-            yield peer.done
     finally:
         h.runner.stopService()
-        yield listener.stop()
 
 
 @pytest_twisted.inlineCallbacks
-def test_no_bounce_for_a_message_from_the_null_path(spool):
-    hooks = PickyHooks()
-    listener = Listener("next.test", hooks)
-    port = yield listener.start()
+def test_no_bounce_for_a_message_from_the_null_path(spool, next_hop):
+    hooks, port = next_hop
     h = Harness(spool, port)
     try:
         yield h.queue("N1", "bad@next.test", sender="")
@@ -178,18 +170,13 @@ def test_no_bounce_for_a_message_from_the_null_path(spool):
         yield h.run()
         assert spool.ids() == []  # failed, finished, removed
         assert h.local == []  # and nothing was bounced
-        for peer in hooks.peers:
-            yield peer.done
     finally:
         h.runner.stopService()
-        yield listener.stop()
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_message_past_its_lifetime_fails_with_4_4_7(spool):
-    hooks = PickyHooks()
-    listener = Listener("next.test", hooks)
-    port = yield listener.start()
+def test_a_message_past_its_lifetime_fails_with_4_4_7(spool, next_hop):
+    hooks, port = next_hop
     h = Harness(spool, port, lifetime=5 * 86400)
     try:
         yield h.queue("E1", "later@next.test", age=5 * 86400 + 1)
@@ -198,11 +185,8 @@ def test_a_message_past_its_lifetime_fails_with_4_4_7(spool):
         assert spool.ids() == []
         [(rcpts, dsn)] = h.local
         assert "4.4.7" in dsn.decode()
-        for peer in hooks.peers:
-            yield peer.done
     finally:
         h.runner.stopService()
-        yield listener.stop()
 
 
 @pytest_twisted.inlineCallbacks

@@ -12,7 +12,7 @@ from smtppeer.spool import PENDING, Envelope, Recipient
 
 from .peerutil import Listener, MemoryHooks
 from .test_mx import MemoryAuthority, RecordingServerFactory, mx
-from .test_runner import Harness, spool  # noqa: F401 (fixture)
+from .test_runner import Harness
 
 
 def zone() -> MemoryAuthority:
@@ -26,7 +26,7 @@ def zone() -> MemoryAuthority:
 
 
 @pytest_twisted.inlineCallbacks
-def test_mx_route_tries_exchangers_in_order_and_null_mx_fails(spool):  # noqa: F811
+def test_mx_route_tries_exchangers_in_order_and_null_mx_fails(spool):
     factory = RecordingServerFactory(authorities=[zone()])
     factory.noisy = False
     udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")

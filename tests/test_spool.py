@@ -5,20 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
 import pytest_twisted
 
-from smtppeer.committer import Committer
 from smtppeer.spool import DELIVERED, FAILED, HELD, PENDING, Envelope, Recipient, Spool
-
-
-@pytest.fixture
-def spool(tmp_path):
-    committer = Committer()
-    yield Spool(str(tmp_path / "spool"), committer)
-    stopped = committer.stopService()
-    if stopped is not None:
-        pytest_twisted.blockon(stopped)
 
 
 def envelope(queue_id: str, *rcpts: Recipient) -> Envelope:
