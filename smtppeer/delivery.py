@@ -47,14 +47,16 @@ class ReceivingPolicy(ReceiverHooks):
         maildirs: MaildirStore,
         spool: Spool | None = None,
         max_received: int = MAX_RECEIVED,
-        on_spooled=None,
+        runner=None,
+        turn_peers: dict[str, list[str]] | None = None,
     ) -> None:
         self.hostname = hostname
         self.router = router
         self.maildirs = maildirs
         self.spool = spool
         self.max_received = max_received
-        self.on_spooled = on_spooled  # called with each newly spooled envelope (the queue runner)
+        self.runner = runner  # the queue runner: new spooled mail, and held mail released on TURN
+        self.turn_peers = turn_peers or {}  # peer name -> the client addresses that identify it
         # where <postmaster> without a domain goes: the host's own domain if local
         self.primary_domain = (
             router.hostname if router.hostname in router.local_domains else min(router.local_domains)
@@ -79,6 +81,31 @@ class ReceivingPolicy(ReceiverHooks):
             log.info("refused {rcpt} from {client}", rcpt=str(path), client=peer.client_address)
             return decision.reply
         return reply(250, "2.1.5", "Recipient OK")
+
+    def turn_identity(self, peer: SMTPPeer) -> str | None:
+        """Which configured peer is asking to TURN, if any.
+
+        An authenticated identity (the trust issue) will take precedence; until
+        then a peer is known by its client address, and only on listeners
+        configured to accept TURN.  Anyone else gets 502.
+        """
+        authenticated = getattr(peer, "authenticated", None)
+        if authenticated in self.turn_peers:
+            return authenticated
+        if not getattr(peer.factory, "accepts_turn", False):
+            return None
+        for name, addresses in self.turn_peers.items():
+            if peer.client_address in addresses:
+                return name
+        return None
+
+    def turn(self, peer: SMTPPeer):
+        name = self.turn_identity(peer)
+        if name is None or self.runner is None:
+            log.info("TURN refused to {client}", client=peer.client_address)
+            return None
+        log.info("TURN from {client}: peer {name}", client=peer.client_address, name=name)
+        return self.runner.release(name)
 
     def begin_message(self, peer: SMTPPeer) -> MessageSink:
         receiver = peer.receiver
@@ -189,8 +216,8 @@ class IncomingMessage(MessageSink):
             line=f"{self.queue_id}: accepted {self.summary}, {self.size} octets",
             queue_id=self.queue_id,
         )
-        if self.envelope is not None and self.policy.on_spooled is not None:
-            self.policy.on_spooled(self.envelope)
+        if self.envelope is not None and self.policy.runner is not None:
+            self.policy.runner.add(self.envelope)
         return reply(250, "2.0.0", f"Ok: queued as {self.queue_id}")
 
     def abort(self, why: str = "abandoned before the end of DATA") -> None:

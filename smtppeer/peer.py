@@ -389,12 +389,19 @@ class SMTPPeerFactory(Factory):
     noisy = False
 
     def __init__(
-        self, hostname: str, hooks: ReceiverHooks, *, max_connections: int | None = None, **peer_options
+        self,
+        hostname: str,
+        hooks: ReceiverHooks,
+        *,
+        max_connections: int | None = None,
+        accepts_turn: bool = False,
+        **peer_options,
     ) -> None:
         self.hostname = hostname
         self.hooks = hooks
         self.peer_options = peer_options
         self.max_connections = max_connections
+        self.accepts_turn = accepts_turn  # a listener's setting, for the TURN policy
         self.active = 0
 
     def buildProtocol(self, addr) -> SMTPPeer:

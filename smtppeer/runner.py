@@ -64,6 +64,31 @@ class _Batch:
     items: list[tuple[Envelope, list[Recipient]]] = field(default_factory=list)
 
 
+@dataclass
+class PollOutcome:
+    """One poll cycle, for the log line and for ``smtppeer poll``."""
+
+    peer: str
+    sent: int = 0
+    received: int = 0
+    turned: bool = False
+    turn_reply: str | None = None
+    duration: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def line(self) -> str:
+        turn = "turned" if self.turned else f"not turned ({self.turn_reply or 'no reply'})"
+        outcome = "ok" if self.ok else f"failed: {self.error}"
+        return (
+            f"poll {self.peer}: sent {self.sent}, received {self.received}, {turn}, "
+            f"{self.duration:.2f}s, {outcome}"
+        )
+
+
 class _LazyBody:
     """Opens the spooled body on first read and closes it at its end (bounded fds)."""
 
@@ -169,6 +194,15 @@ class QueueRunner(service.Service):
         next_due = now + self.settings.interval
         for envelope in list(self.entries.values()):
             due = []
+            expired_holds = [
+                r
+                for r in envelope.recipients
+                if r.state == HELD
+                and now - envelope.arrival >= self.settings.lifetime
+                and (envelope.id, r.address) not in self._inflight
+            ]
+            if expired_holds:
+                self._expire_holds(envelope, expired_holds)
             for rcpt in envelope.recipients:
                 if rcpt.state != PENDING or (envelope.id, rcpt.address) in self._inflight:
                     continue
@@ -198,9 +232,7 @@ class QueueRunner(service.Service):
                 return
             if sum(self._connections.values()) >= self.settings.max_connections:
                 return
-            for envelope, rcpts in items:
-                for rcpt in rcpts:
-                    self._inflight.add((envelope.id, rcpt.address))
+            self._mark(items)
             self._connections[dest] += 1
             d = defer.ensureDeferred(self._deliver(batch.key, items))
             self._running.add(d)
@@ -209,8 +241,7 @@ class QueueRunner(service.Service):
                 self._running.discard(d)
                 self._connections[dest] -= 1
                 for envelope, rcpts in items:
-                    for rcpt in rcpts:
-                        self._inflight.discard((envelope.id, rcpt.address))
+                    self._release_marks(envelope, rcpts)
                 self.kick()
                 return result
 
@@ -260,6 +291,15 @@ class QueueRunner(service.Service):
             (endpoint_description(h), connect(self.reactor, h.host, h.port, timeout=timeout)) for h in hops
         ]
 
+    def _mark(self, items: list[tuple[Envelope, list[Recipient]]]) -> None:
+        for envelope, rcpts in items:
+            for rcpt in rcpts:
+                self._inflight.add((envelope.id, rcpt.address))
+
+    def _release_marks(self, envelope: Envelope, rcpts: list[Recipient]) -> None:
+        for rcpt in rcpts:
+            self._inflight.discard((envelope.id, rcpt.address))
+
     def _job(self, items: list[tuple[Envelope, list[Recipient]]]) -> tuple[SenderJob, list[defer.Deferred]]:
         pending: list[defer.Deferred] = []
 
@@ -267,7 +307,10 @@ class QueueRunner(service.Service):
             envelope, rcpts = result.envelope.tag
             d = defer.ensureDeferred(self._record(envelope, rcpts, result.results))
             d.addErrback(lambda f: log.failure("could not record results for {id}", f, id=envelope.id))
+            d.addBoth(lambda _: self._release_marks(envelope, rcpts))
             pending.append(d)
+            self._running.add(d)
+            d.addBoth(lambda result: (self._running.discard(d), result)[1])
 
         envelopes = [
             SendEnvelope(
@@ -281,6 +324,76 @@ class QueueRunner(service.Service):
             for envelope, rcpts in items
         ]
         return SenderJob(envelopes, on_result=on_result), pending
+
+    # -- turning around: releasing a hold queue, polling a peer ---------------------
+
+    def release(self, peer_name: str) -> SenderJob:
+        """The job that sends ``peer_name`` its held mail over a turned connection.
+
+        Recipients already being sent (another session of the same peer) are
+        left out, so two sessions never send the same message.  A failure to
+        deliver keeps the mail held; a permanent refusal bounces it.
+        """
+        items = []
+        for envelope in self.entries.values():
+            held = [r for r in envelope.held_for(peer_name) if (envelope.id, r.address) not in self._inflight]
+            if held:
+                items.append((envelope, held))
+        self._mark(items)
+        job, _ = self._job(items)
+        log.info("{line}", line=f"releasing {len(items)} held messages to {peer_name}")
+        return job
+
+    async def poll(
+        self, peer_name: str, endpoint: str, hooks: ReceiverHooks, command: str = "TURN"
+    ) -> PollOutcome:
+        """One poll cycle: connect, send what is queued for the peer, ``TURN``, receive, QUIT."""
+        started = self.clock.seconds()
+        items = []
+        for envelope in self.entries.values():
+            rcpts = [
+                r
+                for r in envelope.recipients
+                if r.state == PENDING
+                and r.route.get("relay") in (endpoint, f"peer:{peer_name}")
+                and (envelope.id, r.address) not in self._inflight
+            ]
+            if rcpts:
+                items.append((envelope, rcpts))
+        self._mark(items)
+        job, pending = self._job(items)
+        job.finish = command
+        factory = SMTPPeerFactory(self.hostname, hooks, job=job, limits=self.limits)
+        outcome = PollOutcome(peer_name)
+        try:
+            peer = await endpoints.clientFromString(self.reactor, endpoint).connect(factory)
+        except Exception as e:  # noqa: BLE001 - the peer is down: what we had stays queued
+            await self._record_all(items, reply(451, "4.4.1", f"Cannot connect to {peer_name}: {e}"))
+            outcome.error = f"cannot connect: {e}"
+        else:
+            summary = await peer.done
+            await defer.DeferredList(pending, consumeErrors=True)
+            outcome.sent = sum(len(r.delivered) for r in summary.sent)
+            outcome.received = summary.received
+            outcome.turned = job.turned
+            outcome.turn_reply = str(job.turn_reply) if job.turn_reply else None
+            outcome.error = None if summary.clean else summary.error
+        outcome.duration = self.clock.seconds() - started
+        log.info("{line}", line=outcome.line(), peer=peer_name)
+        return outcome
+
+    def _expire_holds(self, envelope: Envelope, rcpts: list[Recipient]) -> None:
+        for rcpt in rcpts:
+            rcpt.state = FAILED
+            rcpt.last_reply = str(reply(451, "4.4.7", "Held too long: the peer did not call in"))
+        d = defer.ensureDeferred(self._after_expiry(envelope))
+        d.addErrback(lambda f: log.failure("could not expire held mail", f))
+        self._running.add(d)
+        d.addBoth(lambda result: (self._running.discard(d), result)[1])
+
+    async def _after_expiry(self, envelope: Envelope) -> None:
+        await self.spool.update(envelope)
+        await self._report_failures(envelope)
 
     # -- results -------------------------------------------------------------------
 
@@ -304,6 +417,8 @@ class QueueRunner(service.Service):
                 failed.append((rcpt, response))
             else:
                 rcpt.attempts += 1
+                if rcpt.state == HELD:
+                    continue  # stays in the hold queue for the peer's next call
                 if now - envelope.arrival >= self.settings.lifetime:
                     rcpt.state = FAILED
                     expired = reply(451, "4.4.7", f"Delivery time expired; last error: {response}")

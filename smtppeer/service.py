@@ -57,7 +57,7 @@ def makeService(options) -> service.MultiService:  # noqa: N802 (the name Servic
     )
     runner.setServiceParent(top)
     hooks = ReceivingPolicy(
-        hostname, router, store, spool, max_received=options["max-received"], on_spooled=runner.add
+        hostname, router, store, spool, max_received=options["max-received"], runner=runner
     )
     factory = SMTPPeerFactory(
         hostname, hooks, limits=options.limits(), max_connections=options["max-connections"]

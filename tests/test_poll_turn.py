@@ -1,0 +1,164 @@
+"""Poll and exchange in one connection: the dial-up side sends, says TURN, receives.
+
+Two complete peers in one process (policy, spool, queue runner, Maildirs),
+on real loopback sockets: the provider holds mail for ``dialup.test``; the
+dial-up host has mail queued for the provider.
+"""
+
+from __future__ import annotations
+
+import mailbox
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, endpoints, reactor, task
+
+from smtppeer.committer import Committer
+from smtppeer.delivery import ReceivingPolicy
+from smtppeer.maildir import MaildirStore
+from smtppeer.peer import SMTPPeerFactory
+from smtppeer.routing import Router
+from smtppeer.runner import QueueRunner, RunnerSettings
+from smtppeer.spool import HELD, PENDING, Envelope, Recipient, Spool
+
+
+class Host:
+    """One peer: a policy, a spool and a runner under ``root``."""
+
+    def __init__(self, root, hostname: str, domains: list[str], **router_args) -> None:
+        self.root = root
+        self.committer = Committer()
+        self.spool = Spool(str(root / "spool"), self.committer)
+        self.maildirs = MaildirStore(str(root / "mail"), self.committer)
+        self.router = Router(hostname, domains, **router_args)
+        self.runner = QueueRunner(hostname, self.spool, self.router, settings=RunnerSettings(interval=3600))
+        self.policy = ReceivingPolicy(hostname, self.router, self.maildirs, self.spool, runner=self.runner)
+        self.hostname = hostname
+        self.port = None
+
+    @defer.inlineCallbacks
+    def listen(self, accepts_turn: bool, turn_peers: dict[str, list[str]]):
+        self.policy.turn_peers = turn_peers
+        factory = SMTPPeerFactory(self.hostname, self.policy, accepts_turn=accepts_turn)
+        ep = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+        self.port = yield ep.listen(factory)
+        self.factory = factory
+        return self.port.getHost().port
+
+    @defer.inlineCallbacks
+    def queue(self, queue_id: str, address: str, state: str, route: dict[str, str], sender: str):
+        # not due for the runner's own rounds: only the poll sends it
+        rcpt = Recipient(address, state, route, next_attempt=reactor.seconds() + 3600)
+        env = Envelope(queue_id, sender, [rcpt], arrival=reactor.seconds())
+        sink = self.spool.new_message(env, b"Received: by " + self.hostname.encode() + b"\r\n")
+        sink.write(f"Subject: {queue_id}\r\n\r\nbody of {queue_id}\r\n".encode())
+        yield sink.finish()
+
+    def mailbox(self, domain: str, user: str) -> list[bytes]:
+        path = os.path.join(self.root, "mail", domain, user)
+        if not os.path.isdir(path):
+            return []
+        box = mailbox.Maildir(path, factory=None, create=False)
+        return [box.get_bytes(k) for k in sorted(box.keys())]
+
+    @defer.inlineCallbacks
+    def settle(self):
+        """Wait (boundedly) until this host's sessions are over and its results recorded."""
+        for _ in range(500):
+            if self.port is None or self.factory.active == 0:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield self.runner.idle()
+
+    @defer.inlineCallbacks
+    def close(self):
+        if self.port is not None:
+            yield self.port.stopListening()
+        if self.runner.running:
+            yield self.runner.stopService()
+        yield self.committer.stopService()
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    holds = {"dialup.test": "dialup"}
+    provider = Host(tmp_path / "provider", "provider.test", ["provider.test"], holds=holds)
+    dialup = Host(tmp_path / "dialup", "dialup.test", ["dialup.test"])
+    yield provider, dialup
+    for host in (provider, dialup):
+        pytest_twisted.blockon(host.close())
+
+
+@defer.inlineCallbacks
+def prepare(provider: Host, dialup: Host, accepts_turn=True, turn_peers=None, held=2):
+    peers = {"dialup": ["127.0.0.1"]} if turn_peers is None else turn_peers
+    port = yield provider.listen(accepts_turn, peers)
+    endpoint = f"tcp:host=127.0.0.1:port={port}"
+    for n in range(held):  # mail the provider holds for the dial-up host
+        yield provider.queue(f"H{n}", f"user{n}@dialup.test", HELD, {"hold": "dialup"}, "x@provider.test")
+    for n in range(3):  # mail the dial-up host has for the provider
+        yield dialup.queue(f"D{n}", "boss@provider.test", PENDING, {"relay": endpoint}, "me@dialup.test")
+    provider.runner.startService()
+    dialup.runner.startService()
+    return endpoint
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_poll_sends_turns_and_receives_on_the_same_connection(hosts):
+    provider, dialup = hosts
+    endpoint = yield prepare(provider, dialup)
+    outcome = yield defer.ensureDeferred(dialup.runner.poll("provider", endpoint, dialup.policy))
+    yield provider.settle()
+    assert (outcome.sent, outcome.received, outcome.turned, outcome.ok) == (3, 2, True, True)
+    assert outcome.line().startswith("poll provider: sent 3, received 2, turned, ")
+    assert len(provider.mailbox("provider.test", "boss")) == 3
+    assert [len(dialup.mailbox("dialup.test", f"user{n}")) for n in range(2)] == [1, 1]
+    # both queues are empty: what was acknowledged left the spool
+    assert provider.spool.ids() == [] and dialup.spool.ids() == []
+    assert provider.factory.active == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_turn_refused_the_mail_is_sent_and_nothing_received(hosts):
+    provider, dialup = hosts
+    endpoint = yield prepare(provider, dialup, accepts_turn=False)
+    outcome = yield defer.ensureDeferred(dialup.runner.poll("provider", endpoint, dialup.policy))
+    yield provider.settle()
+    assert (outcome.sent, outcome.received, outcome.turned) == (3, 0, False)
+    assert outcome.turn_reply.startswith("502 5.5.1")
+    assert len(provider.mailbox("provider.test", "boss")) == 3
+    assert sorted(provider.spool.ids()) == ["H0", "H1"]  # still held
+
+
+@pytest_twisted.inlineCallbacks
+def test_turn_from_an_address_that_is_not_the_peer_is_refused(hosts):
+    provider, dialup = hosts
+    endpoint = yield prepare(provider, dialup, turn_peers={"dialup": ["192.0.2.99"]})
+    outcome = yield defer.ensureDeferred(dialup.runner.poll("provider", endpoint, dialup.policy))
+    yield provider.settle()
+    assert not outcome.turned and outcome.received == 0
+    assert sorted(provider.spool.ids()) == ["H0", "H1"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_nothing_held_is_a_turn_then_an_immediate_quit(hosts):
+    provider, dialup = hosts
+    endpoint = yield prepare(provider, dialup, held=0)
+    outcome = yield defer.ensureDeferred(dialup.runner.poll("provider", endpoint, dialup.policy))
+    yield provider.settle()
+    assert (outcome.sent, outcome.received, outcome.turned, outcome.ok) == (3, 0, True, True)
+
+
+@pytest_twisted.inlineCallbacks
+def test_provider_down_keeps_everything_queued(hosts):
+    provider, dialup = hosts
+    endpoint = yield prepare(provider, dialup)
+    yield provider.port.stopListening()
+    provider.port = None
+    outcome = yield defer.ensureDeferred(dialup.runner.poll("provider", endpoint, dialup.policy))
+    yield provider.settle()
+    assert not outcome.ok and outcome.error.startswith("cannot connect")
+    assert sorted(dialup.spool.ids()) == ["D0", "D1", "D2"]
+    attempts = [r.attempts for e in dialup.spool.envelopes() for r in e.recipients]
+    assert attempts == [1, 1, 1], attempts
