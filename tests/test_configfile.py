@@ -1,0 +1,536 @@
+"""The TOML configuration file: the schema into the model, defaults, examples, and clear errors."""
+
+# The table of broken files keeps each whole one-line error on one line, as the user sees it.
+# ruff: noqa: E501
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from smtppeer.config import Config, Listener, Mailbox, Peer, Poll
+from smtppeer.configfile import ConfigError, load_config, loads_config
+from smtppeer.engine import Limits
+from smtppeer.options import DEFAULT_LISTEN, Options
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+FULL = """
+hostname = "mail.example.org"
+data_dir = "/var/lib/smtppeer"
+relay_from = ["127.0.0.0/8", "2001:db8::/32"]
+dns = "127.0.0.1:5353"
+honour_source_routes = false
+json_log = true
+
+[[listen]]
+endpoint = "tcp:2525:interface=127.0.0.1"
+mode = "smtp"
+turn = true
+
+[[listen]]
+endpoint = "tcp:2366:interface=127.0.0.1"
+mode = "ODMR"
+
+[domains."Example.ORG."]
+catch_all = false
+users = ["alice", "bob"]
+aliases = { postmaster = ["alice"], info = ["alice", "bob@example.net"], abuse = "postmaster" }
+
+[domains."lists.example.org"]
+
+[routes]
+"partner.example" = "tcp:host=10.0.0.5:port=25"
+".example.net" = "MX"
+"*" = "peer:provider"
+
+[holds]
+"dialup.example" = "dialup"
+".dialup.example" = "dialup"
+
+[peers.dialup]
+domains = ["dialup.example"]
+addresses = ["192.0.2.10", "2001:db8:0::1"]
+endpoint = "tcp:host=dialup.example:port=25"
+username = "dialup"
+password = "secret"
+
+[peers.provider]
+endpoint = "tcp:host=127.0.0.1:port=2526"
+
+[[polls]]
+peer = "provider"
+interval = "5m"
+jitter = 0.25
+method = "turn"
+max_backoff = "2h"
+
+[limits]
+message_size = "10M"
+recipients = 200
+command_line = "1K"
+text_line = 2000
+bad_commands = 5
+command_timeout = "1m30s"
+data_timeout = 900
+reply_timeout = 60.5
+data_block_timeout = "2m"
+data_end_timeout = "1h"
+max_connections = 20
+max_received = 50
+queue_lifetime = "2d"
+retry_interval = "30s"
+"""
+
+
+def test_full_schema_round_trip(tmp_path):
+    path = tmp_path / "smtppeer.toml"
+    path.write_text(FULL)
+    assert load_config(str(path)) == Config(
+        hostname="mail.example.org",
+        data_dir="/var/lib/smtppeer",
+        listeners=[
+            Listener("tcp:2525:interface=127.0.0.1", mode="smtp", turn=True),
+            Listener("tcp:2366:interface=127.0.0.1", mode="odmr", turn=False),
+        ],
+        domains={
+            "example.org": Mailbox(
+                catch_all=False,
+                users=["alice", "bob"],
+                aliases={
+                    "postmaster": ["alice"],
+                    "info": ["alice", "bob@example.net"],
+                    "abuse": ["postmaster"],
+                },
+            ),
+            "lists.example.org": Mailbox(catch_all=True),
+        },
+        routes={"partner.example": "tcp:host=10.0.0.5:port=25", ".example.net": "mx", "*": "peer:provider"},
+        holds={"dialup.example": "dialup", ".dialup.example": "dialup"},
+        relay_from=["127.0.0.0/8", "2001:db8::/32"],
+        peers={
+            "dialup": Peer(
+                "dialup",
+                domains=["dialup.example"],
+                endpoint="tcp:host=dialup.example:port=25",
+                addresses=["192.0.2.10", "2001:db8::1"],
+                username="dialup",
+                password="secret",
+            ),
+            "provider": Peer("provider", endpoint="tcp:host=127.0.0.1:port=2526"),
+        },
+        polls=[Poll("provider", interval=300.0, jitter=0.25, method="turn", max_backoff=7200.0)],
+        limits=Limits(
+            command_line=1024,
+            text_line=2000,
+            message_size=10 * 1024 * 1024,
+            recipients=200,
+            bad_commands=5,
+            command_timeout=90.0,
+            data_timeout=900.0,
+            reply_timeout=60.5,
+            data_block_timeout=120.0,
+            data_end_timeout=3600.0,
+        ),
+        max_connections=20,
+        max_received=50,
+        queue_lifetime=2 * 86400.0,
+        retry_interval=30.0,
+        dns=("127.0.0.1", 5353),
+        honour_source_routes=False,
+        json_log=True,
+    )
+
+
+def test_empty_file_has_the_command_line_defaults(tmp_path):
+    path = tmp_path / "empty.toml"
+    path.write_text("# nothing\n")
+    config = load_config(path)
+    options = Options()
+    options.parseOptions([])
+    assert config.hostname == options["hostname"] == socket.gethostname()
+    assert config.data_dir == options["data-dir"]
+    assert [x.endpoint for x in config.listeners] == options["listen"] == [DEFAULT_LISTEN]
+    assert config.listeners == [Listener(DEFAULT_LISTEN, mode="smtp", turn=False)]
+    assert list(config.domains) == options["domain"]
+    assert all(box == Mailbox(catch_all=True) for box in config.domains.values())
+    assert config.routes == options["route"] == {}
+    assert config.holds == options["hold"] == {}
+    assert config.relay_from == options["relay-from"] == []
+    assert config.dns is options["dns"] is None
+    assert config.honour_source_routes is not options["ignore-source-routes"]
+    assert config.limits == options.limits() == Limits()
+    assert config.max_connections == options["max-connections"]
+    assert config.max_received == options["max-received"]
+    assert config.queue_lifetime == options["queue-lifetime"]
+    assert config.retry_interval == options["retry-interval"]
+    assert config.peers == {} and config.polls == [] and config.json_log is False
+
+
+def test_default_domains_follow_the_hostname():
+    config = loads_config('hostname = "Mail.Example.org"')
+    assert config.hostname == "Mail.Example.org"
+    assert config.domains == {"mail.example.org": Mailbox(), "localhost": Mailbox()}
+    assert loads_config('hostname = "localhost"').domains == {"localhost": Mailbox()}
+
+
+def test_explicit_empty_tables_mean_none():
+    config = loads_config("listen = []\ndomains = {}")
+    assert config.listeners == [] and config.domains == {}
+
+
+def test_listen_shorthand_and_mailbox_defaults():
+    config = loads_config(
+        """
+        listen = ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1", "unix:/tmp/smtppeer.sock"]
+        [domains."a.example"]
+        users = ["u"]
+        [domains."b.example"]
+        aliases = { x = "someone@c.example" }
+        [domains."c.example"]
+        """.replace("\n        ", "\n")
+    )
+    assert [x.endpoint for x in config.listeners] == [
+        "tcp:0:interface=127.0.0.1",
+        "tcp:0:interface=127.0.0.1",  # port 0: two ports of their own, not a duplicate
+        "unix:/tmp/smtppeer.sock",
+    ]
+    assert all(x.mode == "smtp" and not x.turn for x in config.listeners)
+    assert config.domains["a.example"] == Mailbox(catch_all=False, users=["u"])  # users listed: no catch-all
+    assert config.domains["b.example"] == Mailbox(catch_all=True, aliases={"x": ["someone@c.example"]})
+    assert config.domains["c.example"] == Mailbox(catch_all=True)
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [(90, 90.0), (1.5, 1.5), ('"45"', 45.0), ('"30s"', 30.0), ('"5m"', 300.0), ('"1.5h"', 5400.0),
+     ('"1h30m"', 5400.0), ('"1d"', 86400.0), ('"2w"', 14 * 86400.0), ('"1h 30m 15s"', 5415.0)],
+)  # fmt: skip
+def test_durations(text, seconds):
+    assert loads_config(f"[limits]\nretry_interval = {text}").retry_interval == seconds
+
+
+@pytest.mark.parametrize(
+    "text, octets",
+    [(2048, 2048), ('"4096"', 4096), ('"512K"', 512 * 1024), ('"50M"', 50 * 1024**2), ('"1G"', 1024**3),
+     ('"10MB"', 10 * 1024**2), ('"10 MiB"', 10 * 1024**2), ('"2k"', 2048)],
+)  # fmt: skip
+def test_sizes(text, octets):
+    assert loads_config(f"[limits]\nmessage_size = {text}").limits.message_size == octets
+
+
+def test_poll_backoff_is_at_least_the_interval():
+    text = '[peers.p]\nendpoint = "tcp:host=127.0.0.1:port=1"\n[[polls]]\npeer = "p"\ninterval = "2h"\n'
+    assert loads_config(text).polls == [Poll("p", interval=7200.0, max_backoff=7200.0)]
+    assert loads_config(text.replace('"2h"', "60")).polls == [Poll("p", interval=60.0, max_backoff=3600.0)]
+
+
+def test_dns_forms():
+    assert loads_config('dns = "192.0.2.53"').dns == ("192.0.2.53", 53)
+    assert loads_config('dns = "::1"').dns == ("::1", 53)
+    assert loads_config('dns = "[::1]:5353"').dns == ("::1", 5353)
+
+
+# -- examples -----------------------------------------------------------------
+
+
+def test_examples_are_all_here():
+    assert sorted(p.name for p in EXAMPLES.glob("*.toml")) == [
+        "dialup.toml",
+        "provider.toml",
+        "single-host.toml",
+    ]
+
+
+def test_example_single_host():
+    config = load_config(EXAMPLES / "single-host.toml")
+    assert config.hostname == "mail.example.org"
+    assert config.domains["example.org"].users == ["alice", "bob"]
+    assert config.domains["example.org"].catch_all is False
+    assert config.routes == {"*": "mx"}
+    assert config.peers == {} and config.polls == [] and config.holds == {}
+    assert config.limits == Limits()  # the example spells out the defaults
+    assert (config.max_connections, config.max_received) == (200, 100)
+    assert (config.queue_lifetime, config.retry_interval) == (5 * 86400.0, 60.0)
+
+
+def test_example_provider():
+    config = load_config(EXAMPLES / "provider.toml")
+    assert config.holds == {"dialup.example.org": "dialup", ".dialup.example.org": "dialup"}
+    assert config.peers["dialup"].addresses == ["127.0.0.1"]
+    assert config.peers["dialup"].endpoint is None
+    assert [(x.endpoint, x.turn) for x in config.listeners] == [
+        ("tcp:2526:interface=127.0.0.1", True),
+        ("tcp:2625:interface=127.0.0.1", False),
+    ]
+    assert config.polls == []
+
+
+def test_example_dialup_polls_the_provider():
+    dialup = load_config(EXAMPLES / "dialup.toml")
+    provider = load_config(EXAMPLES / "provider.toml")
+    assert dialup.routes == {"*": "peer:provider"}
+    assert dialup.polls == [Poll("provider", interval=300.0, jitter=0.1, method="turn", max_backoff=3600.0)]
+    # the dial-up host calls the provider's TURN listener, and the provider holds the dial-up's domain
+    turn_ports = [x.endpoint.split(":")[1] for x in provider.listeners if x.turn]
+    assert dialup.peers["provider"].endpoint == f"tcp:host=127.0.0.1:port={turn_ports[0]}"
+    assert provider.holds[dialup.hostname] == "dialup"
+    assert set(dialup.domains) <= set(provider.peers["dialup"].domains)
+    # and all three examples can run side by side
+    every = [load_config(p) for p in sorted(EXAMPLES.glob("*.toml"))]
+    endpoints = [x.endpoint for c in every for x in c.listeners]
+    assert len(set(endpoints)) == len(endpoints)
+    assert len({c.data_dir for c in every}) == 3
+
+
+# -- errors -------------------------------------------------------------------
+
+PEER = '[peers.upstream]\nendpoint = "tcp:host=127.0.0.1:port=2526"\n'
+NO_ENDPOINT_PEER = '[peers.dialup]\naddresses = ["192.0.2.10"]\n'
+
+# (id, file contents, the error after "smtppeer.toml: "; a trailing "..." matches a prefix)
+BROKEN = [
+    # unknown keys
+    ("unknown-key-suggested", 'hostnme = "a.example"', 'hostnme: unknown key (did you mean "hostname"?)'),
+    ("unknown-key", 'colour = "blue"', "colour: unknown key"),
+    ("option-name", "max-recipients = 100", 'max-recipients: unknown key (in this file it is "limits.recipients")'),
+    ("limit-at-top", "recipients = 100", 'recipients: unknown key (in this file it is "limits.recipients")'),
+    ("unknown-limit", "[limits]\nrecipent = 100", 'limits.recipent: unknown key (did you mean "recipients"?)'),
+    (
+        "unknown-listen-key",
+        '[[listen]]\nendpoint = "tcp:0"\nturns = true',
+        'listen[0].turns: unknown key (did you mean "turn"?)',
+    ),
+    (
+        "unknown-domain-key",
+        '[domains."example.org"]\ncatchall = true',
+        'domains."example.org".catchall: unknown key (did you mean "catch_all"?)',
+    ),
+    ("unknown-peer-key", "[peers.p]\nendpont = 1", 'peers.p.endpont: unknown key (did you mean "endpoint"?)'),
+    ("unknown-poll-key", f'{PEER}[[polls]]\npeer = "upstream"\nevery = "5m"', "polls[0].every: unknown key"),
+    # wrong types
+    ("hostname-int", "hostname = 25", "hostname: expected a string, got an integer (25)"),
+    ("hostname-date", "hostname = 1979-05-27", "hostname: expected a string, got a date/time (1979-05-27)"),
+    ("json-log-string", 'json_log = "yes"', 'json_log: expected true or false, got a string ("yes")'),
+    (
+        "relay-from-string",
+        'relay_from = "127.0.0.0/8"',
+        'relay_from: expected an array, got a string ("127.0.0.0/8")',
+    ),
+    ("relay-from-item", "relay_from = [8]", "relay_from[0]: expected a string, got an integer (8)"),
+    ("recipients-string", '[limits]\nrecipients = "many"', 'limits.recipients: expected an integer, got a string ("many")'),
+    ("recipients-bool", "[limits]\nrecipients = true", "limits.recipients: expected an integer, got a boolean (true)"),
+    ("routes-array", 'routes = ["a"]', "routes: expected a table (DOMAIN = ENDPOINT, mx or peer:NAME), got an array"),
+    ("listen-string", 'listen = "tcp:25"', 'listen: expected an array of listeners, got a string ("tcp:25")'),
+    ("listen-item", "listen = [25]", "listen[0]: expected a table, got an integer (25)"),
+    ("domain-not-table", 'domains = { "example.org" = true }', 'domains."example.org": expected a table, got a boolean (true)'),
+    ("limits-not-table", "limits = 5", "limits: expected a table, got an integer (5)"),
+    ("turn-string", '[[listen]]\nendpoint = "tcp:0"\nturn = "yes"', 'listen[0].turn: expected true or false, got a string ("yes")'),
+    ("jitter-string", f'{PEER}[[polls]]\npeer = "upstream"\njitter = "10%"', 'polls[0].jitter: expected a number, got a string ("10%")'),
+    # peers that do not exist, or cannot do what is asked
+    (
+        "route-unknown-peer",
+        '[routes]\n"example.net" = "peer:upstream"',
+        'routes."example.net": no peer named "upstream" (there is no [peers.NAME] table)',
+    ),
+    (
+        "route-peer-typo",
+        f'{PEER}[routes]\n"example.net" = "peer:upstraem"',
+        'routes."example.net": no peer named "upstraem" (did you mean "upstream"?)',
+    ),
+    (
+        "hold-unknown-peer",
+        f'{PEER}[holds]\n"dialup.example" = "dialup"',
+        'holds."dialup.example": no peer named "dialup" (the peers are: "upstream")',
+    ),
+    (
+        "poll-unknown-peer",
+        f'{PEER}[[polls]]\npeer = "provider"',
+        'polls[0].peer: no peer named "provider" (the peers are: "upstream")',
+    ),
+    ("poll-no-peer", "[[polls]]\ninterval = 60", 'polls[0]: missing "peer" (the name of a [peers.NAME] to poll)'),
+    (
+        "poll-without-endpoint",
+        f'{NO_ENDPOINT_PEER}[[polls]]\npeer = "dialup"',
+        'polls[0].peer: peer "dialup" has no endpoint to poll (peers.dialup)',
+    ),
+    (
+        "route-without-endpoint",
+        f'{NO_ENDPOINT_PEER}[routes]\n"*" = "peer:dialup"',
+        'routes."*": peer "dialup" has no endpoint to relay through (to keep mail until it calls in, use [holds])',
+    ),
+    (
+        "poll-twice",
+        f'{PEER}[[polls]]\npeer = "upstream"\n[[polls]]\npeer = "upstream"',
+        'polls[1].peer: peer "upstream" is already polled by polls[0]',
+    ),
+    # endpoints
+    (
+        "listen-bad-port",
+        'listen = ["tcp:smtp"]',
+        "listen[0]: \"tcp:smtp\" is not a server endpoint description (invalid literal for int() with base 10: 'smtp')",
+    ),
+    (
+        "listen-unknown-type",
+        '[[listen]]\nendpoint = "tcpp:25"',
+        "listen[0].endpoint: \"tcpp:25\" is not a server endpoint description (Unknown endpoint type: 'tcpp')",
+    ),
+    (
+        "listen-missing-endpoint",
+        '[[listen]]\nmode = "smtp"',
+        'listen[0]: missing "endpoint" (a server endpoint description such as "tcp:25")',
+    ),
+    (
+        "route-bad-endpoint",
+        '[routes]\n"example.org" = "tcp:nohost"',
+        'routes."example.org": "tcp:nohost" is not a client endpoint description (...',
+    ),
+    (
+        "route-unknown-endpoint-type",
+        '[routes]\n"example.org" = "smtp://mx.example.org"',
+        "routes.\"example.org\": \"smtp://mx.example.org\" is not a client endpoint description (Unknown endpoint type: 'smtp')",
+    ),
+    (
+        "peer-bad-endpoint",
+        '[peers.p]\nendpoint = "tcp:host=a.example:port=twenty-five"',
+        "peers.p.endpoint: \"tcp:host=a.example:port=twenty-five\" is not a client endpoint description (invalid literal for int() with base 10: 'twenty-five')",
+    ),
+    (
+        "duplicate-listener",
+        'listen = ["tcp:2525:interface=127.0.0.1", "tcp:2526", "tcp:2525:interface=127.0.0.1"]',
+        'listen[2]: "tcp:2525:interface=127.0.0.1" duplicates listen[0]',
+    ),
+    (
+        "duplicate-listener-wildcard",
+        '[[listen]]\nendpoint = "tcp:25"\n[[listen]]\nendpoint = "tcp:port=25:interface=127.0.0.1"',
+        'listen[1].endpoint: "tcp:port=25:interface=127.0.0.1" duplicates listen[0] ("tcp:25")',
+    ),
+    ("listen-mode", '[[listen]]\nendpoint = "tcp:0"\nmode = "lmtp"', 'listen[0].mode: "lmtp" is not a mode: "smtp" or "odmr"'),
+    # addresses and networks
+    ("bad-cidr", 'relay_from = ["10.0.0.0/33"]', 'relay_from[0]: "10.0.0.0/33" is not a network (CIDR such as 192.0.2.0/24)'),
+    ("peer-bad-address", '[peers.p]\naddresses = ["192.0.2.300"]', 'peers.p.addresses[0]: "192.0.2.300" is not an IP address'),
+    (
+        "peer-shared-address",
+        '[peers.a]\naddresses = ["192.0.2.1"]\n[peers.b]\naddresses = ["192.0.2.1"]',
+        "peers.b.addresses[0]: 192.0.2.1 is also peer \"a\"'s: a caller must be one peer",
+    ),
+    ("dns-name", 'dns = "ns.example.org"', 'dns: "ns.example.org": give an IP address and optional port (HOST[:PORT])'),
+    ("dns-port", 'dns = "127.0.0.1:99999"', 'dns: "127.0.0.1:99999": give an IP address and optional port (HOST[:PORT])'),
+    ("hostname-bad", 'hostname = "mail example"', 'hostname: "mail example" is not a host name'),
+    # durations and sizes
+    (
+        "duration-words",
+        f'{PEER}[[polls]]\npeer = "upstream"\ninterval = "5 minutes"',
+        'polls[0].interval: "5 minutes" is not a duration (seconds, or a string such as "30s", "5m", "1h", "1d")',
+    ),
+    ("duration-zero", "[limits]\nretry_interval = 0", "limits.retry_interval: 0: must be more than 0 seconds"),
+    ("duration-negative", '[limits]\nqueue_lifetime = "-1d"', 'limits.queue_lifetime: "-1d" is not a duration (...'),
+    ("size-unit", '[limits]\nmessage_size = "50X"', 'limits.message_size: "50X" is not a size (octets, or a string such as "512K", "50M", "1G")'),
+    ("size-small", "[limits]\nmessage_size = 100", "limits.message_size: 100 is too small: at least 1024 octets"),
+    ("size-float", "[limits]\nmessage_size = 1e6", 'limits.message_size: expected a size (octets, or a string such as "512K", "50M", "1G"), got a float (1000000.0)'),
+    ("jitter-range", f'{PEER}[[polls]]\npeer = "upstream"\njitter = 1.5', "polls[0].jitter: 1.5: must be from 0 up to (not) 1"),
+    (
+        "backoff-short",
+        f'{PEER}[[polls]]\npeer = "upstream"\ninterval = "1h"\nmax_backoff = "10m"',
+        "polls[0].max_backoff: 600 s is shorter than the interval (3600 s)",
+    ),
+    ("poll-method", f'{PEER}[[polls]]\npeer = "upstream"\nmethod = "etrn"', 'polls[0].method: "etrn" is not a method: "turn"'),
+    # RFC minimums
+    ("recipients-99", "[limits]\nrecipients = 99", "limits.recipients: 99 is too small: at least 100 (RFC 5321 §4.5.3.1.8)"),
+    ("command-line-511", "[limits]\ncommand_line = 511", "limits.command_line: 511 is too small: at least 512 octets (RFC 5321 §4.5.3.1.4)"),
+    ("text-line-999", "[limits]\ntext_line = 999", "limits.text_line: 999 is too small: at least 1000 octets (RFC 5321 §4.5.3.1.6)"),
+    ("connections-0", "[limits]\nmax_connections = 0", "limits.max_connections: 0 is too small: at least 1"),
+    # domains and mailboxes
+    ("bad-domain", '[domains."exa mple.org"]', 'domains."exa mple.org": "exa mple.org" is not a domain name'),
+    (
+        "domain-twice",
+        '[domains."Example.org"]\n[domains."example.org."]',
+        'domains."example.org.": example.org is given twice',
+    ),
+    (
+        "no-mailboxes",
+        '[domains."example.org"]\ncatch_all = false',
+        'domains."example.org": no mailboxes: list users (or aliases), or set catch_all = true',
+    ),
+    (
+        "alias-to-nobody",
+        '[domains."example.org"]\nusers = ["alice"]\naliases = { postmaster = "root" }',
+        'domains."example.org".aliases.postmaster[0]: "root" is neither a user nor an alias of this domain',
+    ),
+    (
+        "user-with-at",
+        '[domains."example.org"]\nusers = ["alice@example.org"]',
+        'domains."example.org".users[0]: "alice@example.org" is not a local part (no @, spaces or control characters)',
+    ),
+    ("user-twice", '[domains."example.org"]\nusers = ["a", "a"]', 'domains."example.org".users[1]: "a" is listed twice'),
+    (
+        "held-local-domain",
+        f'{NO_ENDPOINT_PEER}[domains."example.org"]\n[holds]\n"example.org" = "dialup"',
+        'holds."example.org": example.org is a local domain ([domains]): its mail is delivered here, not held',
+    ),
+    (
+        "routed-and-held",
+        f'{NO_ENDPOINT_PEER}[holds]\n"dialup.example" = "dialup"\n[routes]\n"dialup.example" = "mx"',
+        'routes."dialup.example": dialup.example is also held for peer "dialup" ([holds])',
+    ),
+    ("hold-star", f'{NO_ENDPOINT_PEER}[holds]\n"*" = "dialup"', 'holds."*": "*" is not a domain name, ".DOMAIN" (its subdomains)'),
+    ("bad-peer-name", '[peers."my peer"]', 'peers."my peer": "my peer" is not a peer name (letters, digits, \'.\', \'_\', \'-\')'),
+    ("username-alone", '[peers.p]\nusername = "p"', "peers.p.password: missing: username and password go together"),
+    # the file itself
+    ("syntax", 'hostname = "a.example"\n[limits\nrecipients = 100', "line 2, column 8: TOML syntax error: Expected ']' at the end of a table declaration"),
+    ("syntax-end", 'hostname = """a.example', "end of file: TOML syntax error: Unterminated string"),
+    ("syntax-eol", 'hostname = "a.example', "line 1, column 22: TOML syntax error: Illegal character '\\n'"),
+    ("duplicate-key", "json_log = true\njson_log = false", "line 2, column 17: TOML syntax error: Cannot overwrite a value"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, expected", [row[1:] for row in BROKEN], ids=[row[0] for row in BROKEN])
+def test_broken_file(tmp_path, monkeypatch, text, expected):
+    monkeypatch.chdir(tmp_path)
+    Path("smtppeer.toml").write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config("smtppeer.toml")
+    message = str(info.value)
+    assert "\n" not in message
+    if expected.endswith("..."):
+        assert message.startswith("smtppeer.toml: " + expected[:-3]), message
+    else:
+        assert message == "smtppeer.toml: " + expected
+
+
+def test_error_parts(tmp_path):
+    path = tmp_path / "conf.toml"
+    path.write_text('[routes]\n"example.org" = "tcp:nohost"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.source == str(path)
+    assert info.value.key == 'routes."example.org"'
+    assert info.value.message.startswith('"tcp:nohost" is not a client endpoint description (')
+    assert str(info.value).startswith(f'{path}: routes."example.org": "tcp:nohost" is not a client endpoint')
+
+
+def test_missing_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^nowhere\.toml: no such file$"):
+        load_config("nowhere.toml")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert str(info.value) == f"{tmp_path}: is a directory, not a configuration file"
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('hostname = "caf\xe9.example"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: not UTF-8 text (bad byte at offset 15)"
+
+
+def test_loads_names_its_source():
+    with pytest.raises(ConfigError, match=r"^inline: colour: unknown key$"):
+        loads_config('colour = "blue"', "inline")
