@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from .engine import Limits
 
+DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
+
 # Listener modes
 SMTP = "smtp"  # ordinary SMTP; TURN only for peers that the listener admits
 ODMR = "odmr"  # RFC 2645 On-Demand Mail Relay (the trust issue)

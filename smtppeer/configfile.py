@@ -83,9 +83,8 @@ import tomllib
 from collections.abc import Callable
 from typing import Any
 
-from .config import ODMR, SMTP, Config, Listener, Mailbox, Peer, Poll
+from .config import DEFAULT_LISTEN, ODMR, SMTP, Config, Listener, Mailbox, Peer, Poll
 from .engine import Limits
-from .options import DEFAULT_LISTEN
 
 __all__ = ["ConfigError", "load_config", "loads_config", "parse_config"]
 
@@ -138,6 +137,11 @@ class ConfigError(Exception):
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and check a TOML configuration file."""
+    return parse_config(read_document(path), os.fspath(path))
+
+
+def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The TOML document as a dict (command-line options are laid over it before checking)."""
     source = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -152,7 +156,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(source, None, f"not UTF-8 text (bad byte at offset {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise _syntax_error(source, e) from None
-    return parse_config(data, source)
+    return data
 
 
 def loads_config(text: str, source: str = "<string>") -> Config:

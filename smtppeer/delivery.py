@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .config import Mailbox
 from .engine import Path, Reply, reply
+from .engine.address import parse_mailbox
 from .hooks import MessageSink, ReceiverHooks
 from .ids import new_queue_id
 from .maildir import MaildirStore
@@ -49,6 +51,7 @@ class ReceivingPolicy(ReceiverHooks):
         max_received: int = MAX_RECEIVED,
         runner=None,
         turn_peers: dict[str, list[str]] | None = None,
+        mailboxes: dict[str, Mailbox] | None = None,
     ) -> None:
         self.hostname = hostname
         self.router = router
@@ -57,6 +60,7 @@ class ReceivingPolicy(ReceiverHooks):
         self.max_received = max_received
         self.runner = runner  # the queue runner: new spooled mail, and held mail released on TURN
         self.turn_peers = turn_peers or {}  # peer name -> the client addresses that identify it
+        self.mailboxes = {d.lower(): box for d, box in (mailboxes or {}).items()}  # absent: catch-all
         # where <postmaster> without a domain goes: the host's own domain if local
         self.primary_domain = (
             router.hostname if router.hostname in router.local_domains else min(router.local_domains)
@@ -68,18 +72,39 @@ class ReceivingPolicy(ReceiverHooks):
             return Decision("refuse", reply=reply(550, "5.7.1", "Relaying denied"))
         return decision
 
-    def maildir_for(self, path: Path) -> str:
+    def local_targets(self, path: Path) -> list[tuple[str, str]]:
+        """``(domain, local part)`` of every Maildir a local recipient delivers to, after
+        aliases; an empty list for a user that does not exist.  A target may
+        also be a remote address, returned as ``("", address)``."""
         box = path.mailbox
-        if not box.domain:
-            return self.maildirs.path_for(self.primary_domain, "postmaster")
-        local = "postmaster" if box.is_postmaster else box.local_unquoted
-        return self.maildirs.path_for(box.domain_key, local)
+        domain = box.domain_key or self.primary_domain
+        local = "postmaster" if box.is_postmaster else box.local_unquoted.lower()
+        settings = self.mailboxes.get(domain)
+        if settings is None or (settings.catch_all and local not in settings.aliases):
+            return [(domain, local)]
+        targets = settings.aliases.get(local)
+        if targets is None:
+            if local in settings.users or local == "postmaster":  # postmaster always exists
+                return [(domain, local)]
+            return []
+        out = []
+        for target in [targets] if isinstance(targets, str) else targets:
+            t_local, at, t_domain = target.rpartition("@")
+            if not at:
+                out.append((domain, target.lower()))
+            elif self.router.is_me(t_domain):
+                out.append((t_domain.lower(), t_local.lower()))
+            else:
+                out.append(("", target))
+        return out
 
     def rcpt_to(self, peer: SMTPPeer, path: Path, params: dict[str, str | None]) -> Reply:
         decision = self.decide(peer, path)
         if not decision.accepted:
             log.info("refused {rcpt} from {client}", rcpt=str(path), client=peer.client_address)
             return decision.reply
+        if decision.kind == LOCAL and not self.local_targets(path):
+            return reply(550, "5.1.1", "No such user here")
         return reply(250, "2.1.5", "Recipient OK")
 
     def turn_identity(self, peer: SMTPPeer) -> str | None:
@@ -127,7 +152,14 @@ class ReceivingPolicy(ReceiverHooks):
             decision = self.decide(peer, path)
             source_routed = source_routed or (bool(path.route) and decision.kind == RELAY)
             if decision.kind == LOCAL:
-                local.append(self.maildir_for(path))
+                for domain, target in self.local_targets(path):
+                    if domain:
+                        local.append(self.maildirs.path_for(domain, target))
+                    else:  # an alias to a remote address: relayed on our own authority
+                        onward = self.router.decide(Path(parse_mailbox(target)), "127.0.0.1", "alias")
+                        if onward.kind == RELAY:
+                            route = {"relay": onward.target, "domain": onward.domain or ""}
+                            spooled.append(Recipient(target, PENDING, route))
             elif decision.kind == RELAY:
                 onward = str(decision.path)[1:-1]
                 route = {"relay": decision.target, "domain": decision.domain or ""}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 
 from twisted.internet.endpoints import _parseServer, clientFromString
 from twisted.python import usage
 
+from .config import DEFAULT_LISTEN, Config
+from .configfile import ConfigError, parse_config, read_document
 from .engine import Limits
-
-DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
 
 
 class Options(usage.Options):
@@ -30,6 +31,7 @@ class Options(usage.Options):
         ["queue-lifetime", None, 5 * 86400.0, "Seconds before undeliverable mail is returned", float],
         ["retry-interval", None, 60.0, "First retry after this many seconds, doubling up to an hour", float],
         ["dns", None, None, "DNS server for MX routes, HOST or HOST:PORT [default: system resolver]"],
+        ["config", "c", None, "A TOML configuration file (see examples/); options given here override it"],
     ]
     optFlags = [
         ["ignore-source-routes", None, "Route by the final mailbox, ignoring <@A,@B:u@c> (RFC 5321)"],
@@ -57,7 +59,7 @@ class Options(usage.Options):
         domain, target = _pair("--route", value)
         if target.lower() == "mx":
             target = "mx"
-        else:
+        elif not target.startswith("peer:"):  # a named peer is checked with the configuration
             try:
                 from twisted.internet import reactor  # noqa: PLC0415
 
@@ -86,6 +88,14 @@ class Options(usage.Options):
             raise usage.UsageError("--domain needs a domain name")
         self["domain"].append(domain)
 
+    def parseOptions(self, options=None) -> None:
+        """Remember which options were given, so that only those override ``--config``."""
+        args = sys.argv[1:] if options is None else options
+        self.given = {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
+        if "-c" in args:
+            self.given.add("config")
+        super().parseOptions(options)
+
     def limits(self) -> Limits:
         return Limits(message_size=self["max-message-size"], recipients=self["max-recipients"])
 
@@ -110,6 +120,52 @@ class Options(usage.Options):
             self["listen"] = [DEFAULT_LISTEN]
         if not self["domain"]:
             self["domain"] = list(dict.fromkeys([self["hostname"].lower(), "localhost"]))
+        try:
+            self.config: Config = self.to_config()
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def to_config(self) -> Config:
+        """The file's settings (if any) with the options given on the command line laid over them.
+
+        Both go through the same checks (``configfile``), so an option and the
+        file key it overrides can never disagree about what is valid.
+        """
+        given = getattr(self, "given", set())
+        data = read_document(self["config"]) if self["config"] else {}
+        if "hostname" in given:
+            data["hostname"] = self["hostname"]
+        if "data-dir" in given:
+            data["data_dir"] = self["data-dir"]
+        if "listen" in given:
+            data["listen"] = list(self["listen"])
+        if "domain" in given:
+            data["domains"] = {d: {} for d in self["domain"]}
+        if "route" in given:
+            data["routes"] = {**data.get("routes", {}), **self["route"]}
+        if "hold" in given:
+            data["holds"] = {**data.get("holds", {}), **self["hold"]}
+            peers = data.setdefault("peers", {})
+            for domain, name in self["hold"].items():  # on the command line a hold names its peer
+                peers.setdefault(name, {}).setdefault("domains", []).append(domain)
+        if "relay-from" in given:
+            data["relay_from"] = list(self["relay-from"])
+        if "dns" in given:
+            data["dns"] = "{}:{}".format(*self["dns"])
+        if "ignore-source-routes" in given:
+            data["honour_source_routes"] = False
+        limits = {
+            "max-message-size": "message_size",
+            "max-recipients": "recipients",
+            "max-connections": "max_connections",
+            "max-received": "max_received",
+            "queue-lifetime": "queue_lifetime",
+            "retry-interval": "retry_interval",
+        }
+        for option, key in limits.items():
+            if option in given:
+                data.setdefault("limits", {})[key] = self[option]
+        return parse_config(data, self["config"] or "command line")
 
 
 def _pair(option: str, value: str) -> tuple[str, str]:

@@ -1,75 +1,100 @@
-"""Turns options into running ``twisted.application`` services."""
+"""Turns the configuration into running ``twisted.application`` services."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 from twisted.application import service, strports
 from twisted.logger import Logger
 
 from .committer import Committer
+from .config import ODMR, Config
 from .delivery import ReceivingPolicy
 from .maildir import MaildirStore
 from .mx import MXResolver, resolver_from_address
 from .options import Options
 from .peer import SMTPPeerFactory
+from .poller import Poller, Schedule
 from .routing import Router
 from .runner import QueueRunner, RunnerSettings
 from .spool import Spool
 
 log = Logger()
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "build_service"]
 
 
-def makeService(options) -> service.MultiService:  # noqa: N802 (the name ServiceMaker looks for)
-    """Children start in order and stop in reverse: listeners stop first, the
-    committer last, so everything accepted is on disk before the process ends."""
-    hostname = options["hostname"]
-    data_dir = os.path.abspath(options["data-dir"])
+def makeService(options: Options) -> service.MultiService:  # noqa: N802 (the name ServiceMaker looks for)
+    return build_service(options.config)
+
+
+def build_service(config: Config) -> service.MultiService:
+    """Children start in order and stop in reverse: listeners and polls stop
+    first, the committer last, so everything accepted is on disk at the end."""
+    if any(listener.mode == ODMR for listener in config.listeners):
+        raise ValueError("odmr listeners are not available yet (they come with AUTH and ATRN)")
+    hostname = config.hostname
+    data_dir = os.path.abspath(config.data_dir)
     os.makedirs(os.path.join(data_dir, "mail"), mode=0o700, exist_ok=True)
     top = service.MultiService()
     committer = Committer()
     committer.setServiceParent(top)
     store = MaildirStore(os.path.join(data_dir, "mail"), committer)
     spool = Spool(os.path.join(data_dir, "spool"), committer)
+    endpoints = {name: peer.endpoint for name, peer in config.peers.items()}
+    routes = {
+        domain: endpoints[target[5:]] if target.startswith("peer:") else target
+        for domain, target in config.routes.items()
+    }
     router = Router(
         hostname,
-        options["domain"],
-        routes=options["route"],
-        holds=options["hold"],
-        relay_from=options["relay-from"],
-        honour_source_routes=not options["ignore-source-routes"],
+        config.domains,
+        routes=routes,
+        holds=config.holds,
+        relay_from=config.relay_from,
+        honour_source_routes=config.honour_source_routes,
     )
-    resolver = None
-    if options["dns"]:
-        resolver = resolver_from_address(*options["dns"])
+    resolver = resolver_from_address(*config.dns) if config.dns else None
     runner = QueueRunner(
         hostname,
         spool,
         router,
-        deliver_locally=lambda rcpts, message, queue_id: _deliver_bounce(
-            store, router, rcpts, message, queue_id
-        ),
+        deliver_locally=functools.partial(_deliver_bounce, store, router),
         resolver=MXResolver(resolver, local_names=[hostname]),
-        settings=RunnerSettings(lifetime=options["queue-lifetime"], backoff_base=options["retry-interval"]),
-        limits=options.limits(),
+        settings=RunnerSettings(lifetime=config.queue_lifetime, backoff_base=config.retry_interval),
+        limits=config.limits,
     )
     runner.setServiceParent(top)
     hooks = ReceivingPolicy(
-        hostname, router, store, spool, max_received=options["max-received"], runner=runner
+        hostname,
+        router,
+        store,
+        spool,
+        max_received=config.max_received,
+        runner=runner,
+        turn_peers={name: peer.addresses for name, peer in config.peers.items()},
+        mailboxes=config.domains,
     )
-    factory = SMTPPeerFactory(
-        hostname, hooks, limits=options.limits(), max_connections=options["max-connections"]
-    )
-    for endpoint in options["listen"]:
-        strports.service(endpoint, factory).setServiceParent(top)
+    for listener in config.listeners:
+        factory = SMTPPeerFactory(
+            hostname,
+            hooks,
+            limits=config.limits,
+            max_connections=config.max_connections,
+            accepts_turn=listener.turn,
+        )
+        strports.service(listener.endpoint, factory).setServiceParent(top)
+    if config.polls:
+        schedules = [Schedule(p.peer, p.interval, p.jitter, p.max_backoff) for p in config.polls]
+        poller = Poller(schedules, lambda name: runner.poll(name, endpoints[name], hooks))
+        poller.setServiceParent(top)
     log.info(
         "smtppeer {hostname}: domains {domains}, data in {data_dir}, listening on {listen}",
         hostname=hostname,
-        domains=", ".join(options["domain"]),
+        domains=", ".join(config.domains),
         data_dir=data_dir,
-        listen=", ".join(options["listen"]),
+        listen=", ".join(listener.endpoint for listener in config.listeners),
     )
     return top
 
