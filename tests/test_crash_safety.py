@@ -18,7 +18,8 @@ the trace headers the peers prepend.  Duplicates (a relay attempt cut off
 after B's ``250`` but before A recorded it; or an ``unknown`` message the
 client gave up on) are allowed and counted.
 
-Set ``SMTPPEER_CRASH_SEED`` to replay a run's kill schedule and messages.
+Set ``SMTPPEER_CRASH_SEED`` to rerun with a run's kill delays and message contents (the
+interleaving with the clients still depends on timing).
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ KILLS = 5
 SENDER = "c@client.test"
 LOCAL, RELAYED = "u@a.test", "v@b.test"
 KINDS = [[LOCAL], [RELAYED], [LOCAL], [RELAYED], [LOCAL, RELAYED]]
-BIG_EVERY = 25  # every so often a message over 256 KiB (streamed to disk, committed on a worker)
+BIG_EVERY = 10  # every so often a message over 256 KiB (streamed to disk, committed on a worker)
+CHUNK = 32 * 1024
+_TEXT = b"abcdefghijklmnopqrstuvwxyz .0123456789"
+ALPHABET = bytes(_TEXT[i % len(_TEXT)] for i in range(256))  # random octets -> text (dots at line starts too)
 
 ACKED, UNKNOWN, REFUSED, UNSENT = "acked", "unknown", "refused", "unsent"
 SUBJECT = re.compile(rb"^Subject: crash (\S+)\r$", re.M)
@@ -57,6 +61,17 @@ class Sent:
     data: bytes
     outcome: str = UNSENT
     detail: str = ""
+
+
+class SMTP(smtplib.SMTP):
+    def _get_socket(self, host, port, timeout):
+        sock = super()._get_socket(host, port, timeout)
+        # While A is down, a connect() to its port may get that very port as its own ephemeral
+        # port: a TCP self-connect, which would wait for a greeting and keep A from binding again.
+        if sock.getsockname() == sock.getpeername():
+            sock.close()
+            raise ConnectionRefusedError("TCP self-connect")
+        return sock
 
 
 @dataclass
@@ -84,13 +99,13 @@ class Client:
             ".",
             "..",
         ]
-        target = 300 * 1024 if seq % BIG_EVERY == BIG_EVERY - 1 else self.rng.randint(50, 4000)
-        size = sum(len(line) + 2 for line in lines)
-        while size < target:
+        target = 600 * 1024 if seq % BIG_EVERY == BIG_EVERY - 1 else self.rng.randint(50, 4000)
+        text = self.rng.randbytes(target).translate(ALPHABET)  # cheap: no Python loop per octet
+        pos = 0
+        while pos < len(text):
             width = self.rng.randint(0, 998)
-            line = "".join(self.rng.choice("abcdefghijklmnopqrstuvwxyz .0123456789") for _ in range(width))
-            lines.append(line)
-            size += len(line) + 2
+            lines.append(text[pos : pos + width].decode())
+            pos += width
         lines.append(f"end {token}")
         return Sent(token, rcpts, ("\r\n".join(lines) + "\r\n").encode())
 
@@ -104,9 +119,7 @@ class Client:
         seq = 0
         while not self.stop.is_set():
             try:
-                s = smtplib.SMTP(
-                    "127.0.0.1", self.port, local_hostname=f"client{self.number}.test", timeout=10
-                )
+                s = SMTP("127.0.0.1", self.port, local_hostname=f"client{self.number}.test", timeout=10)
             except (OSError, smtplib.SMTPException):
                 self.connect_failures += 1
                 time.sleep(0.05)
@@ -120,7 +133,7 @@ class Client:
                     sent = self.message(seq)
                     seq += 1
                     self.records.append(sent)
-                    send(s, sent)
+                    send(s, sent, self.rng)
                 s.quit()
             except (OSError, smtplib.SMTPException):
                 pass
@@ -128,7 +141,7 @@ class Client:
                 s.close()
 
 
-def send(s: smtplib.SMTP, sent: Sent) -> None:
+def send(s: smtplib.SMTP, sent: Sent, rng: random.Random) -> None:
     """One transaction, keeping track of whether the body went out; raises on a broken connection."""
     code, text = s.mail(SENDER)
     if code != 250:
@@ -147,7 +160,13 @@ def send(s: smtplib.SMTP, sent: Sent) -> None:
         s.rset()
         return
     sent.outcome = UNKNOWN  # from the first byte of the body on, the server may have it all
-    s.send(re.sub(rb"(?m)^\.", b"..", sent.data) + b".\r\n")
+    # In pieces with pauses, so that kills land in the middle of DATA too (a half-received body).
+    wire = re.sub(rb"(?m)^\.", b"..", sent.data) + b".\r\n"
+    cut = rng.randrange(1, len(wire))
+    s.send(wire[:cut])
+    for start in range(cut, len(wire), CHUNK):
+        time.sleep(rng.uniform(0, 0.02))
+        s.send(wire[start : start + CHUNK])
     code, text = s.getreply()
     sent.outcome = ACKED if code == 250 else REFUSED
     sent.detail = f"{code} {text!r}"

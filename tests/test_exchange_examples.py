@@ -1,0 +1,132 @@
+"""The example configurations, run as real twistd processes: a dial-up host polls its provider."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, TWISTD, free_port, wait_for_port
+
+EXAMPLES = REPO / "examples"
+
+
+def adapt(name: str, tmp: Path, ports: dict[str, int], extra: dict[str, str] | None = None) -> Path:
+    """The example with test ports and a short poll interval, written to ``tmp``."""
+    text = (EXAMPLES / name).read_text()
+    for old, new in ports.items():
+        text = text.replace(old, str(new))
+    for old, new in (extra or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+class Proc:
+    def __init__(self, tmp: Path, config: Path, port: int) -> None:
+        self.tmp, self.config, self.port = tmp, config, port
+        self.log_path = tmp / (config.stem + ".log")
+        self.proc = None
+
+    def start(self) -> Proc:
+        env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*TWISTD, "-n", "--pidfile=", "smtppeer", "--config", str(self.config)],
+                cwd=self.tmp,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def maildir_count(path: Path) -> int:
+    new = path / "new"
+    return len(list(new.iterdir())) if new.is_dir() else 0
+
+
+@pytest.fixture
+def pair(tmp_path):
+    ports = {"2526": free_port(), "2625": free_port(), "2527": free_port()}
+    short = {'interval = "5m"': 'interval = "1s"', 'max_backoff = "1h"': 'max_backoff = "3s"'}
+    provider = Proc(tmp_path, adapt("provider.toml", tmp_path, ports), ports["2526"])
+    dialup = Proc(tmp_path, adapt("dialup.toml", tmp_path, ports, short), ports["2527"])
+    yield provider, dialup, ports
+    dialup.stop()
+    provider.stop()
+
+
+def test_one_poll_carries_mail_both_ways(pair, tmp_path):
+    provider, dialup, ports = pair
+    provider.start()
+    with smtplib.SMTP("127.0.0.1", ports["2526"]) as s:  # mail for the dial-up host: held
+        s.sendmail("boss@provider.example.org", ["carol@dialup.example.org"], b"Subject: held\r\n\r\nx\r\n")
+        s.sendmail("boss@provider.example.org", ["everyone@dialup.example.org"], b"Subject: all\r\n\r\nx\r\n")
+    held = list((tmp_path / "provider-data" / "spool" / "queue").glob("*.json"))
+    assert len(held) == 2
+    assert {json.loads(p.read_text())["recipients"][0]["state"] for p in held} == {"held"}
+    dialup.start()
+    with smtplib.SMTP("127.0.0.1", ports["2527"]) as s:  # mail from the dial-up host's users
+        s.sendmail("carol@dialup.example.org", ["boss@provider.example.org"], b"Subject: up\r\n\r\nx\r\n")
+    carol = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "carol"
+    dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
+    boss = tmp_path / "provider-data" / "mail" / "provider.example.org" / "boss"
+    wait_until(
+        lambda: maildir_count(carol) == 2 and maildir_count(dave) == 1, what="held mail on the dial-up host"
+    )
+    wait_until(lambda: maildir_count(boss) == 1, what="the dial-up host's mail at the provider")
+    wait_until(
+        lambda: not list((tmp_path / "provider-data" / "spool" / "queue").iterdir()), what="hold queue empty"
+    )
+    assert "poll provider: sent" in dialup.log() and ", turned, " in dialup.log()
+    assert "TURN from 127.0.0.1: peer dialup" in provider.log()
+
+
+def test_unknown_user_on_a_listed_domain_is_refused(pair):
+    provider, dialup, ports = pair
+    provider.start()
+    dialup.start()
+    with smtplib.SMTP("127.0.0.1", ports["2527"]) as s:
+        s.ehlo()
+        s.mail("x@provider.example.org")
+        code, text = s.rcpt("nobody@dialup.example.org")
+        assert (code, text[:5]) == (550, b"5.1.1")
+        assert s.rcpt("dave@dialup.example.org")[0] == 250
+        assert s.rcpt("postmaster@dialup.example.org")[0] == 250
+
+
+def test_polls_back_off_while_the_provider_is_down_and_recover(pair, tmp_path):
+    provider, dialup, ports = pair
+    dialup.start()
+    wait_until(lambda: dialup.log().count("backing off") >= 2, what="two failed polls")
+    provider.start()
+    with smtplib.SMTP("127.0.0.1", ports["2526"]) as s:
+        s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: later\r\n\r\nx\r\n")
+    dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
+    wait_until(lambda: maildir_count(dave) == 1, timeout=30, what="delivery after the provider came back")
