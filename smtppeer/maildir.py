@@ -9,6 +9,7 @@ success, so a ``250`` never precedes durability.  The disk work runs in the
 
 from __future__ import annotations
 
+import glob
 import itertools
 import os
 import socket
@@ -61,6 +62,25 @@ class MaildirStore:
                 os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
             self._made.add(path)
         return path
+
+    def sweep_tmp(self, max_age: float = 36 * 3600, now: float | None = None) -> int:
+        """Remove files left in ``tmp/`` longer than ``max_age`` (the Maildir 36-hour rule).
+
+        A crash while a large message streams in leaves its partial file in
+        ``tmp/``; it is never delivered, and this reclaims the space.  Younger
+        files are left alone: another delivery agent may be writing them.
+        """
+        now = time.time() if now is None else now
+        removed = 0
+        for tmp in glob.glob(os.path.join(glob.escape(self.root), "*", "*", "tmp")):
+            for entry in os.scandir(tmp):
+                try:
+                    if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > max_age:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
 
     def new_message(self, maildirs: list[str], header: bytes, queue_id: str) -> MaildirMessage:
         return MaildirMessage(self, [self.ensure(m) for m in dict.fromkeys(maildirs)], header, queue_id)

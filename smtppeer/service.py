@@ -41,6 +41,9 @@ def build_service(config: Config) -> service.MultiService:
     committer = Committer()
     committer.setServiceParent(top)
     store = MaildirStore(os.path.join(data_dir, "mail"), committer)
+    swept = store.sweep_tmp()
+    if swept:
+        log.info("removed {n} stale files from Maildir tmp/ directories", n=swept)
     spool = Spool(os.path.join(data_dir, "spool"), committer)
     endpoints = {name: peer.endpoint for name, peer in config.peers.items()}
     routes = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mailbox
 import os
 import shutil
+import time
 
 import pytest
 import pytest_twisted
@@ -100,3 +101,14 @@ def test_a_second_recipients_maildir_removed_while_running_is_made_again(tmp_pat
     assert result.code == 250
     assert len(os.listdir(tmp_path / "d.test" / "v" / "new")) == 1
     assert len(os.listdir(tmp_path / "d.test" / "u" / "new")) == 2
+
+
+def test_stale_tmp_files_are_swept_and_fresh_ones_kept(tmp_path, store):
+    tmp = tmp_path / "d.test" / "u" / "tmp"
+    tmp.mkdir(parents=True)
+    (tmp / "old").write_bytes(b"partial, from a crash two days ago")
+    (tmp / "fresh").write_bytes(b"another agent is writing this")
+    two_days_ago = time.time() - 48 * 3600
+    os.utime(tmp / "old", (two_days_ago, two_days_ago))
+    assert store.sweep_tmp() == 1
+    assert os.listdir(tmp) == ["fresh"]
