@@ -85,7 +85,7 @@ class SMTPPeer(Protocol):
 
     def connectionMade(self) -> None:
         if self.factory is not None:
-            self.factory.active += 1
+            self.factory.peers.add(self)
         peer = self.transport.getPeer()
         self.client_address: str = getattr(peer, "host", str(peer))
         self.client_literal = address_literal(self.client_address)
@@ -109,7 +109,7 @@ class SMTPPeer(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         if self.factory is not None:
-            self.factory.active -= 1
+            self.factory.peers.discard(self)
         self._lost = True
         self._cancel_timer()
         self._drop_sink()
@@ -343,6 +343,11 @@ class SMTPPeer(Protocol):
         log.info("{role} session with {client} timed out", role=self.role, client=self.client_address)
         self._abandon(reply(421, "4.4.2", f"{self.hostname} Timeout, closing connection"), "timeout")
 
+    def shut_down(self) -> None:
+        """The service is stopping: end this session cleanly from our side."""
+        if not self._lost:
+            self._abandon(reply(421, "4.3.2", f"{self.hostname} Service shutting down"), "shutdown")
+
     def _abandon(self, response: Reply, error: str | None = None) -> None:
         """End the session from our side: a receiver says ``response`` first;
         a sender reports its unfinished messages as deferred."""
@@ -402,7 +407,22 @@ class SMTPPeerFactory(Factory):
         self.peer_options = peer_options
         self.max_connections = max_connections
         self.accepts_turn = accepts_turn  # a listener's setting, for the TURN policy
-        self.active = 0
+        self.peers: set[SMTPPeer] = set()
+
+    @property
+    def active(self) -> int:
+        return len(self.peers)
+
+    def shutdown(self) -> defer.Deferred:
+        """Say 421 to every session and close it; fires when all are gone.
+
+        Nothing unacknowledged is lost: a message whose 250 was not sent is
+        still the client's to retry, and queued mail stays in the spool.
+        """
+        closing = [peer.done for peer in self.peers]
+        for peer in list(self.peers):
+            peer.shut_down()
+        return defer.DeferredList(closing, consumeErrors=True)
 
     def buildProtocol(self, addr) -> SMTPPeer:
         """Over ``max_connections`` the peer still answers, with 421, so the

@@ -6,6 +6,7 @@ import functools
 import os
 
 from twisted.application import service, strports
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from .committer import Committer
@@ -87,7 +88,7 @@ def build_service(config: Config) -> service.MultiService:
             max_connections=config.max_connections,
             accepts_turn=listener.turn,
         )
-        strports.service(listener.endpoint, factory).setServiceParent(top)
+        _Listener(listener.endpoint, factory).setServiceParent(top)
     if config.polls:
         schedules = [Schedule(p.peer, p.interval, p.jitter, p.max_backoff) for p in config.polls]
         poller = Poller(schedules, lambda name: runner.poll(name, endpoints[name], hooks))
@@ -100,6 +101,21 @@ def build_service(config: Config) -> service.MultiService:
         listen=", ".join(listener.endpoint for listener in config.listeners),
     )
     return top
+
+
+class _Listener(service.MultiService):
+    """A listening endpoint whose stop also closes its sessions (421 4.3.2), so a
+    SIGTERM never leaves a client waiting on a half-finished exchange."""
+
+    def __init__(self, endpoint: str, factory: SMTPPeerFactory) -> None:
+        super().__init__()
+        self.factory = factory
+        strports.service(endpoint, factory).setServiceParent(self)
+
+    def stopService(self):
+        d = defer.maybeDeferred(super().stopService)
+        d.addCallback(lambda _: self.factory.shutdown())
+        return d
 
 
 def _deliver_bounce(store: MaildirStore, router: Router, rcpts: list[str], message: bytes, queue_id: str):

@@ -416,7 +416,8 @@ def test_sigterm_shuts_down_cleanly(twistd_peer):
     try:
         assert idle.sendmail("a@x.test", ["t@localhost"], b"Subject: t\r\n\r\nx\r\n") == {}
         code = peer.stop(signal.SIGTERM)
-        # The server said goodbye (or just closed): the client sees the end.
+        # The server said goodbye with 421 before closing: the client reads it next.
+        assert idle.noop()[0] == 421
         with pytest.raises((smtplib.SMTPServerDisconnected, ConnectionError)):
             idle.noop()
     finally:
