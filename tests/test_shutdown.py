@@ -17,9 +17,8 @@ def test_sigterm_answers_421_to_a_session_mid_transaction_and_keeps_the_queue(tw
     with socket.create_connection(("127.0.0.1", peer.port), timeout=10) as c:
         f = c.makefile("rb")
         f.readline()
-        c.sendall(
-            b"EHLO client.test\r\nMAIL FROM:<x@src.test>\r\nRCPT TO:<u@localhost>\r\nDATA\r\nSubject: half\r\n"
-        )
+        c.sendall(b"EHLO client.test\r\nMAIL FROM:<x@src.test>\r\nRCPT TO:<u@localhost>\r\n")
+        c.sendall(b"DATA\r\nSubject: half\r\n")
         lines = [f.readline() for _ in range(10)]
         assert lines[-1].startswith(b"354 "), lines
         peer.proc.send_signal(signal.SIGTERM)
