@@ -15,6 +15,8 @@ fails what is left of it with ``4.4.7``.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 import time
 from collections import defaultdict
@@ -142,6 +144,10 @@ class QueueRunner(service.Service):
         self._connections: dict[str, int] = defaultdict(int)
         self._timer = None
         self._running: set[defer.Deferred] = set()
+        self._ready: dict[str, None] = {}  # envelopes to look at on the next run, in order
+        self._waiting: list[tuple[float, int, str]] = []  # (retry time, tie-break, id), a heap
+        self._sequence = itertools.count()
+        self._next_sweep = 0.0
 
     # -- life ----------------------------------------------------------------------
 
@@ -150,6 +156,7 @@ class QueueRunner(service.Service):
         self.spool.recover()
         for envelope in self.spool.envelopes():
             self.entries[envelope.id] = envelope
+            self._ready[envelope.id] = None
             if envelope.unreported():  # a crash came between a failure and its bounce
                 d = defer.ensureDeferred(self._report_failures(envelope))
                 d.addErrback(lambda f: log.failure("could not bounce after restart", f))
@@ -173,6 +180,7 @@ class QueueRunner(service.Service):
     def add(self, envelope: Envelope) -> None:
         """A new message was spooled: try it now."""
         self.entries[envelope.id] = envelope
+        self._ready[envelope.id] = None
         self.kick()
 
     def kick(self, delay: float = 0.0) -> None:
@@ -187,30 +195,33 @@ class QueueRunner(service.Service):
     # -- scheduling ----------------------------------------------------------------
 
     def run(self) -> None:
-        """Start deliveries for everything due, within the connection limits."""
+        """Start deliveries for what is due, within the connection limits.
+
+        Only envelopes that are ready (new, or whose retry time has come) are
+        looked at, so a large queue costs nothing per run; held mail is checked
+        for expiry once per ``interval``.
+        """
         self._timer = None
         now = self.clock.seconds()
+        while self._waiting and self._waiting[0][0] <= now:
+            _, _, queue_id = heapq.heappop(self._waiting)
+            self._ready[queue_id] = None
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.settings.interval
+            self._expire_held(now)
         batches: dict[tuple[str, str], _Batch] = {}
-        next_due = now + self.settings.interval
-        for envelope in list(self.entries.values()):
-            due = []
-            expired_holds = [
-                r
-                for r in envelope.recipients
-                if r.state == HELD
-                and now - envelope.arrival >= self.settings.lifetime
-                and (envelope.id, r.address) not in self._inflight
-            ]
-            if expired_holds:
-                self._expire_holds(envelope, expired_holds)
+        for queue_id in list(self._ready):
+            del self._ready[queue_id]
+            envelope = self.entries.get(queue_id)
+            if envelope is None:
+                continue
+            later = None
             for rcpt in envelope.recipients:
                 if rcpt.state != PENDING or (envelope.id, rcpt.address) in self._inflight:
                     continue
                 if rcpt.next_attempt > now:
-                    next_due = min(next_due, rcpt.next_attempt)
+                    later = rcpt.next_attempt if later is None else min(later, rcpt.next_attempt)
                     continue
-                due.append(rcpt)
-            for rcpt in due:
                 key = (rcpt.route.get("relay", MX), rcpt.route.get("domain", "")) if rcpt.route else (MX, "")
                 if key[0] != MX:
                     key = (key[0], "")  # one endpoint: one destination, whatever the domains
@@ -219,19 +230,41 @@ class QueueRunner(service.Service):
                     batch.items[-1][1].append(rcpt)
                 else:
                     batch.items.append((envelope, [rcpt]))
+            if later is not None:
+                self._wake_at(later, queue_id)
         for batch in batches.values():
-            self._start_batches(batch)
-        self.kick(max(0.0, next_due - now))
+            for envelope, _ in self._start_batches(batch):
+                self._ready[envelope.id] = None  # no connection free: when one finishes
+        delay = self.settings.interval
+        if self._waiting:
+            delay = min(delay, self._waiting[0][0] - now)
+        self.kick(max(0.0, delay))
 
-    def _start_batches(self, batch: _Batch) -> None:
+    def _wake_at(self, when: float, queue_id: str) -> None:
+        heapq.heappush(self._waiting, (when, next(self._sequence), queue_id))
+
+    def _expire_held(self, now: float) -> None:
+        for envelope in list(self.entries.values()):
+            if now - envelope.arrival < self.settings.lifetime:
+                continue
+            expired = [
+                r
+                for r in envelope.recipients
+                if r.state == HELD and (envelope.id, r.address) not in self._inflight
+            ]
+            if expired:
+                self._expire_holds(envelope, expired)
+
+    def _start_batches(self, batch: _Batch) -> list[tuple[Envelope, list[Recipient]]]:
+        """Open connections for ``batch`` while limits allow; return what must wait."""
         dest = batch.key[0] + "|" + batch.key[1]
         per = self.settings.messages_per_connection
         chunks = [batch.items[i : i + per] for i in range(0, len(batch.items), per)]
-        for items in chunks:
-            if self._connections[dest] >= self.settings.per_destination:
-                return
-            if sum(self._connections.values()) >= self.settings.max_connections:
-                return
+        for n, items in enumerate(chunks):
+            if self._connections[dest] >= self.settings.per_destination or (
+                sum(self._connections.values()) >= self.settings.max_connections
+            ):
+                return [item for chunk in chunks[n:] for item in chunk]
             self._mark(items)
             self._connections[dest] += 1
             d = defer.ensureDeferred(self._deliver(batch.key, items))
@@ -242,11 +275,13 @@ class QueueRunner(service.Service):
                 self._connections[dest] -= 1
                 for envelope, rcpts in items:
                     self._release_marks(envelope, rcpts)
+                    self._ready[envelope.id] = None  # anything left of it is looked at again
                 self.kick()
                 return result
 
             d.addBoth(done)
             d.addErrback(lambda f: log.failure("delivery batch failed", f))
+        return []
 
     # -- one connection ------------------------------------------------------------
 
@@ -427,6 +462,9 @@ class QueueRunner(service.Service):
                 else:
                     rcpt.next_attempt = now + self._backoff(rcpt.attempts)
         await self.spool.update(envelope)
+        if any(r.state == PENDING for r in envelope.recipients):
+            self._ready[envelope.id] = None  # the next run files it under its retry time
+            self.kick()
         for rcpt, response in failed:
             log.info("{line}", line=f"{envelope.id}: {rcpt.address} failed: {response}")
         await self._report_failures(envelope)
