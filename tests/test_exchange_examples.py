@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import smtplib
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, TWISTD, free_port, wait_for_port
+from .conftest import REPO, TWISTD, free_port, wait_for_port, wait_until
 
 EXAMPLES = REPO / "examples"
 
@@ -55,15 +54,6 @@ class Proc:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def maildir_count(path: Path) -> int:

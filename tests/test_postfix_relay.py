@@ -5,22 +5,13 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
-import time
 
 import pytest
 
+from .conftest import wait_until
 from .postfix import PrivatePostfix, require_postfix
 
 MESSAGE = b"From: <x@src.test>\r\nSubject: through postfix\r\n\r\n.a dotted line\r\nbody\r\n"
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(autouse=True)

@@ -12,19 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TwistdProcess, free_port
+from .conftest import TwistdProcess, free_port, wait_until
 
 MESSAGE = b"From: <x@src.test>\r\nTo: <u@c.test>\r\nSubject: chain\r\n\r\n.dot line\r\nbody\r\n"
 
 
 def wait_for_files(directory: Path, count: int, timeout: float = 30.0) -> list[Path]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def enough() -> list[Path] | None:
         files = sorted(directory.glob("*")) if directory.is_dir() else []
-        if len(files) >= count:
-            return files
-        time.sleep(0.05)
-    raise AssertionError(f"{directory}: {count} files expected within {timeout}s")
+        return files if len(files) >= count else None
+
+    return wait_until(enough, timeout, f"{count} files in {directory}")
 
 
 def read_maildir(path: Path) -> list[bytes]:
@@ -151,13 +149,7 @@ def test_next_hop_down_then_up_is_retried_in_a_real_run(twistd_peer):
 
 
 def wait_for_files_glob(directory: Path, pattern: str, timeout: float = 10.0) -> list[Path]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = sorted(directory.glob(pattern))
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"nothing like {pattern} in {directory}")
+    return wait_until(lambda: sorted(directory.glob(pattern)), timeout, f"{pattern} in {directory}")
 
 
 def test_a_refused_recipient_is_bounced_and_a_failed_bounce_is_not(twistd_peer):
