@@ -2,8 +2,9 @@
 
 Each command is a ``usage.Options`` subclass (its options, arguments and
 ``--help``) plus a function ``run(options, out, err) -> exit status``; both
-are registered in ``COMMANDS``.  Today: ``check-config FILE``.  ``send``,
-``queue ...`` and ``poll PEER`` slot in the same way.
+are registered in ``COMMANDS``: ``check-config``, ``send``, ``queue`` and
+``poll``.  Commands that change the queue go through the running service's
+control socket (``control.py``), so they never race it for the spool.
 
 Exit statuses: 0 success, 1 the command failed, 2 the configuration is
 broken, 64 (``EX_USAGE``) the command line is wrong.
@@ -11,16 +12,24 @@ broken, 64 (``EX_USAGE``) the command line is wrong.
 
 from __future__ import annotations
 
+import base64
+import email
+import email.policy
+import email.utils
+import os
+import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
 from twisted.python import usage
 
-from . import __version__
+from . import __version__, control
 from .config import Config, Listener, Mailbox, Peer, Poll
 from .configfile import ConfigError, load_config
+from .spool import Spool
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -118,6 +127,222 @@ def _seconds(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+# -- commands on a data directory (send, queue, poll) --------------------------
+
+
+class DataDirOptions(CommandOptions):
+    """Where the service keeps its data: from ``--config`` or ``--data-dir``."""
+
+    optParameters = [
+        ["config", "c", None, "The service's configuration file (for its data directory and peers)"],
+        ["data-dir", "d", None, "The service's data directory [default: ./smtppeer-data]"],
+    ]
+
+    def config(self) -> Config | None:
+        return load_config(self["config"]) if self["config"] else None
+
+    def data_dir(self) -> str:
+        if self["data-dir"]:
+            return self["data-dir"]
+        config = self.config()
+        return config.data_dir if config else "./smtppeer-data"
+
+
+def _ask(options: DataDirOptions, payload: dict, err: TextIO) -> dict | None:
+    """Send one request to the running service; None (after saying why) if that failed."""
+    try:
+        answer = control.request(options.data_dir(), payload)
+    except ConfigError as e:
+        print(e, file=err)
+        return None
+    except (control.ServiceNotRunning, OSError) as e:
+        print(f"smtppeer: {e}", file=err)
+        return None
+    if not answer.get("ok"):
+        print(f"smtppeer: {answer.get('error') or 'failed'}", file=err)
+    return answer
+
+
+class SendOptions(DataDirOptions):
+    synopsis = "[-f FROM] [-t] [RECIPIENT ...] < message"
+    longdesc = (
+        "Read a message from standard input and give it to the running service, like sendmail: "
+        "the exit status is 0 only once the message is on disk. Line ends are made CRLF."
+    )
+    optParameters = [["from", "f", "", "The envelope sender (empty: the null reverse-path <>)"]]
+    optFlags = [["read-recipients", "t", "Take the recipients from To:, Cc: and Bcc: (Bcc: is removed)"]]
+
+    def parseArgs(self, *recipients: str) -> None:  # noqa: N802 -- usage.Options' name
+        self["recipients"] = list(recipients)
+
+
+def send(options: SendOptions, out: TextIO, err: TextIO, stdin=None) -> int:
+    data = (stdin or sys.stdin.buffer).read()
+    message = re.sub(rb"\r?\n", b"\r\n", data)
+    if message and not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    recipients = list(options["recipients"])
+    if options["read-recipients"]:
+        message, found = _header_recipients(message)
+        recipients += found
+    if not recipients:
+        print("smtppeer send: no recipients", file=err)
+        return EXIT_USAGE
+    payload = {
+        "command": "send",
+        "from": options["from"],
+        "to": recipients,
+        "message": base64.b64encode(message).decode(),
+    }
+    answer = _ask(options, payload, err)
+    if not answer or not answer.get("ok"):
+        return EXIT_FAILED
+    print(f"queued as {answer['id']}", file=out)
+    return EXIT_OK
+
+
+def _header_recipients(message: bytes) -> tuple[bytes, list[str]]:
+    head, sep, body = message.partition(b"\r\n\r\n")
+    parsed = email.message_from_bytes(head + b"\r\n\r\n", policy=email.policy.compat32)
+    found = [
+        addr
+        for _, addr in email.utils.getaddresses(
+            parsed.get_all("To", []) + parsed.get_all("Cc", []) + parsed.get_all("Bcc", [])
+        )
+        if addr
+    ]
+    lines = head.split(b"\r\n")
+    kept, skipping = [], False
+    for line in lines:  # drop Bcc: and its continuation lines
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line.lower().startswith(b"bcc:")
+        if not skipping:
+            kept.append(line)
+    return b"\r\n".join(kept) + sep + body, found
+
+
+class QueueIdOptions(DataDirOptions):
+    synopsis = "ID"
+
+    def parseArgs(self, queue_id: str) -> None:  # noqa: N802 -- usage.Options' name
+        self["id"] = queue_id
+
+
+class QueueFlushOptions(DataDirOptions):
+    synopsis = "[PEER]"
+
+    def parseArgs(self, peer: str | None = None) -> None:  # noqa: N802 -- usage.Options' name
+        self["peer"] = peer
+
+
+class QueueListOptions(DataDirOptions):
+    synopsis = ""
+
+
+class QueueOptions(CommandOptions):
+    synopsis = "list | show ID | flush [PEER] | hold ID | release ID | delete ID"
+    longdesc = (
+        "Look at the spool (list, show: no running service needed) or change it through the running "
+        "service (flush: retry now; hold: keep back; release: let go; delete: drop for good)."
+    )
+    subCommands = [
+        ["list", None, QueueListOptions, "Every queued message, and why each recipient waits"],
+        ["show", None, QueueIdOptions, "One message: its envelope and headers"],
+        ["flush", None, QueueFlushOptions, "Retry deferred mail now (only that routed to PEER if given)"],
+        ["hold", None, QueueIdOptions, "Keep a message from being sent until released"],
+        ["release", None, QueueIdOptions, "Let a held message be sent"],
+        ["delete", None, QueueIdOptions, "Remove a message for good (no bounce)"],
+    ]
+
+    def postOptions(self) -> None:  # noqa: N802 -- usage.Options' name
+        if self.subCommand is None:
+            raise usage.UsageError("give a queue command: list, show, flush, hold, release or delete")
+
+
+def queue(options: QueueOptions, out: TextIO, err: TextIO) -> int:
+    sub, opts = options.subCommand, options.subOptions
+    if sub in ("list", "show"):
+        try:
+            spool = Spool(os.path.join(opts.data_dir(), "spool"), committer=None)
+        except ConfigError as e:
+            print(e, file=err)
+            return EXIT_CONFIG
+        return _list(spool, out) if sub == "list" else _show(spool, opts["id"], out, err)
+    if sub == "flush":
+        route = None
+        if opts["peer"]:
+            config = opts.config()
+            peer = config.peers.get(opts["peer"]) if config else None
+            if peer is None or not peer.endpoint:
+                print(
+                    f"smtppeer queue flush: no peer {opts['peer']!r} with an endpoint (give --config)",
+                    file=err,
+                )
+                return EXIT_USAGE
+            route = peer.endpoint
+        answer = _ask(opts, {"command": "flush", "route": route}, err)
+        if answer and answer.get("ok"):
+            print(f"{answer['count']} recipients will be tried now", file=out)
+            return EXIT_OK
+        return EXIT_FAILED
+    answer = _ask(opts, {"command": sub, "id": opts["id"]}, err)
+    return EXIT_OK if answer and answer.get("ok") else EXIT_FAILED
+
+
+def _list(spool: Spool, out: TextIO) -> int:
+    now = time.time()
+    for envelope in spool.envelopes():
+        flags = " (on hold)" if envelope.frozen else ""
+        sender = envelope.reverse_path or "<>"
+        arrived = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(envelope.arrival))
+        print(f"{envelope.id}  {arrived}  {envelope.size:>9}  from {sender}{flags}", file=out)
+        for r in envelope.recipients:
+            print(f"    {r.address}: {_why(r, now)}", file=out)
+    return EXIT_OK
+
+
+def _why(r, now: float) -> str:
+    if r.state == "held":
+        return f"held for peer {r.route.get('hold')} until it calls in"
+    if r.state == "pending":
+        if r.attempts == 0:
+            return "waiting for its first attempt"
+        wait = max(0, int(r.next_attempt - now))
+        return f"deferred after {r.attempts} attempts, next in {wait}s: {r.last_reply}"
+    return f"{r.state}: {r.last_reply}"
+
+
+def _show(spool: Spool, queue_id: str, out: TextIO, err: TextIO) -> int:
+    try:
+        with open(spool.envelope_path(queue_id)) as f:
+            out.write(f.read())
+        with open(spool.body_path(queue_id), "rb") as f:
+            head = f.read(64 * 1024).split(b"\r\n\r\n", 1)[0]
+    except FileNotFoundError:
+        print(f"smtppeer queue show: no message {queue_id!r}", file=err)
+        return EXIT_FAILED
+    out.write(head.decode("utf-8", "replace").replace("\r\n", "\n") + "\n")
+    return EXIT_OK
+
+
+class PollOptions(DataDirOptions):
+    synopsis = "PEER"
+    longdesc = "Run one poll cycle with PEER now, through the running service, and print its summary."
+
+    def parseArgs(self, peer: str) -> None:  # noqa: N802 -- usage.Options' name
+        self["peer"] = peer
+
+
+def poll(options: PollOptions, out: TextIO, err: TextIO) -> int:
+    answer = _ask(options, {"command": "poll", "peer": options["peer"]}, err)
+    if answer and answer.get("summary"):
+        print(answer["summary"], file=out)
+    return EXIT_OK if answer and answer.get("ok") else EXIT_FAILED
+
+
 # -- the command and its subcommands ------------------------------------------
 
 
@@ -131,6 +356,9 @@ class Command:
 
 COMMANDS = [
     Command("check-config", CheckConfigOptions, check_config, "Check a configuration file without starting"),
+    Command("send", SendOptions, send, "Queue a message from standard input (sendmail-style)"),
+    Command("queue", QueueOptions, queue, "List, show, flush, hold, release or delete queued mail"),
+    Command("poll", PollOptions, poll, "Run one poll cycle with a peer now"),
 ]
 
 

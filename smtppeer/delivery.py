@@ -136,20 +136,58 @@ class ReceivingPolicy(ReceiverHooks):
         receiver = peer.receiver
         tx = receiver.transaction
         queue_id = new_queue_id()
-        rcpts = tx.recipients
         header = received_header(
             helo=receiver.helo_name,
             client_literal=peer.client_literal,
             by=self.hostname,
             protocol=protocol_name(receiver.esmtp, utf8=tx.utf8),
             queue_id=queue_id,
-            recipient=str(rcpts[0].mailbox) if len(rcpts) == 1 else None,
+            recipient=str(tx.recipients[0].mailbox) if len(tx.recipients) == 1 else None,
         )
+        client = {"helo": receiver.helo_name or "", "address": peer.client_address}
+        params = {k: v for k, v in tx.params.items() if k in ("BODY", "SMTPUTF8")}
+        decisions = [(path, self.decide(peer, path)) for path in tx.recipients]
+        return self.new_message(queue_id, tx.reverse_path, decisions, header, client, params)
+
+    def inject(self, reverse_path: Path, recipients: list[Path], message: bytes) -> defer.Deferred:
+        """Accept a message made on this host (``smtppeer send``) as a trusted local client.
+
+        Fires with the queue ID once the message is durable, or fails with a
+        ``ValueError`` naming a recipient that cannot be routed.
+        """
+        decisions = []
+        for path in recipients:
+            decision = self.router.decide(path, "127.0.0.1", authenticated="local")
+            if decision.kind == LOCAL and not self.local_targets(path):
+                decision = Decision("refuse", reply=reply(550, "5.1.1", "No such user here"))
+            if not decision.accepted:
+                return defer.fail(ValueError(f"{path}: {decision.reply}"))
+            decisions.append((path, decision))
+        queue_id = new_queue_id()
+        header = received_header(
+            helo="localhost", client_literal="local", by=self.hostname, protocol="local", queue_id=queue_id
+        )
+        client = {"helo": "", "address": "local"}
+        sink = self.new_message(queue_id, reverse_path, decisions, header, client, {})
+        sink.write(message)
+        d = defer.maybeDeferred(sink.finish)
+        d.addCallback(lambda _: queue_id)
+        return d
+
+    def new_message(
+        self,
+        queue_id: str,
+        reverse_path: Path,
+        decisions: list[tuple[Path, Decision]],
+        header: bytes,
+        client: dict[str, str],
+        params: dict[str, str | None],
+    ) -> IncomingMessage:
+        """Fan the message out: Maildirs for local recipients, the spool for the rest."""
         local: list[str] = []
         spooled: list[Recipient] = []
         source_routed = False
-        for path in rcpts:
-            decision = self.decide(peer, path)
+        for path, decision in decisions:
             source_routed = source_routed or (bool(path.route) and decision.kind == RELAY)
             if decision.kind == LOCAL:
                 for domain, target in self.local_targets(path):
@@ -169,11 +207,11 @@ class ReceivingPolicy(ReceiverHooks):
         sinks: list[MessageSink] = []
         if local:
             # final delivery: RFC 5321 §4.4 puts the reverse-path in a Return-Path: header
-            return_path = f"Return-Path: {tx.reverse_path}\r\n".encode()
+            return_path = f"Return-Path: {reverse_path}\r\n".encode()
             sinks.append(self.maildirs.new_message(local, return_path + header, queue_id))
         envelope = None
         if spooled:
-            reverse = tx.reverse_path
+            reverse = reverse_path
             if source_routed and not reverse.is_null:
                 # RFC 821 §3.6: a relay on a source route adds itself to the reverse-path
                 reverse = Path(reverse.mailbox, (self.hostname, *reverse.route))
@@ -182,13 +220,12 @@ class ReceivingPolicy(ReceiverHooks):
                 reverse_path=str(reverse)[1:-1],
                 recipients=spooled,
                 arrival=time.time(),
-                params={k: v for k, v in tx.params.items() if k in ("BODY", "SMTPUTF8")},
-                client={"helo": receiver.helo_name or "", "address": peer.client_address},
+                params=params,
+                client=client,
             )
             sinks.append(self.spool.new_message(envelope, header))
-        summary = f"from {tx.reverse_path} via {receiver.helo_name} [{peer.client_address}] to " + ", ".join(
-            str(p) for p in rcpts
-        )
+        rcpts = ", ".join(str(path) for path, _ in decisions)
+        summary = f"from {reverse_path} via {client['helo']} [{client['address']}] to {rcpts}"
         return IncomingMessage(self, sinks, queue_id, summary, envelope)
 
 

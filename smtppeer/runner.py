@@ -213,7 +213,7 @@ class QueueRunner(service.Service):
         for queue_id in list(self._ready):
             del self._ready[queue_id]
             envelope = self.entries.get(queue_id)
-            if envelope is None:
+            if envelope is None or envelope.frozen:
                 continue
             later = None
             for rcpt in envelope.recipients:
@@ -360,6 +360,55 @@ class QueueRunner(service.Service):
         ]
         return SenderJob(envelopes, on_result=on_result), pending
 
+    # -- administration (smtppeer queue ...) --------------------------------------
+
+    def rescan(self) -> int:
+        """Pick up entries written to the spool by someone else (``smtppeer send``)."""
+        added = 0
+        for queue_id in self.spool.ids():
+            if queue_id not in self.entries:
+                try:
+                    self.add(self.spool.load(queue_id))
+                except (FileNotFoundError, ValueError, TypeError, KeyError):
+                    continue
+                added += 1
+        return added
+
+    def flush(self, route: str | None = None) -> int:
+        """Retry now every deferred recipient (only those routed to ``route`` if given)."""
+        count = 0
+        for envelope in self.entries.values():
+            for rcpt in envelope.recipients:
+                if rcpt.state == PENDING and (route is None or rcpt.route.get("relay") == route):
+                    rcpt.next_attempt = 0.0
+                    self._ready[envelope.id] = None
+                    count += 1
+        self.kick()
+        return count
+
+    def busy(self, queue_id: str) -> bool:
+        return any(q == queue_id for q, _ in self._inflight)
+
+    async def set_frozen(self, queue_id: str, frozen: bool) -> None:
+        """Hold a message back from delivery (``queue hold``), or let it go (``queue release``)."""
+        envelope = self.entries[queue_id]
+        envelope.frozen = frozen
+        await self.spool.update(envelope)
+        if not frozen:
+            self._ready[queue_id] = None
+            self.kick()
+
+    async def delete(self, queue_id: str) -> None:
+        """Drop a message for good (``queue delete``); not while it is being sent."""
+        if self.busy(queue_id):
+            raise ValueError(f"{queue_id} is being sent right now; try again in a moment")
+        envelope = self.entries.pop(queue_id)
+        for rcpt in envelope.recipients:
+            if rcpt.state not in (DELIVERED, FAILED):
+                rcpt.state, rcpt.notified, rcpt.last_reply = FAILED, True, "deleted by the administrator"
+        await self.spool.update(envelope)
+        log.info("{line}", line=f"{queue_id}: deleted by the administrator")
+
     # -- turning around: releasing a hold queue, polling a peer ---------------------
 
     def release(self, peer_name: str) -> SenderJob:
@@ -371,6 +420,8 @@ class QueueRunner(service.Service):
         """
         items = []
         for envelope in self.entries.values():
+            if envelope.frozen:
+                continue
             held = [r for r in envelope.held_for(peer_name) if (envelope.id, r.address) not in self._inflight]
             if held:
                 items.append((envelope, held))
@@ -386,6 +437,8 @@ class QueueRunner(service.Service):
         started = self.clock.seconds()
         items = []
         for envelope in self.entries.values():
+            if envelope.frozen:
+                continue
             rcpts = [
                 r
                 for r in envelope.recipients

@@ -11,6 +11,8 @@ from twisted.logger import Logger
 
 from .committer import Committer
 from .config import ODMR, Config
+from .control import ControlFactory
+from .control import endpoint_description as control_endpoint
 from .delivery import ReceivingPolicy
 from .maildir import MaildirStore
 from .mx import MXResolver, resolver_from_address
@@ -89,10 +91,14 @@ def build_service(config: Config) -> service.MultiService:
             accepts_turn=listener.turn,
         )
         _Listener(listener.endpoint, factory).setServiceParent(top)
+    poll_now = None
     if config.polls:
         schedules = [Schedule(p.peer, p.interval, p.jitter, p.max_backoff) for p in config.polls]
         poller = Poller(schedules, lambda name: runner.poll(name, endpoints[name], hooks))
         poller.setServiceParent(top)
+        poll_now = poller.poll_now
+    control = ControlFactory(runner, hooks, poll_now)
+    strports.service(control_endpoint(data_dir), control).setServiceParent(top)
     log.info(
         "smtppeer {hostname}: domains {domains}, data in {data_dir}, listening on {listen}",
         hostname=hostname,

@@ -62,6 +62,7 @@ class Envelope:
     params: dict[str, str | None] = field(default_factory=dict)
     client: dict[str, str] = field(default_factory=dict)
     size: int = 0
+    frozen: bool = False  # put on hold by an administrator: not sent until released
     version: int = 1
 
     def to_json(self) -> bytes:

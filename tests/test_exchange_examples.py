@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import smtplib
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,24 @@ def test_polls_back_off_while_the_provider_is_down_and_recover(pair, tmp_path):
         s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: later\r\n\r\nx\r\n")
     dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
     wait_until(lambda: maildir_count(dave) == 1, timeout=30, what="delivery after the provider came back")
+
+
+def test_smtppeer_poll_runs_one_cycle_now_and_prints_the_summary(pair, tmp_path):
+    provider, dialup, ports = pair
+    text = dialup.config.read_text().replace('interval = "1s"', 'interval = "1h"')
+    dialup.config.write_text(text.replace('max_backoff = "3s"', 'max_backoff = "2h"'))
+    provider.start()
+    dialup.start()
+    with smtplib.SMTP("127.0.0.1", ports["2526"]) as s:
+        s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: now\r\n\r\nx\r\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "smtppeer.cli", "poll", "--config", str(dialup.config), "provider"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().startswith("poll provider: sent 0, received 1, turned, ")
+    dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
+    assert maildir_count(dave) == 1
