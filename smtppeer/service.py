@@ -14,6 +14,7 @@ from .config import ODMR, Config
 from .control import ControlFactory
 from .control import endpoint_description as control_endpoint
 from .delivery import ReceivingPolicy
+from .logs import JSONLogFile, json_log_path
 from .maildir import MaildirStore
 from .mx import MXResolver, resolver_from_address
 from .options import Options
@@ -41,6 +42,8 @@ def build_service(config: Config) -> service.MultiService:
     data_dir = os.path.abspath(config.data_dir)
     os.makedirs(os.path.join(data_dir, "mail"), mode=0o700, exist_ok=True)
     top = service.MultiService()
+    if config.json_log:
+        JSONLogFile(json_log_path(data_dir)).setServiceParent(top)
     committer = Committer()
     committer.setServiceParent(top)
     store = MaildirStore(os.path.join(data_dir, "mail"), committer)

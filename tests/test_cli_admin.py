@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from .conftest import REPO, wait_until
+from .conftest import REPO, TWISTD, free_port, wait_for_port, wait_until
 
 
 def smtppeer(*args: str, stdin: bytes = b"", cwd=None) -> subprocess.CompletedProcess:
@@ -88,3 +88,45 @@ def test_poll_without_schedules_says_so(twistd_peer):
     peer = twistd_peer()
     done = smtppeer("poll", "-d", str(peer.data_dir), "provider")
     assert done.returncode == 1 and b"no poll schedules" in done.stderr
+
+
+def test_json_log_lines_with_queue_ids(twistd_peer, tmp_path):
+    config = tmp_path / "json.toml"
+    config.write_text('json_log = true\n[domains."localhost"]\n')
+    peer = twistd_peer("--config", str(config))
+    done = smtppeer("send", "-d", str(peer.data_dir), "u@localhost", stdin=MESSAGE)
+    queue_id = done.stdout.decode().split()[-1]
+    log_file = peer.data_dir / "smtppeer.log.jsonl"
+    events = wait_until(
+        lambda: [json.loads(line) for line in log_file.read_text().splitlines() if queue_id in line],
+        what="the JSON log line",
+    )
+    assert any(e.get("queue_id") == queue_id and "accepted" in e.get("line", "") for e in events)
+
+
+def test_twistd_logger_option_gives_json_lines(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *TWISTD,
+            "--logger",
+            "smtppeer.logs.json_lines",
+            "-n",
+            "--pidfile=",
+            "smtppeer",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, proc)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=15)
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    assert lines and all("log_namespace" in e for e in lines)
