@@ -160,8 +160,7 @@ class QueueRunner(service.Service):
             if envelope.unreported():  # a crash came between a failure and its bounce
                 d = defer.ensureDeferred(self._report_failures(envelope))
                 d.addErrback(lambda f: log.failure("could not bounce after restart", f))
-                self._running.add(d)
-                d.addBoth(lambda result, d=d: (self._running.discard(d), result)[1])
+                self._track(d)
         log.info("queue runner: {n} messages in the spool", n=len(self.entries))
         self.kick()
 
@@ -172,6 +171,16 @@ class QueueRunner(service.Service):
         self._timer = None
         # Deliveries under way finish (or fail) on their own; their results are durable.
         return self.idle()
+
+    def _track(self, d: defer.Deferred) -> None:
+        """Count ``d`` as work under way until it fires (``idle`` and shutdown wait for it)."""
+        self._running.add(d)
+
+        def untrack(result):
+            self._running.discard(d)
+            return result
+
+        d.addBoth(untrack)
 
     def idle(self) -> defer.Deferred:
         """Fires when the deliveries under way now have finished (for tests and shutdown)."""
@@ -268,10 +277,9 @@ class QueueRunner(service.Service):
             self._mark(items)
             self._connections[dest] += 1
             d = defer.ensureDeferred(self._deliver(batch.key, items))
-            self._running.add(d)
+            self._track(d)
 
-            def done(result, d=d, dest=dest, items=items):
-                self._running.discard(d)
+            def done(result, dest=dest, items=items):
                 self._connections[dest] -= 1
                 for envelope, rcpts in items:
                     self._release_marks(envelope, rcpts)
@@ -344,8 +352,7 @@ class QueueRunner(service.Service):
             d.addErrback(lambda f: log.failure("could not record results for {id}", f, id=envelope.id))
             d.addBoth(lambda _: self._release_marks(envelope, rcpts))
             pending.append(d)
-            self._running.add(d)
-            d.addBoth(lambda result: (self._running.discard(d), result)[1])
+            self._track(d)
 
         envelopes = [
             SendEnvelope(
@@ -476,8 +483,7 @@ class QueueRunner(service.Service):
             rcpt.last_reply = str(reply(451, "4.4.7", "Held too long: the peer did not call in"))
         d = defer.ensureDeferred(self._after_expiry(envelope))
         d.addErrback(lambda f: log.failure("could not expire held mail", f))
-        self._running.add(d)
-        d.addBoth(lambda result: (self._running.discard(d), result)[1])
+        self._track(d)
 
     async def _after_expiry(self, envelope: Envelope) -> None:
         await self.spool.update(envelope)
