@@ -521,11 +521,19 @@ class QueueRunner(service.Service):
                 else:
                     rcpt.next_attempt = now + self._backoff(rcpt.attempts)
         await self.spool.update(envelope)
+        for rcpt in rcpts:
+            if rcpt.address in results and rcpt.state != FAILED:  # failures are logged below
+                outcome = "delivered" if rcpt.state == DELIVERED else f"deferred (attempt {rcpt.attempts})"
+                log.info(
+                    "{line}",
+                    line=f"{envelope.id}: {rcpt.address} {outcome}: {rcpt.last_reply}",
+                    queue_id=envelope.id,
+                )
         if any(r.state == PENDING for r in envelope.recipients):
             self._ready[envelope.id] = None  # the next run files it under its retry time
             self.kick()
         for rcpt, response in failed:
-            log.info("{line}", line=f"{envelope.id}: {rcpt.address} failed: {response}")
+            log.info("{line}", line=f"{envelope.id}: {rcpt.address} failed: {response}", queue_id=envelope.id)
         await self._report_failures(envelope)
 
     async def _report_failures(self, envelope: Envelope) -> None:

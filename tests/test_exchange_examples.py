@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import smtplib
 import subprocess
 import sys
@@ -18,8 +19,8 @@ EXAMPLES = REPO / "examples"
 def adapt(name: str, tmp: Path, ports: dict[str, int], extra: dict[str, str] | None = None) -> Path:
     """The example with test ports and a short poll interval, written to ``tmp``."""
     text = (EXAMPLES / name).read_text()
-    for old, new in ports.items():
-        text = text.replace(old, str(new))
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, ports)) + r")\b")
+    text = pattern.sub(lambda m: str(ports[m.group(1)]), text)  # one pass: new ports are never rewritten
     for old, new in (extra or {}).items():
         assert old in text, old
         text = text.replace(old, new)
