@@ -1,7 +1,8 @@
 """Durable delivery into Maildirs (the layout of ``mailbox.Maildir``, mutt, Dovecot).
 
-A message is written once into ``tmp/`` of the first recipient's Maildir,
-fsynced, then renamed (and hard-linked) into each recipient's ``new/`` and
+A message is written once (into a staged file made ahead of need, see
+``staging.py``, or else into ``tmp/`` of the first recipient's Maildir),
+synced, then renamed (and hard-linked) into each recipient's ``new/`` and
 the ``new/`` directories are fsynced: only then does ``finish`` report
 success, so a ``250`` never precedes durability.  The disk work runs in the
 ``Committer``, batched with other sessions' messages.
@@ -21,6 +22,7 @@ from twisted.internet.defer import Deferred
 from .committer import Committer
 from .engine import reply
 from .hooks import MessageSink
+from .staging import Staging
 
 # Small messages stay in memory until DATA ends (one write); larger ones are
 # streamed to the file as they arrive so memory stays flat.
@@ -47,9 +49,10 @@ def unique_name() -> str:
 class MaildirStore:
     """The tree ``<root>/<domain>/<mailbox>/{tmp,new,cur}``."""
 
-    def __init__(self, root: str, committer: Committer) -> None:
+    def __init__(self, root: str, committer: Committer, staging: Staging | None = None) -> None:
         self.root = root
         self.committer = committer
+        self.staging = staging  # files made ahead of need; without it, each file is made in tmp/
         self._made: set[str] = set()
 
     def path_for(self, domain: str, local_part: str) -> str:
@@ -110,6 +113,10 @@ class MaildirMessage(MessageSink):
             self._file.write(data)
 
     def _open(self) -> None:
+        if self.store.staging is not None:
+            self.tmp_path, fd = self.store.staging.take()
+            self._file = open(fd, "wb", buffering=0)  # noqa: SIM115
+            return
         try:
             self._file = open(self.tmp_path, "xb", buffering=0)  # noqa: SIM115
         except FileNotFoundError:  # an administrator removed the Maildir while we ran

@@ -23,6 +23,7 @@ from .poller import Poller, Schedule
 from .routing import Router
 from .runner import QueueRunner, RunnerSettings
 from .spool import Spool
+from .staging import Staging
 
 log = Logger()
 
@@ -46,7 +47,9 @@ def build_service(config: Config) -> service.MultiService:
         JSONLogFile(json_log_path(data_dir)).setServiceParent(top)
     committer = Committer()
     committer.setServiceParent(top)
-    store = MaildirStore(os.path.join(data_dir, "mail"), committer)
+    staging = Staging(os.path.join(data_dir, "mail", ".staging"))  # same file system as the Maildirs
+    staging.setServiceParent(top)
+    store = MaildirStore(os.path.join(data_dir, "mail"), committer, staging)
     swept = store.sweep_tmp()
     if swept:
         log.info("removed {n} stale files from Maildir tmp/ directories", n=swept)
