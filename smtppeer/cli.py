@@ -18,6 +18,7 @@ import email.policy
 import email.utils
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import TextIO
 
 from twisted.python import usage
 
-from . import __version__, control
+from . import __version__, control, tls
 from .config import Config, Listener, Mailbox, Peer, Poll
 from .configfile import ConfigError, load_config
 from .spool import Spool
@@ -343,6 +344,32 @@ def poll(options: PollOptions, out: TextIO, err: TextIO) -> int:
     return EXIT_OK if answer and answer.get("ok") else EXIT_FAILED
 
 
+# -- make-cert -----------------------------------------------------------------
+
+
+class MakeCertOptions(CommandOptions):
+    synopsis = "[--hostname NAME] [--days N] CERT KEY"
+    longdesc = "Write a self-signed certificate for a lab (PEM) and its private key (PEM, mode 0600)."
+    optParameters = [
+        ["hostname", None, None, "The name (or IP address) the certificate is for [default: this host]"],
+        ["days", None, 825, "How long it is valid", int],
+    ]
+
+    def parseArgs(self, cert: str, key: str) -> None:  # noqa: N802 -- usage.Options' name
+        self["cert"], self["key"] = cert, key
+
+
+def make_cert(options: MakeCertOptions, out: TextIO, err: TextIO) -> int:
+    hostname = options["hostname"] or socket.gethostname()
+    try:
+        tls.make_self_signed(hostname, options["cert"], options["key"], options["days"])
+    except OSError as e:
+        print(f"smtppeer make-cert: {e}", file=err)
+        return EXIT_FAILED
+    print(f"{options['cert']}: self-signed for {hostname}; key in {options['key']}", file=out)
+    return EXIT_OK
+
+
 # -- the command and its subcommands ------------------------------------------
 
 
@@ -359,6 +386,7 @@ COMMANDS = [
     Command("send", SendOptions, send, "Queue a message from standard input (sendmail-style)"),
     Command("queue", QueueOptions, queue, "List, show, flush, hold, release or delete queued mail"),
     Command("poll", PollOptions, poll, "Run one poll cycle with a peer now"),
+    Command("make-cert", MakeCertOptions, make_cert, "Write a self-signed certificate for a lab"),
 ]
 
 

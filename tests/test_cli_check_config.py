@@ -101,7 +101,7 @@ def test_usage_errors():
     assert result.returncode == 64
     result = smtppeer()
     assert result.returncode == 64
-    assert "give a command (check-config, send, queue, poll)" in result.stderr
+    assert "give a command (check-config, send, queue, poll, make-cert)" in result.stderr
     result = smtppeer("frobnicate")
     assert (result.returncode, result.stdout) == (64, "")
     assert "Unknown command: frobnicate" in result.stderr
