@@ -60,6 +60,7 @@ from harness import (
     extra_args_for,
     machine_info,
     select_targets,
+    smtp_source_argv,
 )
 
 
@@ -73,22 +74,8 @@ class Result:
     delivered: list[int | None] = field(default_factory=list)
 
 
-def smtp_source_argv(args: argparse.Namespace, port: int) -> list[str]:
-    return [
-        "smtp-source",
-        "-s",
-        str(args.sessions),
-        "-d",
-        "-l",
-        str(args.size),
-        "-m",
-        str(args.messages),
-        "-f",
-        "a@x.test",
-        "-t",
-        "b@localhost",
-        f"127.0.0.1:{port}",
-    ]
+def source_argv(args: argparse.Namespace, port: int) -> list[str]:
+    return smtp_source_argv(args, port, "a@x.test", "b@localhost")
 
 
 def run_once(target: Target, data_dir: Path, args: argparse.Namespace, res: Result) -> None:
@@ -101,7 +88,7 @@ def run_once(target: Target, data_dir: Path, args: argparse.Namespace, res: Resu
         res.skipped = str(e)
         return
     try:
-        argv = smtp_source_argv(args, server.port)
+        argv = source_argv(args, server.port)
         if args.verbose:
             print(f"  [{target.name}] client: {shlex.join(argv)}", flush=True)
         t0 = time.perf_counter()
@@ -206,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-receive-", dir=args.workdir))
     for line in machine_info(workdir):
         print(line)
-    print(f"client: {shlex.join(smtp_source_argv(args, 0)[:-1])} 127.0.0.1:<PORT>")
+    print(f"client: {shlex.join(source_argv(args, 0)[:-1])} 127.0.0.1:<PORT>")
     for t in targets:
         print(f"target {t.name}: {t.description}")
         argv0 = t.argv(0, workdir / "DATA") + extra_args_for(t, args)

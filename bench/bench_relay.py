@@ -74,7 +74,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import REPO_ROOT, TWISTD, free_port, machine_info, subprocess_env
+from harness import REPO_ROOT, TWISTD, free_port, machine_info, smtp_source_argv, stop_process, subprocess_env
 
 DOMAIN = "relay.test"
 SENDER = "a@x.test"
@@ -125,14 +125,7 @@ class Proc:
     def stop(self) -> int | None:
         if self.proc is None:
             return self.returncode
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        self.killed = stop_process(self.proc, self.stop_timeout) or self.killed
         self.returncode = self.proc.returncode
         return self.returncode
 
@@ -219,21 +212,7 @@ def sink_messages(sink: Proc) -> int | None:
 
 
 def source_argv(args: argparse.Namespace, port: int | str) -> list[str]:
-    return [
-        "smtp-source",
-        "-s",
-        str(args.sessions),
-        "-d",
-        "-l",
-        str(args.size),
-        "-m",
-        str(args.messages),
-        "-f",
-        SENDER,
-        "-t",
-        RECIPIENT,
-        f"127.0.0.1:{port}",
-    ]
+    return smtp_source_argv(args, port, SENDER, RECIPIENT)
 
 
 def fill(args: argparse.Namespace, port: int, what: str) -> float:

@@ -195,6 +195,39 @@ def _kib(value: str | None) -> int | None:
     return int(value.split()[0])  # "12345 kB"
 
 
+def stop_process(proc: subprocess.Popen, timeout: float) -> bool:
+    """SIGTERM, wait ``timeout`` seconds, then SIGKILL; True if it had to be killed."""
+    if proc.poll() is not None:
+        return False
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+        return True
+
+
+def smtp_source_argv(args, port: int | str, sender: str, recipient: str) -> list[str]:
+    """Postfix's load generator with the benchmarks' shared knobs (sessions, size, count)."""
+    return [
+        "smtp-source",
+        "-s",
+        str(args.sessions),
+        "-d",
+        "-l",
+        str(args.size),
+        "-m",
+        str(args.messages),
+        "-f",
+        sender,
+        "-t",
+        recipient,
+        f"127.0.0.1:{port}",
+    ]
+
+
 class Server:
     """One target server process on a free loopback port."""
 
@@ -290,14 +323,8 @@ class Server:
         """SIGTERM, wait stop_timeout, then SIGKILL. Returns the exit status."""
         if self.proc is None:
             return self.returncode
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        killed = stop_process(self.proc, self.stop_timeout)
+        self.killed = self.killed or killed
         self.returncode = self.proc.returncode
         return self.returncode
 
