@@ -31,7 +31,6 @@ import re
 import signal
 import smtplib
 import socket
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -39,7 +38,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, TWISTD, wait_for_port, wait_until
+from .conftest import REPO, wait_until
+from .test_exchange_examples import Proc
 
 pytestmark = pytest.mark.slow
 
@@ -111,52 +111,27 @@ def derive(
     return path
 
 
-class Host:
-    """``twistd -n smtppeer --config FILE``, restartable on the same port and data directory."""
+class Host(Proc):
+    """A ``Proc`` that can be killed and restarted on the same port and data directory."""
 
     def __init__(self, tmp: Path, config: Path, port: int, data_dir: str) -> None:
-        self.tmp, self.config, self.port = tmp, config, port
+        super().__init__(tmp, config, port)
         self.data = tmp / data_dir
-        self.log_path = tmp / (config.stem + ".log")
-        self.proc: subprocess.Popen | None = None
         self.starts = 0
 
     def start(self) -> Host:
-        env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*TWISTD, "-n", "--pidfile=", "smtppeer", "--config", str(self.config)],
-                cwd=self.tmp,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
         self.starts += 1
         try:
-            wait_for_port(self.port, self.proc, timeout=20)
+            return super().start()
         except Exception:
             self.kill()
             raise RuntimeError(f"{self.config.name} did not start:\n{self.log()[-3000:]}") from None
-        return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
         self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def maildir(self, domain: str, user: str) -> Path:
         return self.data / "mail" / domain / user

@@ -30,6 +30,8 @@ def adapt(name: str, tmp: Path, ports: dict[str, int], extra: dict[str, str] | N
 
 
 class Proc:
+    """``twistd -n smtppeer --config FILE`` in ``tmp``, on a known port."""
+
     def __init__(self, tmp: Path, config: Path, port: int) -> None:
         self.tmp, self.config, self.port = tmp, config, port
         self.log_path = tmp / (config.stem + ".log")
@@ -51,11 +53,15 @@ class Proc:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=15)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
         self.proc = None
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def maildir_count(path: Path) -> int:
