@@ -19,11 +19,42 @@ SMTP = "smtp"  # ordinary SMTP; TURN only for peers that the listener admits
 ODMR = "odmr"  # RFC 2645 On-Demand Mail Relay (the trust issue)
 
 
+# Client-side TLS policies for a peer (``Peer.tls``)
+TLS_NONE = "none"  # never STARTTLS
+TLS_OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered, any certificate
+TLS_REQUIRED = "required"  # STARTTLS or nothing is sent; any certificate
+TLS_VERIFY = "verify"  # STARTTLS with a certificate valid for tls_name under ca_file
+TLS_POLICIES = (TLS_NONE, TLS_OPPORTUNISTIC, TLS_REQUIRED, TLS_VERIFY)
+
+ODMR_PORT = 366  # RFC 2645
+
+
 @dataclass
 class Listener:
     endpoint: str  # a Twisted server endpoint description
     mode: str = SMTP
-    turn: bool = False  # may a configured peer say TURN here?
+    turn: bool = False  # may a configured peer say TURN here? (AUTH as that peer always may)
+    starttls: bool = True  # offer STARTTLS (when the service has a certificate)
+    require_tls: bool = False  # nothing but EHLO/HELO/STARTTLS/NOOP/RSET/QUIT before STARTTLS
+    auth_in_clear: bool = False  # allow AUTH PLAIN/LOGIN without TLS (a lab on loopback)
+    max_auth_failures: int = 3  # then 421 and close
+
+
+@dataclass
+class TLSFiles:
+    """The server certificate (PEM, with its chain) and its private key (PEM)."""
+
+    certificate: str
+    key: str
+
+
+@dataclass
+class User:
+    """Someone who may AUTH to submit (and so relay) mail, but owns no domains."""
+
+    name: str
+    password: str | None = None  # clear text: every mechanism, CRAM-MD5 included
+    password_hash: str | None = None  # RFC 5803 SCRAM-SHA-256: PLAIN, LOGIN, SCRAM-SHA-256 only
 
 
 @dataclass
@@ -39,9 +70,16 @@ class Mailbox:
 class Peer:
     """A host this one exchanges mail with.
 
-    ``addresses`` identify it when it connects to us (until AUTH gives a
-    stronger identity); ``endpoint`` is how we reach it; ``domains`` are the
-    domains it owns (its hold queue, what TURN may release to it).
+    ``addresses`` identify it when it connects to us (on ``turn`` listeners;
+    AUTH is the stronger identity); ``endpoint`` is how we reach it;
+    ``domains`` are the domains it owns (its hold queue, what TURN, ATRN and
+    ETRN may release to it).
+
+    ``username`` and ``password`` are the credentials of the relationship,
+    used in whichever direction the connection goes: the peer logs in to us
+    with them (and is then known as this peer), and we log in to it with them
+    when we connect (polls, routes).  ``password_hash`` (RFC 5803
+    SCRAM-SHA-256) may replace the password on the side that only checks it.
     """
 
     name: str
@@ -50,6 +88,10 @@ class Peer:
     addresses: list[str] = field(default_factory=list)
     username: str | None = None
     password: str | None = None
+    password_hash: str | None = None
+    tls: str = TLS_OPPORTUNISTIC  # when we connect to it
+    ca_file: str | None = None  # trust roots for tls = "verify"
+    tls_name: str | None = None  # the name its certificate must carry; default: the endpoint's host
 
 
 @dataclass
@@ -59,8 +101,11 @@ class Poll:
     peer: str
     interval: float = 300.0
     jitter: float = 0.1  # ± fraction of the interval
-    method: str = "turn"  # "turn" now; "atrn" and "etrn" with the trust issue
+    method: str = "turn"  # "turn", "atrn" (RFC 2645) or "etrn" (RFC 1985)
     max_backoff: float = 3600.0
+    # ATRN/ETRN: the domains to ask for; empty: ATRN without argument (all the
+    # provider holds for us), ETRN for each of this host's local domains
+    domains: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -73,6 +118,8 @@ class Config:
     holds: dict[str, str] = field(default_factory=dict)  # domain -> peer name
     relay_from: list[str] = field(default_factory=list)
     peers: dict[str, Peer] = field(default_factory=dict)
+    users: dict[str, User] = field(default_factory=dict)
+    tls: TLSFiles | None = None
     polls: list[Poll] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     max_connections: int = 200
