@@ -7,6 +7,10 @@ message with both kinds is written to both, and the ``250`` waits for both
 to be durable.  Without a spool (no queue runner configured) only local
 recipients are accepted.
 
+Role reversal is decided here too: TURN and ATRN release a peer's hold
+queue over the same connection, ETRN starts it over a new one, and all
+three only for the identity that owns the mail (see ``turn_identity``).
+
 Every hop adds a ``Received:`` header; a message that already carries more
 than ``max_received`` of them is refused with ``554 5.4.6`` (a routing loop,
 RFC 5321 §6.3) rather than passed round again.
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .accounts import Accounts
 from .config import Mailbox
 from .engine import Path, Reply, reply
 from .engine.address import parse_mailbox
@@ -52,6 +57,9 @@ class ReceivingPolicy(ReceiverHooks):
         runner=None,
         turn_peers: dict[str, list[str]] | None = None,
         mailboxes: dict[str, Mailbox] | None = None,
+        accounts: Accounts | None = None,
+        owned: dict[str, list[str]] | None = None,
+        peer_endpoints: dict[str, str | None] | None = None,
     ) -> None:
         self.hostname = hostname
         self.router = router
@@ -61,6 +69,10 @@ class ReceivingPolicy(ReceiverHooks):
         self.runner = runner  # the queue runner: new spooled mail, and held mail released on TURN
         self.turn_peers = turn_peers or {}  # peer name -> the client addresses that identify it
         self.mailboxes = {d.lower(): box for d, box in (mailboxes or {}).items()}  # absent: catch-all
+        self.accounts = accounts or Accounts()
+        self.owned = {name: [d.lower() for d in ds] for name, ds in (owned or {}).items()}  # peer -> domains
+        self.peer_endpoints = peer_endpoints or {}  # peer -> where ETRN sends its mail
+        self._atrn_sessions: dict[str, object] = {}  # domain -> the session serving it (RFC 2645 §4)
         # where <postmaster> without a domain goes: the host's own domain if local
         self.primary_domain = (
             router.hostname if router.hostname in router.local_domains else min(router.local_domains)
@@ -110,13 +122,14 @@ class ReceivingPolicy(ReceiverHooks):
     def turn_identity(self, peer: SMTPPeer) -> str | None:
         """Which configured peer is asking to TURN, if any.
 
-        An authenticated identity (the trust issue) will take precedence; until
-        then a peer is known by its client address, and only on listeners
-        configured to accept TURN.  Anyone else gets 502.
+        A login that belongs to a peer (AUTH) is that peer, wherever it
+        connects from; any other login is nobody here.  Without AUTH, a peer
+        is known by its client address, but only on listeners configured with
+        ``turn = true`` — the RFC 821 trust model, for closed networks.
         """
         authenticated = getattr(peer, "authenticated", None)
-        if authenticated in self.turn_peers:
-            return authenticated
+        if authenticated is not None:
+            return self.accounts.peer_for(authenticated)
         if not getattr(peer.factory, "accepts_turn", False):
             return None
         for name, addresses in self.turn_peers.items():
@@ -124,13 +137,79 @@ class ReceivingPolicy(ReceiverHooks):
                 return name
         return None
 
-    def turn(self, peer: SMTPPeer):
+    def turn(self, peer: SMTPPeer, verb: str = "TURN", domains: list[str] | None = None):
+        if verb == "ATRN":
+            return self.atrn(peer, domains or [])
         name = self.turn_identity(peer)
         if name is None or self.runner is None:
             log.info("TURN refused to {client}", client=peer.client_address)
+            if getattr(peer, "authenticated", None) is None and _offers_auth(peer):
+                return reply(530, "5.7.0", "Authentication required")
             return None
         log.info("TURN from {client}: peer {name}", client=peer.client_address, name=name)
         return self.runner.release(name)
+
+    def atrn(self, peer: SMTPPeer, domains: list[str]):
+        """RFC 2645 §5: 450 for domains that are not the identity's, 451 while another
+        session serves one of them, 453 with nothing to send, else the job (250)."""
+        name = self.accounts.peer_for(peer.authenticated)
+        owned = self.owned.get(name, []) if name is not None else []
+        asked = domains or owned
+        foreign = [d for d in asked if not _within(d, owned)]
+        if name is None or not asked or foreign or self.runner is None:
+            log.info(
+                "{line}",
+                line=f"ATRN {','.join(domains)} refused to {peer.authenticated} from {peer.client_address}",
+            )
+            what = f"{foreign[0]} is not yours" if foreign else "no domains of yours are held here"
+            return reply(450, "4.7.1", f"ATRN request refused: {what}")
+        busy = [d for d in asked if d in self._atrn_sessions]
+        if busy:
+            return reply(451, "4.3.0", f"Unable to process ATRN now: {busy[0]} is served by another session")
+        job = self.runner.release(name, asked)
+        if not job.envelopes:
+            return reply(453, "4.3.0", "You have no mail")
+        for domain in asked:
+            self._atrn_sessions[domain] = peer
+        peer.done.addBoth(self._atrn_finished, asked, peer)
+        log.info("{line}", line=f"ATRN {','.join(asked)} from {peer.authenticated}: peer {name}")
+        return job
+
+    def _atrn_finished(self, result, domains: list[str], peer: SMTPPeer):
+        for domain in domains:
+            if self._atrn_sessions.get(domain) is peer:
+                del self._atrn_sessions[domain]
+        return result
+
+    def start_queue(self, peer: SMTPPeer, node: str, kind: str) -> Reply:
+        """ETRN: only the peer that owns the node may start it — by AUTH identity
+        or by its configured client addresses — and only to its own endpoint."""
+        name, domains = self._etrn_target(node, kind)
+        if name is None or not self._may_ask_for(peer, name):
+            log.info("{line}", line=f"ETRN {node} refused to {peer.client_address}")
+            return reply(459, "5.7.1", f"Node {node} not allowed")
+        endpoint = self.peer_endpoints.get(name)
+        if endpoint is None or self.runner is None:
+            return reply(458, "4.3.0", f"Unable to queue messages for node {node}: no address to deliver to")
+        started = self.runner.start_held(name, endpoint, domains, exact=kind == "domain")
+        if not started:
+            return reply(251, "2.0.0", f"OK, no messages waiting for node {node}")
+        return reply(253, "2.0.0", f"OK, {started} pending messages for node {node} started")
+
+    def _etrn_target(self, node: str, kind: str) -> tuple[str | None, list[str] | None]:
+        """The peer whose mail ``node`` names, and the domains to send (None: all of it)."""
+        if kind == "queue":
+            return (node, None) if node in self.owned or node in self.turn_peers else (None, None)
+        for name, owned in self.owned.items():
+            if _within(node, owned):
+                return name, [node]
+        return None, None
+
+    def _may_ask_for(self, peer: SMTPPeer, name: str) -> bool:
+        authenticated = getattr(peer, "authenticated", None)
+        if authenticated is not None:
+            return self.accounts.peer_for(authenticated) == name
+        return peer.client_address in self.turn_peers.get(name, ())
 
     def begin_message(self, peer: SMTPPeer) -> MessageSink:
         receiver = peer.receiver
@@ -227,6 +306,19 @@ class ReceivingPolicy(ReceiverHooks):
         rcpts = ", ".join(str(path) for path, _ in decisions)
         summary = f"from {reverse_path} via {client['helo']} [{client['address']}] to {rcpts}"
         return IncomingMessage(self, sinks, queue_id, summary, envelope)
+
+
+def _within(domain: str, owned: list[str]) -> bool:
+    """Is ``domain`` one of ``owned``, or a subdomain of an owned ``.parent``?"""
+    domain = domain.lower()
+    return any(domain == d or (d.startswith(".") and domain.endswith(d)) for d in owned)
+
+
+def _offers_auth(peer: SMTPPeer) -> bool:
+    receiver = peer.receiver
+    if receiver is None:
+        return False
+    return any(x.keyword == "AUTH" and x.ehlo_line(receiver) for x in receiver.extensions)
 
 
 class IncomingMessage(MessageSink):

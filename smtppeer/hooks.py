@@ -65,9 +65,14 @@ class ReceiverHooks:
         """VRFY/EXPN: by default say nothing about who exists (RFC 5321 §3.5.3)."""
         return reply(252, "2.5.2", "Cannot verify, but will accept message and attempt delivery")
 
-    def turn(self, peer: SMTPPeer) -> SenderJob | None | Deferred:
-        """Asked when the client says TURN: a job to send after turning, or None (502)."""
+    def turn(self, peer: SMTPPeer, verb: str = "TURN", domains: list[str] | None = None):
+        """TURN, or ATRN with the domains asked for: a ``SenderJob`` to send after
+        turning, a refusal ``Reply``, or None (502).  May return a Deferred."""
         return None
+
+    def start_queue(self, peer: SMTPPeer, node: str, kind: str) -> ReplyOrDeferred:
+        """ETRN: start delivering what is held for ``node`` (see ``QueueStartRequested``)."""
+        return reply(458, "4.3.0", f"Unable to queue messages for node {node}")
 
     def extension_command(self, peer: SMTPPeer, verb: str, argument: str) -> ReplyOrDeferred:
         return reply(502, "5.5.1", f"{verb} not implemented")
@@ -87,6 +92,8 @@ class SenderJob:
     results: list[MessageResult] = field(default_factory=list)
     turned: bool = False
     turn_reply: Reply | None = None
+    requests: list[str] = field(default_factory=list)  # said before ``finish`` (``ETRN node``)
+    request_results: list[tuple[str, Reply]] = field(default_factory=list)
 
     def record(self, result: MessageResult) -> None:
         self.results.append(result)

@@ -1,9 +1,13 @@
 """``SMTPPeer``: the one Twisted protocol, playing receiver or sender, turning on TURN.
 
-This is the only module that knows a connection can change roles.  It owns
-the transport, the timers and the current engine object, feeds bytes in and
-writes bytes out; every decision goes to ``ReceiverHooks``, every message to
-send comes from a ``SenderJob``.
+This is the only module that knows a connection can change roles or go
+over to TLS.  It owns the transport, the timers and the current engine
+object, feeds bytes in and writes bytes out; every decision goes to
+``ReceiverHooks``, every message to send comes from a ``SenderJob``.
+
+TLS and AUTH state belong to the connection, not to a role: a session
+secured before a TURN stays secured after it, and the new sender does not
+STARTTLS again.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from .engine import Limits, Receiver, Reply, Sender, reply
 from .engine import events as ev
 from .engine import sender as sev
 from .engine.extensions import Extension
+from .engine.sender import ClientSecurity
 from .hooks import MessageSink, ReceiverHooks, SenderJob
 from .trace import address_literal
 
@@ -55,7 +60,15 @@ class SMTPPeer(Protocol):
         limits: Limits | None = None,
         clock: interfaces.IReactorTime | None = None,
         extensions: list[Extension] | None = None,
+        server_tls: object | None = None,
+        require_tls: bool = False,
+        only_commands: frozenset[str] | None = None,
+        client_security: ClientSecurity | None = None,
+        client_tls: object | None = None,
     ) -> None:
+        """``server_tls`` is the connection creator (``CertificateOptions``) for
+        STARTTLS as a receiver; ``client_tls`` the one for STARTTLS as a sender,
+        which ``client_security`` says when to use."""
         if clock is None:
             from twisted.internet import reactor as clock  # noqa: PLC0415
         self.hostname = hostname
@@ -64,6 +77,13 @@ class SMTPPeer(Protocol):
         self.limits = limits or Limits()
         self.clock = clock
         self.extensions = extensions
+        self.server_tls = server_tls
+        self.require_tls = require_tls
+        self.only_commands = only_commands
+        self.client_security = client_security
+        self.client_tls = client_tls
+        self.secure = False  # TLS is running on this connection
+        self.authenticated: str | None = None  # the client's AUTH identity (receiver role)
         self.summary = SessionSummary()
         self.done: defer.Deferred[SessionSummary] = defer.Deferred()
         self.receiver: Receiver | None = None
@@ -76,6 +96,7 @@ class SMTPPeer(Protocol):
         self._pump_again = False
         self._lost = False
         self.over_limit = False
+        self.receiver_turned = False  # we were sender and the other side accepted our TURN/ATRN
 
     @property
     def role(self) -> str:
@@ -136,7 +157,14 @@ class SMTPPeer(Protocol):
 
     def _become_receiver(self, unread: bytes) -> None:
         self.sender = None
-        self.receiver = Receiver(self.hostname, self.limits, self.extensions)
+        self.receiver = Receiver(
+            self.hostname,
+            self.limits,
+            self.extensions,
+            secure=self.secure,
+            require_tls=self.require_tls,
+            only_commands=self.only_commands,
+        )
         if self.over_limit:
             self.receiver.start(reply(421, "4.7.0", f"{self.hostname} Too many connections, try again later"))
         else:
@@ -149,7 +177,11 @@ class SMTPPeer(Protocol):
     def _become_sender(self, job: SenderJob, unread: bytes) -> None:
         self.receiver = None
         self.job = job
-        self.sender = Sender(self.hostname, self.limits)
+        # A sender that took over a turned connection is already as secure as it will get.
+        security = None if self.summary.turned or self.receiver_turned else self.client_security
+        self.sender = Sender(self.hostname, self.limits, security=security, secure=self.secure)
+        for command in job.requests:
+            self.sender.request(command)
         for envelope in job.envelopes:
             self.sender.send(envelope)
         self.sender.finish(job.finish)
@@ -226,7 +258,24 @@ class SMTPPeer(Protocol):
         elif isinstance(event, ev.Verify):
             self._decide(receiver, lambda: hooks.verify(self, event.verb, event.argument))
         elif isinstance(event, ev.TurnRequested):
-            self._decide_turn(receiver)
+            self._decide_turn(receiver, event)
+        elif isinstance(event, ev.StartTLSRequested):
+            self._start_tls_as_receiver(receiver)
+        elif isinstance(event, ev.Authenticated):
+            self.authenticated = event.identity
+            log.info(
+                "{line}",
+                line=f"AUTH {event.mechanism} as {event.identity} from {self.client_address}",
+                identity=event.identity,
+            )
+        elif isinstance(event, ev.AuthFailed):
+            log.info(
+                "{line}",
+                line=f"AUTH {event.mechanism} failed from {self.client_address}: {event.reason}",
+                client=self.client_address,
+            )
+        elif isinstance(event, ev.QueueStartRequested):
+            self._decide(receiver, lambda: hooks.start_queue(self, event.node, event.kind))
         elif isinstance(event, ev.ExtensionCommand):
             self._decide(receiver, lambda: hooks.extension_command(self, event.verb, event.argument))
         elif isinstance(event, ev.Quit):
@@ -251,12 +300,14 @@ class SMTPPeer(Protocol):
 
         _call_hook(ask, answer, failed)
 
-    def _decide_turn(self, receiver: Receiver) -> None:
-        def decided(job: SenderJob | None) -> None:
+    def _decide_turn(self, receiver: Receiver, event: ev.TurnRequested) -> None:
+        """The hook returns the job to send after turning, or a refusal (None: 502)."""
+
+        def decided(job: SenderJob | Reply | None) -> None:
             if receiver is not self.receiver or self._lost:
                 return
-            if job is None:
-                receiver.answer(reply(502, "5.5.1", "TURN not allowed"))
+            if not isinstance(job, SenderJob):
+                receiver.answer(job or reply(502, "5.5.1", f"{event.verb} not allowed"))
                 self._pump()
                 return
             receiver.answer(reply(250, "2.0.0", "OK, turning around"))
@@ -264,11 +315,32 @@ class SMTPPeer(Protocol):
             self.summary.turned = True
             self._become_sender(job, receiver.take_unread())
 
-        def failed(failure: Failure) -> None:
-            log.failure("turn hook failed; refusing TURN", failure)
-            return None
+        def failed(failure: Failure) -> Reply:
+            log.failure("turn hook failed; refusing", failure)
+            return reply(451, "4.3.0", "Local error in processing; try again later")
 
-        _call_hook(lambda: self.hooks.turn(self), decided, failed)
+        _call_hook(lambda: self.hooks.turn(self, event.verb, event.domains), decided, failed)
+
+    def _start_tls_as_receiver(self, receiver: Receiver) -> None:
+        """220, then the handshake; what the client sent behind STARTTLS in clear
+        is dropped by the engine, never parsed."""
+        if self.server_tls is None:
+            receiver.answer(reply(454, "4.7.0", "TLS not available"))
+            return
+        receiver.answer(reply(220, "2.0.0", "Ready to start TLS"))
+        self._flush()
+        dropped = receiver.tls_started()
+        if dropped:
+            log.info(
+                "{line}",
+                line=f"dropped {dropped} octets sent in clear behind STARTTLS by {self.client_address}",
+            )
+        self._start_tls(self.server_tls)
+
+    def _start_tls(self, creator: object) -> None:
+        self.secure = True
+        # startTLS re-registers the producer with the TLS layer, which wants a streaming one.
+        self.transport.startTLS(creator)
 
     def _pump_sender(self) -> None:
         sender = self.sender
@@ -284,9 +356,18 @@ class SMTPPeer(Protocol):
                 self.summary.sent.append(event)
                 if job is not None:
                     job.record(event)
+            elif isinstance(event, sev.StartTLS):
+                self._start_tls(self.client_tls or _any_certificate())
+                sender.tls_started()
+            elif isinstance(event, sev.Authenticated):
+                log.debug("authenticated with {mechanism}", mechanism=event.mechanism)
+            elif isinstance(event, sev.CommandResult):
+                if job is not None:
+                    job.request_results.append((event.command, event.reply))
             elif isinstance(event, sev.Turned):
                 if job is not None:
                     job.turned, job.turn_reply = True, event.reply
+                self.receiver_turned = True
                 self._become_receiver(sender.take_unread())
             elif isinstance(event, sev.TurnRefused):
                 self.summary.turn_refused = event.reply
@@ -367,6 +448,13 @@ class SMTPPeer(Protocol):
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.abort()
+
+
+def _any_certificate() -> object:
+    """Opportunistic TLS: encryption against passive eavesdroppers, no authentication."""
+    from twisted.internet import ssl  # noqa: PLC0415 - pyOpenSSL only when TLS is used
+
+    return ssl.CertificateOptions()
 
 
 def _call_hook(ask, then, on_failure) -> None:

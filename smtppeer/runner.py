@@ -31,8 +31,8 @@ from twisted.logger import Logger
 from . import bounce
 from .engine import Limits, Reply, reply
 from .engine.address import AddressError, parse_path
+from .engine.sender import TLS_OPPORTUNISTIC, ClientSecurity, MessageResult
 from .engine.sender import Envelope as SendEnvelope
-from .engine.sender import MessageResult
 from .hooks import ReceiverHooks, SenderJob
 from .ids import new_queue_id
 from .mx import DNSLookupError, MXResolver, endpoint_description
@@ -77,18 +77,29 @@ class PollOutcome:
     turn_reply: str | None = None
     duration: float = 0.0
     error: str | None = None
+    method: str = "turn"
+    requests: list[str] = field(default_factory=list)  # "ETRN node: reply" for etrn polls
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def line(self) -> str:
-        turn = "turned" if self.turned else f"not turned ({self.turn_reply or 'no reply'})"
+        if self.method == "etrn":
+            turn = "; ".join(self.requests) or "no ETRN answered"
+        else:
+            turn = "turned" if self.turned else f"not turned ({self.turn_reply or 'no reply'})"
         outcome = "ok" if self.ok else f"failed: {self.error}"
         return (
             f"poll {self.peer}: sent {self.sent}, received {self.received}, {turn}, "
             f"{self.duration:.2f}s, {outcome}"
         )
+
+
+# How to secure a connection: ClientSecurity for the engine, and the TLS
+# connection creator (None: any certificate) for the adapter.
+Security = tuple[ClientSecurity | None, object | None]
+MX_SECURITY: Security = (ClientSecurity(tls=TLS_OPPORTUNISTIC), None)  # what MTAs do on port 25
 
 
 class _LazyBody:
@@ -126,7 +137,10 @@ class QueueRunner(service.Service):
         reactor: interfaces.IReactorTime | None = None,
         clock: interfaces.IReactorTime | None = None,
         rng: random.Random | None = None,
+        security: Callable[[str], Security] | None = None,
     ) -> None:
+        """``security(endpoint)`` says how to secure a connection to a configured
+        endpoint (a peer's TLS policy and credentials); MX hosts get opportunistic TLS."""
         if reactor is None:
             from twisted.internet import reactor  # noqa: PLC0415
         self.hostname = hostname
@@ -139,6 +153,7 @@ class QueueRunner(service.Service):
         self.reactor = reactor
         self.clock = clock or reactor
         self.rng = rng or random.Random()
+        self.security = security or (lambda endpoint: (None, None))
         self.entries: dict[str, Envelope] = {}
         self._inflight: set[tuple[str, str]] = set()
         self._connections: dict[str, int] = defaultdict(int)
@@ -302,9 +317,10 @@ class QueueRunner(service.Service):
             await self._record_all(items, reply(code, e.status, str(e)))
             return
         last_error = "no next hop"
+        security = MX_SECURITY if target == MX else self.security(target)
         for description, endpoint in descriptions:
             job, pending = self._job(items)
-            factory = SMTPPeerFactory(self.hostname, ReceiverHooks(), job=job, limits=self.limits)
+            factory = self._factory(ReceiverHooks(), job, security)
             try:
                 peer = await endpoint.connect(factory)
             except Exception as e:  # noqa: BLE001 - any connection failure: try the next host
@@ -333,6 +349,17 @@ class QueueRunner(service.Service):
         return [
             (endpoint_description(h), connect(self.reactor, h.host, h.port, timeout=timeout)) for h in hops
         ]
+
+    def _factory(self, hooks: ReceiverHooks, job: SenderJob, security: Security) -> SMTPPeerFactory:
+        client_security, client_tls = security
+        return SMTPPeerFactory(
+            self.hostname,
+            hooks,
+            job=job,
+            limits=self.limits,
+            client_security=client_security,
+            client_tls=client_tls,
+        )
 
     def _mark(self, items: list[tuple[Envelope, list[Recipient]]]) -> None:
         for envelope, rcpts in items:
@@ -418,32 +445,89 @@ class QueueRunner(service.Service):
 
     # -- turning around: releasing a hold queue, polling a peer ---------------------
 
-    def release(self, peer_name: str) -> SenderJob:
+    def held(
+        self, peer_name: str, domains: list[str] | None = None, exact: bool = False
+    ) -> list[tuple[Envelope, list[Recipient]]]:
+        """What is held for ``peer_name`` (only for ``domains`` and, unless ``exact``,
+        their subdomains, if given) and not being sent right now by another session."""
+        items = []
+        for envelope in self.entries.values():
+            if envelope.frozen:
+                continue
+            held = [
+                r
+                for r in envelope.held_for(peer_name)
+                if (envelope.id, r.address) not in self._inflight
+                and (domains is None or _in_domains(r.address, domains, exact))
+            ]
+            if held:
+                items.append((envelope, held))
+        return items
+
+    def release(self, peer_name: str, domains: list[str] | None = None) -> SenderJob:
         """The job that sends ``peer_name`` its held mail over a turned connection.
 
         Recipients already being sent (another session of the same peer) are
         left out, so two sessions never send the same message.  A failure to
         deliver keeps the mail held; a permanent refusal bounces it.
         """
-        items = []
-        for envelope in self.entries.values():
-            if envelope.frozen:
-                continue
-            held = [r for r in envelope.held_for(peer_name) if (envelope.id, r.address) not in self._inflight]
-            if held:
-                items.append((envelope, held))
+        items = self.held(peer_name, domains)
         self._mark(items)
         job, _ = self._job(items)
         log.info("{line}", line=f"releasing {len(items)} held messages to {peer_name}")
         return job
 
+    def start_held(
+        self, peer_name: str, endpoint: str, domains: list[str] | None = None, exact: bool = False
+    ) -> int:
+        """ETRN: send what is held for the peer over a new connection to ``endpoint``.
+
+        Returns the number of messages started; the delivery runs on its own
+        and, like a turned session, leaves undelivered mail held.
+        """
+        items = self.held(peer_name, domains, exact)
+        if not items:
+            return 0
+        self._mark(items)
+        job, pending = self._job(items)
+        log.info("{line}", line=f"ETRN: sending {len(items)} held messages to {peer_name} at {endpoint}")
+        d = defer.ensureDeferred(self._send_job(peer_name, endpoint, job, pending, items))
+        d.addErrback(lambda f: log.failure("ETRN delivery failed", f))
+        self._track(d)
+        return len(items)
+
+    async def _send_job(self, peer_name, endpoint, job, pending, items) -> None:
+        factory = self._factory(ReceiverHooks(), job, self.security(endpoint))
+        try:
+            peer = await endpoints.clientFromString(self.reactor, endpoint).connect(factory)
+        except Exception as e:  # noqa: BLE001 - the node is down: its mail stays held
+            await self._record_all(items, reply(451, "4.4.1", f"Cannot connect to {peer_name}: {e}"))
+            return
+        summary = await peer.done
+        await defer.DeferredList(pending, consumeErrors=True)
+        log.info(
+            "{line}",
+            line=f"ETRN delivery to {peer_name}: {sum(len(r.delivered) for r in summary.sent)} delivered, "
+            f"{'clean' if summary.clean else summary.error}",
+        )
+
     async def poll(
-        self, peer_name: str, endpoint: str, hooks: ReceiverHooks, command: str = "TURN"
+        self,
+        peer_name: str,
+        endpoint: str,
+        hooks: ReceiverHooks,
+        command: str = "TURN",
+        *,
+        requests: list[str] | None = None,
+        send_queued: bool = True,
+        method: str = "turn",
     ) -> PollOutcome:
-        """One poll cycle: connect, send what is queued for the peer, ``TURN``, receive, QUIT."""
+        """One poll cycle: connect, send what is queued for the peer, then ``command``
+        (``TURN``/``ATRN``: receive what the peer held) after any ``requests``
+        (``ETRN node``), and QUIT."""
         started = self.clock.seconds()
         items = []
-        for envelope in self.entries.values():
+        for envelope in self.entries.values() if send_queued else ():
             if envelope.frozen:
                 continue
             rcpts = [
@@ -458,8 +542,9 @@ class QueueRunner(service.Service):
         self._mark(items)
         job, pending = self._job(items)
         job.finish = command
-        factory = SMTPPeerFactory(self.hostname, hooks, job=job, limits=self.limits)
-        outcome = PollOutcome(peer_name)
+        job.requests = list(requests or [])
+        factory = self._factory(hooks, job, self.security(endpoint))
+        outcome = PollOutcome(peer_name, method=method)
         try:
             peer = await endpoints.clientFromString(self.reactor, endpoint).connect(factory)
         except Exception as e:  # noqa: BLE001 - the peer is down: what we had stays queued
@@ -472,6 +557,7 @@ class QueueRunner(service.Service):
             outcome.received = summary.received
             outcome.turned = job.turned
             outcome.turn_reply = str(job.turn_reply) if job.turn_reply else None
+            outcome.requests = [f"{command}: {response}" for command, response in job.request_results]
             outcome.error = None if summary.clean else summary.error
         outcome.duration = self.clock.seconds() - started
         log.info("{line}", line=outcome.line(), peer=peer_name)
@@ -492,8 +578,11 @@ class QueueRunner(service.Service):
     # -- results -------------------------------------------------------------------
 
     async def _record_all(self, items, response: Reply) -> None:
+        """The same result for everything of a session that never got going; the
+        recipients are free for the next attempt afterwards."""
         for envelope, rcpts in items:
             await self._record(envelope, rcpts, {r.address: response for r in rcpts})
+            self._release_marks(envelope, rcpts)
 
     async def _record(self, envelope: Envelope, rcpts: list[Recipient], results: dict[str, Reply]) -> None:
         """Write the results durably first; then bounce what failed."""
@@ -604,6 +693,12 @@ class QueueRunner(service.Service):
         sink.write(message)
         await sink.finish()
         self.add(envelope)
+
+
+def _in_domains(address: str, domains: list[str], exact: bool = False) -> bool:
+    """Is the address's domain one of ``domains`` (or, unless ``exact``, a subdomain of one)?"""
+    domain = address.rpartition("@")[2].lower()
+    return any(domain == d or (not exact and domain.endswith("." + d)) for d in domains)
 
 
 def _status_of(last_reply: str | None) -> str:

@@ -9,11 +9,18 @@ from twisted.application import service, strports
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .accounts import Accounts
 from .committer import Committer
-from .config import ODMR, Config
+from .config import ODMR, TLS_NONE, TLS_VERIFY, Config, Listener, Peer
 from .control import ControlFactory
 from .control import endpoint_description as control_endpoint
 from .delivery import ReceivingPolicy
+from .engine.atrn import ODMR_COMMANDS, Atrn
+from .engine.auth import Auth
+from .engine.etrn import Etrn
+from .engine.extensions import EnhancedStatusCodes, Extension, default_extensions
+from .engine.sender import TLS_OPPORTUNISTIC, ClientSecurity
+from .engine.starttls import StartTls
 from .logs import JSONLogFile, json_log_path
 from .maildir import MaildirStore
 from .mx import MXResolver, resolver_from_address
@@ -24,6 +31,7 @@ from .routing import Router
 from .runner import QueueRunner, RunnerSettings
 from .spool import Spool
 from .staging import Staging
+from .tls import client_options, server_options
 
 log = Logger()
 
@@ -37,8 +45,6 @@ def makeService(options: Options) -> service.MultiService:  # noqa: N802 (the na
 def build_service(config: Config) -> service.MultiService:
     """Children start in order and stop in reverse: listeners and polls stop
     first, the committer last, so everything accepted is on disk at the end."""
-    if any(listener.mode == ODMR for listener in config.listeners):
-        raise ValueError("odmr listeners are not available yet (they come with AUTH and ATRN)")
     hostname = config.hostname
     data_dir = os.path.abspath(config.data_dir)
     os.makedirs(os.path.join(data_dir, "mail"), mode=0o700, exist_ok=True)
@@ -76,8 +82,10 @@ def build_service(config: Config) -> service.MultiService:
         resolver=MXResolver(resolver, local_names=[hostname]),
         settings=RunnerSettings(lifetime=config.queue_lifetime, backoff_base=config.retry_interval),
         limits=config.limits,
+        security=_client_security(config),
     )
     runner.setServiceParent(top)
+    accounts = Accounts(config.peers, config.users)
     hooks = ReceivingPolicy(
         hostname,
         router,
@@ -87,20 +95,30 @@ def build_service(config: Config) -> service.MultiService:
         runner=runner,
         turn_peers={name: peer.addresses for name, peer in config.peers.items()},
         mailboxes=config.domains,
+        accounts=accounts,
+        owned=_owned_domains(config),
+        peer_endpoints=endpoints,
     )
+    server_tls = server_options(config.tls.certificate, config.tls.key) if config.tls else None
     for listener in config.listeners:
+        tls = server_tls if listener.starttls else None
         factory = SMTPPeerFactory(
             hostname,
             hooks,
             limits=config.limits,
             max_connections=config.max_connections,
             accepts_turn=listener.turn,
+            extensions=_extensions(listener, accounts, tls is not None),
+            server_tls=tls,
+            require_tls=listener.require_tls,
+            only_commands=ODMR_COMMANDS if listener.mode == ODMR else None,
         )
         _Listener(listener.endpoint, factory).setServiceParent(top)
     poll_now = None
     if config.polls:
         schedules = [Schedule(p.peer, p.interval, p.jitter, p.max_backoff) for p in config.polls]
-        poller = Poller(schedules, lambda name: runner.poll(name, endpoints[name], hooks))
+        polls = {p.peer: p for p in config.polls}
+        poller = Poller(schedules, lambda name: _poll(runner, hooks, config, polls[name], endpoints[name]))
         poller.setServiceParent(top)
         poll_now = poller.poll_now
     control = ControlFactory(runner, hooks, poll_now)
@@ -113,6 +131,78 @@ def build_service(config: Config) -> service.MultiService:
         listen=", ".join(listener.endpoint for listener in config.listeners),
     )
     return top
+
+
+def _extensions(listener: Listener, accounts: Accounts, tls: bool) -> list[Extension]:
+    """What a listener offers: the ODMR port only what RFC 2645 needs; an SMTP
+    port everything, with AUTH when there are logins and STARTTLS when there
+    is a certificate."""
+    auth = Auth(
+        accounts.lookup,
+        mechanisms=accounts.mechanisms,
+        allow_clear=listener.auth_in_clear,
+        max_failures=listener.max_auth_failures,
+    )
+    extensions: list[Extension] = [EnhancedStatusCodes()] if listener.mode == ODMR else default_extensions()
+    if tls:
+        extensions.append(StartTls())
+    if accounts or listener.mode == ODMR:
+        extensions.append(auth)
+    extensions.append(Atrn() if listener.mode == ODMR else Etrn())
+    return extensions
+
+
+def _owned_domains(config: Config) -> dict[str, list[str]]:
+    """A peer owns its domains and every domain held for it."""
+    owned = {name: list(peer.domains) for name, peer in config.peers.items()}
+    for domain, name in config.holds.items():
+        if domain not in owned.setdefault(name, []):
+            owned[name].append(domain)
+    return owned
+
+
+def _client_security(config: Config):
+    """How the runner secures a connection to an endpoint: a peer's policy and
+    credentials when the endpoint is a peer's, opportunistic TLS otherwise."""
+    by_endpoint: dict[str, tuple[ClientSecurity, object | None]] = {}
+    for peer in config.peers.values():
+        if peer.endpoint is not None:
+            by_endpoint[peer.endpoint] = _peer_security(peer)
+    default = (ClientSecurity(tls=TLS_OPPORTUNISTIC), None)
+    return lambda endpoint: by_endpoint.get(endpoint, default)
+
+
+def _peer_security(peer: Peer) -> tuple[ClientSecurity, object | None]:
+    creator = None
+    if peer.tls == TLS_VERIFY:
+        creator = client_options(peer.tls_name or _endpoint_host(peer.endpoint or ""), peer.ca_file)
+    security = ClientSecurity(tls=peer.tls)
+    if peer.username is not None and peer.password is not None:  # a hash cannot log in anywhere
+        security.username, security.password = peer.username, peer.password
+        security.allow_clear = peer.tls == TLS_NONE  # said so: no TLS, so AUTH goes in clear
+    return security, creator
+
+
+def _endpoint_host(description: str) -> str:
+    """The host in ``tcp:host=H:port=P``, ``tcp:H:P`` or ``tls:H:P``."""
+    parts = description.split(":")
+    for part in parts[1:]:
+        if part.startswith("host="):
+            return part[5:]
+    return parts[1] if len(parts) > 1 and "=" not in parts[1] else ""
+
+
+def _poll(runner: QueueRunner, hooks: ReceivingPolicy, config: Config, poll, endpoint: str):
+    """One poll of ``poll.peer`` by its method: TURN (send, then receive on the same
+    connection), ATRN (log in and receive; RFC 2645 sends nothing the other way)
+    or ETRN (send, then ask the peer to connect back)."""
+    if poll.method == "atrn":
+        command = "ATRN " + ",".join(poll.domains) if poll.domains else "ATRN"
+        return runner.poll(poll.peer, endpoint, hooks, command, send_queued=False, method="atrn")
+    if poll.method == "etrn":
+        requests = [f"ETRN {d}" for d in poll.domains or config.domains]
+        return runner.poll(poll.peer, endpoint, hooks, "QUIT", requests=requests, method="etrn")
+    return runner.poll(poll.peer, endpoint, hooks)
 
 
 class _Listener(service.MultiService):

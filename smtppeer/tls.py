@@ -1,4 +1,5 @@
-"""TLS material: a self-signed certificate for a lab (``smtppeer make-cert``).
+"""TLS material: the STARTTLS contexts, and a self-signed certificate for a lab
+(``smtppeer make-cert``).
 
 A production peer uses a certificate from its CA; an integration lab with
 many peers on one machine needs one quickly, with the host name in the
@@ -46,3 +47,40 @@ def make_self_signed(hostname: str, cert_path: str, key_path: str, days: int = 8
         f.write(key_pem)
     with open(cert_path, "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def server_options(certificate_path: str, key_path: str):
+    """The STARTTLS server side: the certificate file's first certificate, the rest as its chain."""
+    from twisted.internet import ssl  # noqa: PLC0415 - pyOpenSSL only when TLS is configured
+
+    with open(certificate_path, "rb") as f:
+        certificates = _pem_blocks(f.read())
+    with open(key_path, "rb") as f:
+        key = ssl.KeyPair.load(f.read(), ssl.FILETYPE_PEM)
+    own = ssl.Certificate.loadPEM(certificates[0])
+    chain = [ssl.Certificate.loadPEM(c).original for c in certificates[1:]]
+    return ssl.CertificateOptions(
+        privateKey=key.original, certificate=own.original, extraCertChain=chain or None
+    )
+
+
+def client_options(name: str, ca_file: str | None = None):
+    """STARTTLS as a client that verifies: the certificate must be valid for ``name``
+    under ``ca_file`` (or the system's trust roots)."""
+    from twisted.internet import ssl  # noqa: PLC0415
+
+    if ca_file is not None:
+        with open(ca_file, "rb") as f:
+            roots = [ssl.Certificate.loadPEM(c) for c in _pem_blocks(f.read())]
+        trust = ssl.trustRootFromCertificates(roots)
+    else:
+        trust = ssl.platformTrust()
+    return ssl.optionsForClientTLS(name, trustRoot=trust)
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    end = b"-----END CERTIFICATE-----"
+    blocks = [block + end + b"\n" for block in data.split(end) if b"-----BEGIN CERTIFICATE-----" in block]
+    if not blocks:
+        raise ValueError("no PEM certificate found")
+    return blocks

@@ -53,7 +53,7 @@ class MemoryHooks(ReceiverHooks):
     def begin_message(self, peer) -> MessageSink:
         return MemorySink(self, peer)
 
-    def turn(self, peer):
+    def turn(self, peer, verb="TURN", domains=None):
         self.turn_asked += 1
         return self.turn_job
 

@@ -19,7 +19,9 @@ def test_sigterm_answers_421_to_a_session_mid_transaction_and_keeps_the_queue(tw
         f.readline()
         c.sendall(b"EHLO client.test\r\nMAIL FROM:<x@src.test>\r\nRCPT TO:<u@localhost>\r\n")
         c.sendall(b"DATA\r\nSubject: half\r\n")
-        lines = [f.readline() for _ in range(10)]
+        lines = [f.readline()]
+        while lines[-1][:4] != b"354 " and len(lines) < 30 and lines[-1]:
+            lines.append(f.readline())
         assert lines[-1].startswith(b"354 "), lines
         peer.proc.send_signal(signal.SIGTERM)
         rest = f.read()

@@ -212,3 +212,8 @@ def split_mail_argument(arg: str, prefix: str) -> tuple[str, dict[str, str | Non
     if tail and not tail.startswith(" "):
         raise AddressError("junk after path")
     return text[: end + 1], parse_params(tail)
+
+
+def is_domain(text: str) -> bool:
+    """A plain (ASCII, not literal) domain, as ETRN and ATRN name them."""
+    return bool(_ASCII[1].fullmatch(text)) and len(text) <= MAX_DOMAIN

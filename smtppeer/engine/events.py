@@ -83,7 +83,44 @@ class Verify(Decision):
 
 @dataclass
 class TurnRequested(Decision):
-    """TURN: answer 250 and swap roles, or 502 to stay receiver."""
+    """TURN, or ATRN (RFC 2645) with the domains asked for (empty: all the
+    client's): answer 250 and swap roles, or refuse and stay receiver."""
+
+    verb: str = "TURN"
+    domains: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StartTLSRequested(Decision):
+    """STARTTLS (RFC 3207): answer 220 and call ``Receiver.tls_started`` once
+    the handshake is under way, or 454 to carry on in clear.  After a 220
+    the receiver reads nothing more until then."""
+
+
+@dataclass
+class Authenticated(Event):
+    """AUTH succeeded (235 already queued); ``Receiver.authenticated`` is set."""
+
+    identity: str
+    mechanism: str
+
+
+@dataclass
+class AuthFailed(Event):
+    """AUTH failed (535 queued); ``reason`` is for the log, never for the client."""
+
+    mechanism: str
+    reason: str
+
+
+@dataclass
+class QueueStartRequested(Decision):
+    """ETRN (RFC 1985): start delivery of mail held for a node over a new
+    connection.  ``kind`` is "domain", "subdomains" (``@domain``) or "queue"
+    (``#name``); answer 250/251/252/253, 458 or 459."""
+
+    node: str
+    kind: str
 
 
 @dataclass

@@ -10,6 +10,7 @@ Sequencing and reply codes follow RFC 5321 §4.1 and §4.3.2 and RFC 821 §4.3.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import events as ev
@@ -24,6 +25,9 @@ HELP_TEXT = (
     "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN TURN",
     "SOML and SAML are taken as MAIL; SEND is not implemented",
 )
+
+# What a client may say before STARTTLS on a listener that requires TLS (RFC 3207 §4).
+BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
 
 
 @dataclass
@@ -44,6 +48,10 @@ class Receiver:
         hostname: str,
         limits: Limits | None = None,
         extensions: list[Extension] | None = None,
+        *,
+        secure: bool = False,
+        require_tls: bool = False,
+        only_commands: frozenset[str] | None = None,
     ) -> None:
         self.hostname = hostname
         self.limits = limits or Limits()
@@ -52,6 +60,14 @@ class Receiver:
         self.esmtp = False
         self.transaction: Transaction | None = None
         self.closed = False
+        self.secure = secure  # the session runs over TLS
+        self.require_tls = require_tls
+        self.only_commands = only_commands  # e.g. the ODMR port's restricted profile (RFC 2645 §4)
+        self.authenticated: str | None = None  # the AUTH identity, once there is one
+        self.auth_failures = 0
+        # An extension in mid-exchange (AUTH) takes the next line instead of the command parser.
+        self.continuation: Callable[[str], None] | None = None
+        self._tls_pending = False
         self._lines = LineReader(self.limits.command_line)
         self._out: list[bytes] = []
         self._events: list[ev.Event] = []
@@ -97,7 +113,7 @@ class Receiver:
                 if event.needs_answer:
                     self._awaiting = event
                 return event
-            if self._awaiting is not None:
+            if self._awaiting is not None or self._tls_pending:
                 return ev.PAUSED
             if self.closed:
                 return ev.CLOSED
@@ -123,7 +139,32 @@ class Receiver:
                 self.transaction.recipients.append(decision.path)
         elif isinstance(decision, ev.DataEnd):
             self.transaction = None
+        elif isinstance(decision, ev.StartTLSRequested):
+            # Nothing more is read in clear: whatever followed STARTTLS is dropped at tls_started.
+            self._tls_pending = response.code == 220
         self._send(response)
+
+    def tls_started(self) -> int:
+        """The TLS handshake has begun: forget everything learnt in clear (RFC 3207 §4.2)
+        and drop any input received before it.  Returns the octets dropped."""
+        self._tls_pending = False
+        self.secure = True
+        self.helo_name, self.esmtp = None, False
+        self.transaction = None
+        self.continuation = None
+        return self._lines.discard()
+
+    # -- for extensions ---------------------------------------------------------------
+
+    def send_reply(self, response: Reply) -> None:
+        self._send(response)
+
+    def reject(self, response: Reply) -> None:
+        """A reply to bad input, counted towards the bad-command limit."""
+        self._reply_or_error(response)
+
+    def emit(self, event: ev.Event) -> None:
+        self._events.append(event)
 
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
@@ -187,22 +228,31 @@ class Receiver:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
             return self._error(reply(500, "5.5.2", "Command is not valid UTF-8"))
+        if self.continuation is not None:
+            continuation, self.continuation = self.continuation, None
+            return continuation(text)
         verb, _, arg = text.partition(" ")
-        if self._refused and verb.upper() != "QUIT":
+        upper = verb.upper()
+        if self._refused and upper != "QUIT":
             return self._error(reply(503, "5.5.1", "Bad sequence of commands: service refused, send QUIT"))
-        handler = self._commands.get(verb.upper())
+        handler = self._commands.get(upper)
         if handler is None:
             if not verb:
                 return self._error(reply(500, "5.5.2", "Empty command"))
             return self._error(reply(500, "5.5.1", "Command not recognized"))
+        if self.only_commands is not None and upper not in self.only_commands:
+            return self._error(reply(502, "5.5.1", f"{upper} not available on this port"))
+        if self.require_tls and not self.secure and upper not in BEFORE_TLS:
+            return self._error(reply(530, "5.7.0", "Must issue a STARTTLS command first"))
         if isinstance(handler, tuple):
             ext, fn = handler
             if ext.ehlo_line(self) is None:
-                return self._error(reply(503, "5.5.1", f"{verb.upper()} not available now"))
+                return self._error(reply(503, "5.5.1", f"{upper} not available now"))
             result = fn(self, arg)
             if isinstance(result, Reply):
                 return self._reply_or_error(result)
-            self._events.append(result)
+            if result is not None:
+                self._events.append(result)
             return None
         handler(verb.upper(), arg)
         return None
@@ -377,7 +427,7 @@ class Receiver:
         self._out.append(response.to_bytes())
 
     def _reply_or_error(self, response: Reply) -> None:
-        if response.code in (500, 501, 503):
+        if response.code in (500, 501, 502, 503, 504):
             self._error(response)
         else:
             self._send(response)

@@ -1,8 +1,15 @@
 """The sender-SMTP (client) role as a sans-IO state machine.
 
 The adapter queues envelopes with ``send`` and says how the session ends with
-``finish`` (QUIT, TURN, or a command such as ``ATRN dom``).  Replies go in
-with ``receive_data``; ``next_event`` reports per-message results.
+``finish`` (QUIT, TURN, or a command such as ``ATRN dom``); ``request`` adds
+commands answered without a transaction (``ETRN node``) to say before it.
+Replies go in with ``receive_data``; ``next_event`` reports per-message results.
+
+Between the greeting and the first message the session is secured as
+``ClientSecurity`` asks: STARTTLS (the adapter does the handshake when it
+sees ``StartTLS`` and then calls ``tls_started``), a fresh EHLO, then AUTH.
+A session that cannot be secured as asked sends nothing and defers
+everything with a 4.7.0 reply, so the mail stays queued.
 
 Every command sent pushes the handler for its reply onto a FIFO, so with
 PIPELINING (RFC 2920) the MAIL, RCPTs and DATA of a message go out in one
@@ -16,9 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from .auth import decode, encode
 from .framing import DotStuffer
 from .limits import Limits
 from .replies import ProtocolError, Reply, ReplyParser, reply
+from .sasl import ClientExchange, SaslError, choose_mechanism, client_exchange
 
 BODY_CHUNK = 64 * 1024
 
@@ -40,8 +49,41 @@ class Envelope:
     tag: object = None
 
 
+# ClientSecurity.tls
+TLS_NONE, TLS_OPPORTUNISTIC, TLS_REQUIRED, TLS_VERIFY = "none", "opportunistic", "required", "verify"
+
+
+@dataclass
+class ClientSecurity:
+    """How to secure a session we open.  ``verify`` differs from ``required``
+    only in the adapter (which checks the certificate during the handshake)."""
+
+    tls: str = TLS_NONE
+    username: str | None = None
+    password: str | None = None
+    allow_clear: bool = False  # AUTH PLAIN/LOGIN without TLS
+
+
 class SenderEvent:
     pass
+
+
+@dataclass
+class StartTLS(SenderEvent):
+    """The server said 220 to STARTTLS: start the handshake, then call ``tls_started``."""
+
+
+@dataclass
+class Authenticated(SenderEvent):
+    mechanism: str
+
+
+@dataclass
+class CommandResult(SenderEvent):
+    """The reply to a command given with ``request`` (``ETRN node``)."""
+
+    command: str
+    reply: Reply
 
 
 @dataclass
@@ -98,14 +140,29 @@ def _lost(reason: str) -> Reply:
 class Sender:
     """One sender-SMTP session."""
 
-    def __init__(self, hostname: str, limits: Limits | None = None, *, use_ehlo: bool = True) -> None:
+    def __init__(
+        self,
+        hostname: str,
+        limits: Limits | None = None,
+        *,
+        use_ehlo: bool = True,
+        security: ClientSecurity | None = None,
+        secure: bool = False,
+    ) -> None:
         self.hostname = hostname
         self.limits = limits or Limits()
+        self.security = security or ClientSecurity()
+        self.secure = secure  # the connection runs over TLS
+        self.authenticated = False
         self.extensions: dict[str, str] = {}
         self.closed = False
         self.turned = False
         self.ready = False
         self.awaiting_data_end = False
+        self._tls_refused = False
+        self._tls_pending = False
+        self._requests: deque[str] = deque()
+        self._requesting = False
         self._use_ehlo = use_ehlo
         self._parser = ReplyParser()
         self._expect: deque[Callable[[Reply], None]] = deque([self._on_greeting])
@@ -131,11 +188,26 @@ class Sender:
         self._finish = command
         self._advance()
 
+    def request(self, command: str) -> None:
+        """A command to say after the messages and before the finish (``ETRN node``);
+        its reply comes back as ``CommandResult``."""
+        self._requests.append(command)
+        self._advance()
+
+    def tls_started(self) -> None:
+        """The handshake has begun: forget the clear-text EHLO answer and anything
+        the server sent behind its 220 (RFC 3207 §4.2), and say EHLO again."""
+        self._tls_pending = False
+        self.secure = True
+        self._parser.take_rest()
+        self.extensions = {}
+        self._hello()
+
     def receive_data(self, data: bytes) -> None:
         if self.closed or self.turned:
             return
         self._parser.feed(data)
-        while not (self.closed or self.turned):
+        while not (self.closed or self.turned or self._tls_pending):
             try:
                 response = self._parser.next_reply()
             except ProtocolError as e:
@@ -205,9 +277,7 @@ class Sender:
         if response.code == 250:
             if self._use_ehlo:
                 self.extensions = _parse_ehlo(response)
-            self.ready = True
-            self._events.append(Ready(dict(self.extensions)))
-            self._advance()
+            self._secure_session()
         elif self._use_ehlo and response.code in (500, 501, 502, 504, 550):
             self._use_ehlo = False  # RFC 5321 §3.2: fall back to HELO
             self._hello()
@@ -215,11 +285,89 @@ class Sender:
             self._command("QUIT", _ignore)
             self._fail(f"HELO refused: {response}", response)
 
+    # -- securing the session -----------------------------------------------------
+
+    def _secure_session(self) -> None:
+        """STARTTLS, then AUTH, as far as ``security`` asks; then ready."""
+        security = self.security
+        if security.tls != TLS_NONE and not self.secure and not self._tls_refused:
+            if "STARTTLS" in self.extensions:
+                self._command("STARTTLS", self._on_starttls)
+                return
+            if security.tls != TLS_OPPORTUNISTIC:
+                self._give_up("STARTTLS is required but the server does not offer it")
+                return
+        if security.username is not None and not self.authenticated:
+            self._authenticate()
+            return
+        self.ready = True
+        self._events.append(Ready(dict(self.extensions)))
+        self._advance()
+
+    def _on_starttls(self, response: Reply) -> None:
+        if response.code == 220:
+            self._tls_pending = True
+            self._events.append(StartTLS())
+        elif self.security.tls == TLS_OPPORTUNISTIC:
+            self._tls_refused = True
+            self._secure_session()
+        else:
+            self._give_up(f"STARTTLS is required but the server refused it: {response}")
+
+    def _authenticate(self) -> None:
+        security = self.security
+        if "AUTH" not in self.extensions:
+            self._give_up("AUTH is configured but the server does not offer it")
+            return
+        offered = self.extensions["AUTH"].upper().split()
+        mechanism = choose_mechanism(offered, secure=self.secure, allow_clear=security.allow_clear)
+        if mechanism is None:
+            self._give_up(f"no AUTH mechanism we may use here (offered: {' '.join(offered) or 'none'})")
+            return
+        try:
+            exchange = client_exchange(mechanism, security.username or "", security.password or "")
+        except SaslError as e:
+            self._give_up(f"cannot AUTH {mechanism} with these credentials: {e}")
+            return
+        line = f"AUTH {mechanism}"
+        if exchange.initial is not None:
+            line += " " + (encode(exchange.initial) or "=")
+        self._command(line, lambda response: self._on_auth(mechanism, exchange, response))
+
+    def _on_auth(self, mechanism: str, exchange: ClientExchange, response: Reply) -> None:
+        if response.code == 334:
+            challenge = decode(response.text)
+            try:
+                if challenge is None:
+                    raise SaslError("challenge is not base64")
+                answer = exchange.respond(challenge)
+            except SaslError as e:
+                self._command("*", _ignore)  # cancel (RFC 4954 §4)
+                self._give_up(f"AUTH {mechanism} failed: {e}")
+                return
+            self._command(encode(answer), lambda r: self._on_auth(mechanism, exchange, r))
+        elif response.code == 235:
+            try:
+                exchange.verify_success()
+            except SaslError as e:
+                self._give_up(f"AUTH {mechanism}: the server did not prove it knows the password: {e}")
+                return
+            self.authenticated = True
+            self._events.append(Authenticated(mechanism))
+            self._secure_session()
+        else:
+            self._give_up(f"AUTH {mechanism} refused: {response}")
+
+    def _give_up(self, reason: str) -> None:
+        """The session cannot be secured as configured: QUIT and defer everything."""
+        self._command("QUIT", _ignore)
+        self._fail(reason, status="4.7.0")
+
     # -- transactions -------------------------------------------------------------
 
     def _advance(self) -> None:
         """Start the next message or the final command when the session is idle."""
-        if not self.ready or self._current is not None or self.closed or self.turned:
+        if not self.ready or self._current is not None or self._requesting or self.closed or self.turned:
             return
         while self._queue:
             envelope = self._queue.popleft()
@@ -228,7 +376,17 @@ class Sender:
                 self._start(envelope)
                 return
             self._events.append(MessageResult(envelope, dict.fromkeys(envelope.recipients, problem)))
+        if self._requests:
+            command = self._requests.popleft()
+            self._requesting = True
+            self._command(command, lambda response: self._on_request(command, response))
+            return
         self._send_finish()
+
+    def _on_request(self, command: str, response: Reply) -> None:
+        self._requesting = False
+        self._events.append(CommandResult(command, response))
+        self._advance()
 
     def _send_finish(self) -> None:
         if self._finish is not None:
@@ -331,7 +489,7 @@ class Sender:
         self._out.append(_BodyStream(attempt.envelope.body))
         self.awaiting_data_end = True
         self._expect.append(self._on_data_end)
-        if "PIPELINING" in self.extensions and not self._queue:
+        if "PIPELINING" in self.extensions and not self._queue and not self._requests:
             # RFC 2920 §3.1: message content may open a group and QUIT/TURN
             # close it, so the last message and the final command share a
             # round trip.
@@ -367,9 +525,9 @@ class Sender:
             self._events.append(TurnRefused(response))
             self._command("QUIT", self._on_quit)
 
-    def _fail(self, reason: str, response: Reply | None = None) -> None:
+    def _fail(self, reason: str, response: Reply | None = None, status: str = "4.4.2") -> None:
         """The session is over: every message not finished is deferred."""
-        lost = response if response is not None and response.code == 421 else _lost(reason)
+        lost = response if response is not None and response.code == 421 else reply(451, status, reason)
         if self._current is not None:
             attempt, self._current = self._current, None
             results = {r: attempt.results.get(r, lost) for r in attempt.envelope.recipients}
