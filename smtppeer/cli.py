@@ -2,9 +2,10 @@
 
 Each command is a ``usage.Options`` subclass (its options, arguments and
 ``--help``) plus a function ``run(options, out, err) -> exit status``; both
-are registered in ``COMMANDS``: ``check-config``, ``send``, ``queue`` and
-``poll``.  Commands that change the queue go through the running service's
-control socket (``control.py``), so they never race it for the spool.
+are registered in ``COMMANDS``: ``check-config``, ``send``, ``queue``,
+``poll``, ``make-cert`` and ``hash-password``.  Commands that change the
+queue go through the running service's control socket (``control.py``), so
+they never race it for the spool.
 
 Exit statuses: 0 success, 1 the command failed, 2 the configuration is
 broken, 64 (``EX_USAGE``) the command line is wrong.
@@ -16,6 +17,7 @@ import base64
 import email
 import email.policy
 import email.utils
+import getpass
 import os
 import re
 import socket
@@ -28,7 +30,7 @@ from typing import TextIO
 from twisted.python import usage
 
 from . import __version__, control, tls
-from .config import Config, Listener, Mailbox, Peer, Poll
+from .config import Config, Listener, Mailbox, Peer, Poll, TLSFiles
 from .configfile import ConfigError, load_config
 from .spool import Spool
 
@@ -79,20 +81,45 @@ def summary(config: Config) -> list[str]:
     rows = [
         ("hostname", [config.hostname]),
         ("data_dir", [config.data_dir]),
-        ("listeners", [_listener(x) for x in config.listeners]),
+        ("tls", [_tls(config.tls)] if config.tls else ["(none: STARTTLS is not offered)"]),
+        ("listeners", [_listener(x, config) for x in config.listeners]),
         ("domains", [_domain(name, box) for name, box in config.domains.items()]),
         ("routes", [f"{domain} -> {target}" for domain, target in config.routes.items()]),
         ("holds", [f"{domain} -> {peer}" for domain, peer in config.holds.items()]),
         ("relay_from", config.relay_from),
         ("peers", [_peer(p) for p in config.peers.values()]),
+        ("users", list(config.users)),
         ("polls", [_poll(p) for p in config.polls]),
     ]
     width = max(len(name) for name, _ in rows)
     return [f"{name + ':':{width + 1}} {', '.join(items) if items else '(none)'}" for name, items in rows]
 
 
-def _listener(listener: Listener) -> str:
-    return f"{listener.endpoint} ({listener.mode}{', turn' if listener.turn else ''})"
+def _tls(files: TLSFiles) -> str:
+    """The certificate file and whom it names (the file was checked; it may have changed since)."""
+    from cryptography import x509  # noqa: PLC0415
+
+    try:
+        with open(files.certificate, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        until = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after  # cryptography < 42
+        about = f"{cert.subject.rfc4514_string()}, until {until:%Y-%m-%d}"
+    except (OSError, ValueError) as e:
+        about = f"unreadable: {e}"
+    return f"{files.certificate} ({about}; key {files.key})"
+
+
+def _listener(listener: Listener, config: Config) -> str:
+    flags = [listener.mode]
+    if listener.turn:
+        flags.append("turn")
+    if config.tls is not None:
+        flags.append("starttls" if listener.starttls else "no starttls")
+    if listener.require_tls:
+        flags.append("require_tls")
+    if listener.auth_in_clear:
+        flags.append("auth_in_clear")
+    return f"{listener.endpoint} ({', '.join(flags)})"
 
 
 def _domain(name: str, box: Mailbox) -> str:
@@ -111,14 +138,20 @@ def _peer(peer: Peer) -> str:
     if peer.addresses:
         parts.append("from " + " ".join(peer.addresses))
     if peer.endpoint:
-        parts.append("at " + peer.endpoint)
-    if peer.username:
-        parts.append("as " + peer.username)
+        tls = f"tls {peer.tls}"
+        if peer.tls_name:
+            tls += f" for {peer.tls_name}"
+        if peer.ca_file:
+            tls += f" under {peer.ca_file}"
+        parts.append(f"at {peer.endpoint} with {tls}")
+    if peer.username:  # what kind of secret, never the secret
+        parts.append(f"as {peer.username} with {'a password' if peer.password is not None else 'a hash'}")
     return f"{peer.name} ({'; '.join(parts)})" if parts else peer.name
 
 
 def _poll(poll: Poll) -> str:
-    return f"{poll.peer} every {_seconds(poll.interval)} ±{poll.jitter:.0%} ({poll.method})"
+    method = " ".join([poll.method, *poll.domains])
+    return f"{poll.peer} every {_seconds(poll.interval)} ±{poll.jitter:.0%} ({method})"
 
 
 def _seconds(seconds: float) -> str:
@@ -370,6 +403,55 @@ def make_cert(options: MakeCertOptions, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+# -- hash-password -------------------------------------------------------------
+
+MIN_ITERATIONS = 4096  # RFC 7677 §4: at least 4096
+
+
+class HashPasswordOptions(CommandOptions):
+    synopsis = "[--iterations N] < password"
+    longdesc = (
+        "Print the RFC 5803 SCRAM-SHA-256 hash of a password, for password_hash in [users.NAME] or "
+        "[peers.NAME]. The password is one line of standard input, or asked for twice on a terminal."
+    )
+    optParameters = [
+        ["iterations", "i", MIN_ITERATIONS, f"PBKDF2 iterations (at least {MIN_ITERATIONS})", int],
+    ]
+
+    def postOptions(self) -> None:  # noqa: N802 -- usage.Options' name
+        if self["iterations"] < MIN_ITERATIONS:
+            raise usage.UsageError(f"--iterations must be at least {MIN_ITERATIONS} (RFC 7677)")
+
+
+def hash_password(options: HashPasswordOptions, out: TextIO, err: TextIO, stdin: TextIO | None = None) -> int:
+    from .engine.sasl import hash_password as scram_hash  # noqa: PLC0415 -- scramp only here
+
+    stdin = sys.stdin if stdin is None else stdin
+    if stdin.isatty():
+        try:
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Again: ") != password:
+                print("smtppeer hash-password: the two passwords differ", file=err)
+                return EXIT_FAILED
+        except (EOFError, KeyboardInterrupt):
+            print(file=err)
+            return EXIT_FAILED
+    else:
+        line = stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+    if not password:
+        print("smtppeer hash-password: no password (an empty line)", file=err)
+        return EXIT_FAILED
+    try:
+        hashed = scram_hash(password, iterations=options["iterations"])
+    except ValueError as e:  # SASLprep refuses the password (control characters ...), or too many iterations
+        print(f"smtppeer hash-password: {e}", file=err)
+        return EXIT_FAILED
+    print(hashed, file=out)
+    return EXIT_OK
+
+
 # -- the command and its subcommands ------------------------------------------
 
 
@@ -387,6 +469,7 @@ COMMANDS = [
     Command("queue", QueueOptions, queue, "List, show, flush, hold, release or delete queued mail"),
     Command("poll", PollOptions, poll, "Run one poll cycle with a peer now"),
     Command("make-cert", MakeCertOptions, make_cert, "Write a self-signed certificate for a lab"),
+    Command("hash-password", HashPasswordOptions, hash_password, "Hash a password for password_hash"),
 ]
 
 

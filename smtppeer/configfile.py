@@ -18,10 +18,19 @@ The schema (``examples/`` has annotated files for each use)::
     honour_source_routes = true         # false: route <@a,@b:u@c> by u@c (RFC 5321)
     json_log = false
 
+    [tls]                               # the server certificate for STARTTLS; none: STARTTLS is not offered
+    certificate = "cert.pem"            # PEM (with its chain); relative paths as data_dir (working directory)
+    key = "key.pem"                     # its PEM private key (not encrypted)
+
     [[listen]]                          # repeatable; none given: tcp:2525:interface=127.0.0.1
-    endpoint = "tcp:25"                 # a Twisted server endpoint description
-    mode = "smtp"                       # or "odmr"
-    turn = false                        # may a configured peer say TURN here?
+    endpoint = "tcp:25"                 # a Twisted server endpoint description; for mode = "odmr"
+                                        #   it may be omitted: tcp:366 (RFC 2645)
+    mode = "smtp"                       # or "odmr" (RFC 2645: EHLO, AUTH, ATRN, QUIT only)
+    turn = false                        # may a configured peer say TURN here? (not on odmr)
+    starttls = true                     # offer STARTTLS when [tls] is set (given as true: [tls] is needed)
+    require_tls = false                 # nothing but EHLO/HELO/STARTTLS/NOOP/RSET/QUIT before STARTTLS
+    auth_in_clear = false               # allow AUTH PLAIN/LOGIN without TLS (a lab on loopback)
+    max_auth_failures = 3               # then 421 and close (at least 1)
     # (``listen = ["tcp:25", ...]`` is short for smtp listeners without TURN)
 
     [domains."example.org"]             # a local domain; none given: the hostname and localhost
@@ -41,14 +50,28 @@ The schema (``examples/`` has annotated files for each use)::
     domains = ["dialup.example"]
     addresses = ["192.0.2.10"]          # how it is recognised when it calls in (until AUTH)
     endpoint = "tcp:host=dialup.example:port=25"      # how to reach it (polls, routes)
-    username = "dialup"                 # with password: credentials for AUTH
-    password = "..."
+    username = "dialup"                 # the credentials of the relationship, used in whichever
+    password = "..."                    #   direction we connect: it logs in to us, we log in to it
+    # password_hash = "SCRAM-SHA-256$4096:..."  # instead of password (smtppeer hash-password): then only
+                                        #   the peer can log in to us, not we to it (and no CRAM-MD5)
+    tls = "opportunistic"               # when we connect to it: "none", "opportunistic", "required"
+                                        #   (any certificate) or "verify"
+    ca_file = "ca.pem"                  # tls = "verify" only: its trust roots (default: the system's)
+    tls_name = "mail.provider.example"  # tls = "verify" only: the name its certificate must carry
+                                        #   (default: the endpoint's host)
+
+    [users.alice]                       # may AUTH to submit (and so relay) mail; owns no domains
+    password = "..."                    # or password_hash = "SCRAM-SHA-256$4096:..." (smtppeer hash-password)
+                                        # a login name is one user's or one peer's username, never both
 
     [[polls]]                           # repeatable
     peer = "provider"                   # a peer with an endpoint
     interval = "5m"                     # seconds, or "30s", "5m", "1h", "1d", "1h30m"
     jitter = 0.1                        # +/- this fraction of the interval
-    method = "turn"
+    method = "turn"                     # or "atrn" (RFC 2645: the peer needs username and password)
+                                        #   or "etrn" (RFC 1985)
+    domains = ["dialup.example"]        # atrn and etrn only: what to ask for (default: atrn without an
+                                        #   argument, etrn for each local domain)
     max_backoff = "1h"                  # after failures, wait at most this long
 
     [limits]
@@ -83,13 +106,27 @@ import tomllib
 from collections.abc import Callable
 from typing import Any
 
-from .config import DEFAULT_LISTEN, ODMR, SMTP, Config, Listener, Mailbox, Peer, Poll
+from .config import (
+    DEFAULT_LISTEN,
+    ODMR,
+    ODMR_PORT,
+    SMTP,
+    TLS_POLICIES,
+    TLS_VERIFY,
+    Config,
+    Listener,
+    Mailbox,
+    Peer,
+    Poll,
+    TLSFiles,
+    User,
+)
 from .engine import Limits
 
 __all__ = ["ConfigError", "load_config", "loads_config", "parse_config"]
 
 MODES = (SMTP, ODMR)
-POLL_METHODS = ("turn",)  # "atrn" and "etrn" come with the trust issue
+POLL_METHODS = ("turn", "atrn", "etrn")
 
 Key = tuple[str | int, ...]
 
@@ -101,6 +138,9 @@ _MOVED = {
     "hold": "holds",
     "peer": "peers",
     "poll": "polls",
+    "user": "users",
+    "certificate": "tls.certificate",
+    "key": "tls.key",
     "ignore_source_routes": "honour_source_routes (= false)",
     "max_message_size": "limits.message_size",
     "max_recipients": "limits.recipients",
@@ -388,7 +428,9 @@ class _Reader:
         "dns",
         "honour_source_routes",
         "json_log",
+        "tls",
         "peers",
+        "users",
         "polls",
         "limits",
     )
@@ -404,8 +446,11 @@ class _Reader:
         config = Config(hostname=hostname)
         if "data_dir" in data:
             config.data_dir = os.path.expanduser(self.string(data["data_dir"], ("data_dir",)))
-        config.listeners = self.listeners(data.get("listen"))
+        if "tls" in data:
+            config.tls = self.tls(data["tls"])
+        config.listeners = self.listeners(data.get("listen"), config)
         config.peers = self.peers(data.get("peers", {}))
+        config.users = self.users(data.get("users", {}), config)
         if "domains" in data:
             config.domains = self.domains(data["domains"])
         else:
@@ -427,7 +472,9 @@ class _Reader:
         self.limits(data.get("limits", {}), config)
         return config
 
-    def listeners(self, value: Any) -> list[Listener]:
+    LISTENER = ("endpoint", "mode", "turn", "starttls", "require_tls", "auth_in_clear", "max_auth_failures")
+
+    def listeners(self, value: Any, config: Config) -> list[Listener]:
         if value is None:
             return [Listener(DEFAULT_LISTEN)]
         listeners: list[Listener] = []
@@ -437,18 +484,33 @@ class _Reader:
             ekey: Key = (*key, "endpoint")
             if isinstance(item, str):  # listen = ["tcp:25"]
                 item, ekey = {"endpoint": item}, key
-            self.table(item, key, ("endpoint", "mode", "turn"))
-            if "endpoint" not in item:
-                raise self.error(key, 'missing "endpoint" (a server endpoint description such as "tcp:25")')
-            listener = Listener(item["endpoint"])
-            parsed = self.server_endpoint(item["endpoint"], ekey)
+            self.table(item, key, self.LISTENER)
+            mode = SMTP
             if "mode" in item:
-                listener.mode = self.string(item["mode"], (*key, "mode")).strip().lower()
-                if listener.mode not in MODES:
+                mode = self.string(item["mode"], (*key, "mode")).strip().lower()
+                if mode not in MODES:
                     modes = " or ".join(f'"{m}"' for m in MODES)
                     raise self.error((*key, "mode"), f"{_show(item['mode'])} is not a mode: {modes}")
+            if "endpoint" in item:
+                listener = Listener(item["endpoint"], mode=mode)
+                parsed = self.server_endpoint(item["endpoint"], ekey)
+            elif mode == ODMR:  # RFC 2645's port
+                listener, ekey = Listener(f"tcp:{ODMR_PORT}", mode=mode), key
+                parsed = self.server_endpoint(listener.endpoint, ekey)
+            else:
+                raise self.error(key, 'missing "endpoint" (a server endpoint description such as "tcp:25")')
             if "turn" in item:
                 listener.turn = self.boolean(item["turn"], (*key, "turn"))
+                if listener.turn and mode == ODMR:
+                    raise self.error(
+                        (*key, "turn"),
+                        "an odmr listener turns with ATRN, not TURN (RFC 2645): set mode or turn",
+                    )
+            self.listener_tls(item, key, listener, config)
+            if "max_auth_failures" in item:
+                listener.max_auth_failures = self.integer(
+                    item["max_auth_failures"], (*key, "max_auth_failures"), 1
+                )
             for other, j in seen.items():
                 if _same_address(parsed, other):
                     previous = listeners[j].endpoint
@@ -457,6 +519,86 @@ class _Reader:
             seen[parsed] = i
             listeners.append(listener)
         return listeners
+
+    def listener_tls(self, item: dict[str, Any], key: Key, listener: Listener, config: Config) -> None:
+        for name in ("starttls", "require_tls", "auth_in_clear"):
+            if name in item:
+                setattr(listener, name, self.boolean(item[name], (*key, name)))
+        if config.tls is None:
+            if listener.require_tls:
+                raise self.error(
+                    (*key, "require_tls"), "there is no certificate to offer STARTTLS with ([tls])"
+                )
+            if "starttls" in item and listener.starttls:
+                raise self.error((*key, "starttls"), "there is no certificate to offer STARTTLS with ([tls])")
+        if listener.require_tls and not listener.starttls:
+            raise self.error((*key, "require_tls"), "TLS cannot be required where starttls = false")
+
+    def tls(self, value: Any) -> TLSFiles:
+        """The files as the service loads them: every certificate, then the key, and that they match."""
+        from OpenSSL.crypto import FILETYPE_PEM  # noqa: PLC0415 -- only for files that have [tls]
+        from twisted.internet.ssl import KeyPair, PrivateCertificate  # noqa: PLC0415
+
+        key: Key = ("tls",)
+        self.table(value, key, ("certificate", "key"))
+        for name, what in (
+            ("certificate", "the PEM certificate, with its chain"),
+            ("key", "its PEM private key"),
+        ):
+            if name not in value:
+                raise self.error(key, f'missing "{name}" ({what})')
+        files = TLSFiles(
+            certificate=os.path.expanduser(self.string(value["certificate"], (*key, "certificate")).strip()),
+            key=os.path.expanduser(self.string(value["key"], (*key, "key")).strip()),
+        )
+        cert_pem = self.read_file(files.certificate, (*key, "certificate"))
+        key_pem = self.read_file(files.key, (*key, "key"))
+        [own, *_] = self.certificates(cert_pem, files.certificate, (*key, "certificate"), "a PEM certificate")
+        if any(mark in key_pem for mark in (b"-----BEGIN ENCRYPTED", b"Proc-Type: 4,ENCRYPTED")):
+            # (OpenSSL would ask for the passphrase on the terminal)
+            raise self.error(
+                (*key, "key"), f"{_show(files.key)} is encrypted: give the key without a passphrase"
+            )
+        try:
+            pair = KeyPair.load(key_pem, FILETYPE_PEM)
+        except Exception as e:  # noqa: BLE001 -- OpenSSL.crypto.Error
+            raise self.error(
+                (*key, "key"), f"{_show(files.key)} is not a PEM private key ({_ssl_why(e)})"
+            ) from None
+        try:  # what PrivateCertificate.loadPEM(certificate + key) does, with each file's own part
+            PrivateCertificate.fromCertificateAndKeyPair(own, pair)
+        except Exception as e:  # noqa: BLE001 -- VerifyError: they do not match
+            raise self.error(
+                (*key, "key"),
+                f"{_show(files.key)} is not the key of {_show(files.certificate)} ({_ssl_why(e)})",
+            ) from None
+        return files
+
+    def certificates(self, pem: bytes, path: str, key: Key, what: str) -> list:
+        """Every certificate in a PEM file (twisted ``Certificate``s); at least one."""
+        from twisted.internet.ssl import Certificate  # noqa: PLC0415
+
+        end = b"-----END CERTIFICATE-----"
+        blocks = [block + end + b"\n" for block in pem.split(end) if b"-----BEGIN CERTIFICATE-----" in block]
+        if not blocks:
+            raise self.error(key, f"{_show(path)} is not {what} (no -----BEGIN CERTIFICATE----- in it)")
+        certificates = []
+        for i, block in enumerate(blocks):
+            try:
+                certificates.append(Certificate.loadPEM(block))
+            except Exception as e:  # noqa: BLE001 -- OpenSSL.crypto.Error
+                which = (
+                    f"certificate {i + 1} of {len(blocks)} in" if len(blocks) > 1 else "the certificate in"
+                )
+                raise self.error(key, f"{which} {_show(path)} is broken ({_ssl_why(e)})") from None
+        return certificates
+
+    def read_file(self, path: str, key: Key) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise self.error(key, f"cannot read {_show(path)}: {e.strerror or e}") from None
 
     def domains(self, value: Any) -> dict[str, Mailbox]:
         self.check(value, ("domains",), dict, 'a table of domains ([domains."example.org"])')
@@ -518,7 +660,7 @@ class _Reader:
             key: Key = ("peers", name)
             if not _PEER_NAME.fullmatch(name):
                 raise self.error(key, f"{_show(name)} is not a peer name (letters, digits, '.', '_', '-')")
-            self.table(spec, key, ("domains", "addresses", "endpoint", "username", "password"))
+            self.table(spec, key, self.PEER)
             peer = Peer(name)
             peer.domains = self.array(
                 spec.get("domains", []), (*key, "domains"), lambda v, k: self.domain(self.string(v, k), k)
@@ -527,13 +669,22 @@ class _Reader:
             if "endpoint" in spec:
                 peer.endpoint = self.string(spec["endpoint"], (*key, "endpoint")).strip()
                 self.client_endpoint(peer.endpoint, (*key, "endpoint"))
+            self.credentials(spec, key, peer)
             if "username" in spec:
                 peer.username = self.string(spec["username"], (*key, "username"))
-            if "password" in spec:
-                peer.password = self.string(spec["password"], (*key, "password"), empty=True)
-            if (peer.username is None) != (peer.password is None):
-                missing = "password" if peer.password is None else "username"
-                raise self.error((*key, missing), "missing: username and password go together")
+                for other in peers.values():
+                    if other.username == peer.username:
+                        raise self.error(
+                            (*key, "username"),
+                            f'{_show(peer.username)} is also peer "{other.name}"\'s: '
+                            "a login name must be one peer's or one user's",
+                        )
+            if peer.username is None and (peer.password is not None or peer.password_hash is not None):
+                given = "password" if peer.password is not None else "password_hash"
+                raise self.error((*key, "username"), f"missing: {given} needs a username")
+            if peer.username is not None and peer.password is None and peer.password_hash is None:
+                raise self.error((*key, "password"), "missing: username needs password (or password_hash)")
+            self.peer_tls(spec, key, peer)
             for i, address in enumerate(peer.addresses):
                 for other in peers.values():
                     if address in other.addresses:
@@ -543,6 +694,84 @@ class _Reader:
                         )
             peers[name] = peer
         return peers
+
+    PEER = (
+        "domains",
+        "addresses",
+        "endpoint",
+        "username",
+        "password",
+        "password_hash",
+        "tls",
+        "ca_file",
+        "tls_name",
+    )
+
+    def credentials(self, spec: dict[str, Any], key: Key, who: Peer | User) -> None:
+        """``password`` or ``password_hash`` (not both) into ``who``."""
+        if "password" in spec and "password_hash" in spec:
+            raise self.error((*key, "password_hash"), "give password or password_hash, not both")
+        if "password" in spec:
+            who.password = self.string(spec["password"], (*key, "password"), empty=isinstance(who, Peer))
+        if "password_hash" in spec:
+            from .engine.sasl import parse_secret  # noqa: PLC0415 -- scramp only when a hash is given
+
+            hkey: Key = (*key, "password_hash")
+            who.password_hash = self.string(spec["password_hash"], hkey).strip()
+            try:
+                parse_secret(who.password_hash)
+            except ValueError as e:
+                raise self.error(hkey, f"{_why(e)} (smtppeer hash-password writes one)") from None
+
+    def peer_tls(self, spec: dict[str, Any], key: Key, peer: Peer) -> None:
+        if "tls" in spec:
+            peer.tls = self.string(spec["tls"], (*key, "tls")).strip().lower()
+            if peer.tls not in TLS_POLICIES:
+                policies = ", ".join(f'"{p}"' for p in TLS_POLICIES[:-1]) + f' or "{TLS_POLICIES[-1]}"'
+                raise self.error((*key, "tls"), f"{_show(spec['tls'])} is not a TLS policy: {policies}")
+        for name in ("ca_file", "tls_name"):
+            if name in spec and peer.tls != TLS_VERIFY:
+                raise self.error((*key, name), f'only for tls = "verify" (this peer\'s tls is "{peer.tls}")')
+        if "ca_file" in spec:
+            peer.ca_file = os.path.expanduser(self.string(spec["ca_file"], (*key, "ca_file")).strip())
+            self.ca_file(peer.ca_file, (*key, "ca_file"))
+        if "tls_name" in spec:
+            name = self.string(spec["tls_name"], (*key, "tls_name")).strip()
+            try:
+                name = str(ipaddress.ip_address(name))
+            except ValueError:
+                name = self.domain(name, (*key, "tls_name"))
+            peer.tls_name = name
+        elif peer.tls == TLS_VERIFY and peer.endpoint is not None and not _endpoint_host(peer.endpoint):
+            raise self.error(
+                (*key, "tls_name"),
+                f"missing: the endpoint {_show(peer.endpoint)} names no host to verify the certificate for",
+            )
+
+    def ca_file(self, path: str, key: Key) -> None:
+        self.certificates(self.read_file(path, key), path, key, "a file of PEM certificates")
+
+    def users(self, value: Any, config: Config) -> dict[str, User]:
+        self.check(value, ("users",), dict, "a table of users ([users.NAME])")
+        users: dict[str, User] = {}
+        logins = {p.username: p.name for p in config.peers.values() if p.username is not None}
+        for name, spec in value.items():
+            key: Key = ("users", name)
+            if not _PEER_NAME.fullmatch(name):
+                raise self.error(key, f"{_show(name)} is not a user name (letters, digits, '.', '_', '-')")
+            if name in logins:
+                raise self.error(
+                    key,
+                    f'"{name}" is also peer "{logins[name]}"\'s username: '
+                    "a login name must be one peer's or one user's",
+                )
+            self.table(spec, key, ("password", "password_hash"))
+            user = User(name)
+            self.credentials(spec, key, user)
+            if user.password is None and user.password_hash is None:
+                raise self.error(key, 'missing "password" (or "password_hash", from smtppeer hash-password)')
+            users[name] = user
+        return users
 
     def peer_name(self, value: Any, key: Key, config: Config) -> Peer:
         name = self.string(value, key).strip()
@@ -647,7 +876,7 @@ class _Reader:
         polls: list[Poll] = []
         for i, spec in enumerate(self.check(value, ("polls",), list, "an array of tables ([[polls]])")):
             key: Key = ("polls", i)
-            self.table(spec, key, ("peer", "interval", "jitter", "method", "max_backoff"))
+            self.table(spec, key, ("peer", "interval", "jitter", "method", "domains", "max_backoff"))
             if "peer" not in spec:
                 raise self.error(key, 'missing "peer" (the name of a [peers.NAME] to poll)')
             peer = self.peer_name(spec["peer"], (*key, "peer"), config)
@@ -670,8 +899,32 @@ class _Reader:
             if "method" in spec:
                 poll.method = self.string(spec["method"], (*key, "method")).strip().lower()
                 if poll.method not in POLL_METHODS:
-                    methods = " or ".join(f'"{m}"' for m in POLL_METHODS)
+                    methods = ", ".join(f'"{m}"' for m in POLL_METHODS[:-1]) + f' or "{POLL_METHODS[-1]}"'
                     raise self.error((*key, "method"), f"{_show(spec['method'])} is not a method: {methods}")
+            if poll.method == "atrn":  # RFC 2645: AUTH before ATRN
+                if peer.username is None:
+                    raise self.error(
+                        (*key, "method"),
+                        f'atrn logs in (RFC 2645): peer "{peer.name}" needs a username and password',
+                    )
+                if peer.password is None:
+                    raise self.error(
+                        (*key, "method"),
+                        f'atrn logs in (RFC 2645): peer "{peer.name}" needs the password itself, '
+                        "not password_hash",
+                    )
+            if "domains" in spec:
+                dkey: Key = (*key, "domains")
+                if poll.method not in ("atrn", "etrn"):
+                    raise self.error(
+                        dkey, f'only for method = "atrn" or "etrn" ({poll.method} names no domains)'
+                    )
+                poll.domains = self.array(
+                    spec["domains"], dkey, lambda v, k: self.domain(self.string(v, k), k)
+                )
+                for j, domain in enumerate(poll.domains):
+                    if domain in poll.domains[:j]:
+                        raise self.error((*dkey, j), f"{domain} is listed twice")
             if "max_backoff" in spec:
                 poll.max_backoff = self.duration(spec["max_backoff"], (*key, "max_backoff"))
             else:  # at least the interval: backing off never polls more often
@@ -724,6 +977,24 @@ def _why(e: Exception) -> str:
     if isinstance(e, OSError) and e.strerror:
         text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
     return " ".join(text.split())
+
+
+def _endpoint_host(description: str) -> str:
+    """The host a client endpoint description connects to (``tcp:host=H:port=P``, ``tcp:H:P``), or ""."""
+    from twisted.internet.endpoints import _parse  # noqa: PLC0415
+
+    args, kwargs = _parse(description)
+    if args and str(args[0]).lower() in ("unix", "unix-abstract"):
+        return ""
+    return str(kwargs.get("host") or (args[1] if len(args) > 1 else ""))
+
+
+def _ssl_why(e: Exception) -> str:
+    """OpenSSL's reasons (``Error([('PEM routines', '', 'no start line')])``) or the exception's text."""
+    errors = e.args[0] if e.args and isinstance(e.args[0], list) else None
+    if errors and all(isinstance(x, tuple) and len(x) == 3 for x in errors):
+        return "; ".join(dict.fromkeys(str(x[2]) for x in errors if x[2])) or type(e).__name__
+    return _why(e)
 
 
 def _same_address(a: tuple, b: tuple) -> bool:

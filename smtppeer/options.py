@@ -31,6 +31,8 @@ class Options(usage.Options):
         ["queue-lifetime", None, 5 * 86400.0, "Seconds before undeliverable mail is returned", float],
         ["retry-interval", None, 60.0, "First retry after this many seconds, doubling up to an hour", float],
         ["dns", None, None, "DNS server for MX routes, HOST or HOST:PORT [default: system resolver]"],
+        ["certificate", None, None, "The server certificate for STARTTLS (PEM, with its chain); needs --key"],
+        ["key", None, None, "The certificate's private key (PEM, not encrypted); needs --certificate"],
         ["config", "c", None, "A TOML configuration file (see examples/); options given here override it"],
     ]
     optFlags = [
@@ -110,6 +112,8 @@ class Options(usage.Options):
                 self["dns"] = (host, int(port or 53))
             except ValueError as e:
                 raise usage.UsageError(f"--dns {text!r}: give an IP address and optional port") from e
+        if bool(self["certificate"]) != bool(self["key"]):
+            raise usage.UsageError("--certificate and --key go together (the [tls] of a configuration file)")
         if self["max-connections"] < 1:
             raise usage.UsageError("--max-connections must be at least 1")
         if self["max-recipients"] < 100:
@@ -150,6 +154,8 @@ class Options(usage.Options):
                 peers.setdefault(name, {}).setdefault("domains", []).append(domain)
         if "relay-from" in given:
             data["relay_from"] = list(self["relay-from"])
+        if "certificate" in given or "key" in given:
+            data["tls"] = {**data.get("tls", {}), "certificate": self["certificate"], "key": self["key"]}
         if "dns" in given:
             data["dns"] = "{}:{}".format(*self["dns"])
         if "ignore-source-routes" in given:

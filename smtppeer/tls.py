@@ -56,11 +56,11 @@ def server_options(certificate_path: str, key_path: str):
     with open(certificate_path, "rb") as f:
         certificates = _pem_blocks(f.read())
     with open(key_path, "rb") as f:
-        key = ssl.KeyPair.load(f.read(), ssl.FILETYPE_PEM)
-    own = ssl.Certificate.loadPEM(certificates[0])
+        key = f.read()
+    own = ssl.PrivateCertificate.loadPEM(certificates[0] + key)
     chain = [ssl.Certificate.loadPEM(c).original for c in certificates[1:]]
     return ssl.CertificateOptions(
-        privateKey=key.original, certificate=own.original, extraCertChain=chain or None
+        privateKey=own.privateKey.original, certificate=own.original, extraCertChain=chain or None
     )
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from smtppeer import __version__
 from smtppeer.cli import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, main
+from smtppeer.engine.sasl import hash_password
+from smtppeer.tls import make_self_signed
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -37,11 +39,15 @@ def test_good_file():
     assert lines[0] == "examples/dialup.toml: ok"
     summary = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in lines[1:]}
     assert summary["hostname"] == "dialup.example.org"
+    assert summary["tls"] == "(none: STARTTLS is not offered)"
     assert summary["listeners"] == "tcp:2527:interface=127.0.0.1 (smtp)"
     assert summary["domains"] == "dialup.example.org (2 users, 2 aliases)"
     assert summary["routes"] == "* -> peer:provider"
     assert summary["holds"] == "(none)"
-    assert summary["peers"] == "provider (for provider.example.org; at tcp:host=127.0.0.1:port=2526)"
+    assert summary["peers"] == (
+        "provider (for provider.example.org; at tcp:host=127.0.0.1:port=2526 with tls opportunistic)"
+    )
+    assert summary["users"] == "(none)"
     assert summary["polls"] == "provider every 5m ±10% (turn)"
 
 
@@ -58,8 +64,92 @@ def test_summary_never_shows_a_password(tmp_path):
     )
     result = smtppeer("check-config", "p.toml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "p (from 192.0.2.1; as u)" in result.stdout
+    assert "p (from 192.0.2.1; as u with a password)" in result.stdout
     assert "s3cret" not in result.stdout
+
+
+def _summary(stdout: str) -> dict[str, str]:
+    lines = stdout.splitlines()[1:]
+    return {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in lines}
+
+
+def test_summary_of_tls_users_and_trust(tmp_path):
+    make_self_signed("mail.example.org", str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+    hashed = hash_password("hunter2hunter2")
+    (tmp_path / "t.toml").write_text(
+        f"""
+[tls]
+certificate = "cert.pem"
+key = "key.pem"
+
+[[listen]]
+endpoint = "tcp:2525:interface=127.0.0.1"
+turn = true
+require_tls = true
+
+[[listen]]
+endpoint = "tcp:2587:interface=127.0.0.1"
+starttls = false
+auth_in_clear = true
+
+[[listen]]
+mode = "odmr"
+
+[users.alice]
+password = "wonderland-pw"
+
+[users.bob]
+password_hash = "{hashed}"
+
+[peers.customer]
+domains = ["customer.example"]
+username = "customer"
+password_hash = "{hashed}"
+
+[peers.provider]
+endpoint = "tcp:host=127.0.0.1:port=366"
+username = "dialup"
+password = "provider-pw"
+tls = "verify"
+ca_file = "cert.pem"
+tls_name = "mail.example.org"
+
+[peers.backup]
+endpoint = "tcp:host=127.0.0.1:port=2526"
+tls = "required"
+
+[[polls]]
+peer = "provider"
+method = "atrn"
+domains = ["dialup.example", "other.example"]
+
+[[polls]]
+peer = "backup"
+method = "etrn"
+"""
+    )
+    result = smtppeer("check-config", "t.toml", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    summary = _summary(result.stdout)
+    assert summary["tls"].startswith("cert.pem (CN=mail.example.org, until 20")
+    assert summary["tls"].endswith("; key key.pem)")
+    assert summary["listeners"] == (
+        "tcp:2525:interface=127.0.0.1 (smtp, turn, starttls, require_tls), "
+        "tcp:2587:interface=127.0.0.1 (smtp, no starttls, auth_in_clear), "
+        "tcp:366 (odmr, starttls)"
+    )
+    assert summary["users"] == "alice, bob"
+    assert summary["peers"] == (
+        "customer (for customer.example; as customer with a hash), "
+        "provider (at tcp:host=127.0.0.1:port=366 with tls verify for mail.example.org under cert.pem; "
+        "as dialup with a password), "
+        "backup (at tcp:host=127.0.0.1:port=2526 with tls required)"
+    )
+    assert summary["polls"] == (
+        "provider every 5m ±10% (atrn dialup.example other.example), backup every 5m ±10% (etrn)"
+    )
+    for secret in ("wonderland-pw", "provider-pw", hashed, hashed.split("$")[2]):
+        assert secret not in result.stdout
 
 
 def test_bad_file(tmp_path):
@@ -101,7 +191,7 @@ def test_usage_errors():
     assert result.returncode == 64
     result = smtppeer()
     assert result.returncode == 64
-    assert "give a command (check-config, send, queue, poll, make-cert)" in result.stderr
+    assert "give a command (check-config, send, queue, poll, make-cert, hash-password)" in result.stderr
     result = smtppeer("frobnicate")
     assert (result.returncode, result.stdout) == (64, "")
     assert "Unknown command: frobnicate" in result.stderr

@@ -5,17 +5,59 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.python import usage
 
-from smtppeer.config import Config, Listener, Mailbox, Peer, Poll
+from smtppeer.config import Config, Listener, Mailbox, Peer, Poll, TLSFiles, User
 from smtppeer.configfile import ConfigError, load_config, loads_config
 from smtppeer.engine import Limits
+from smtppeer.engine.sasl import hash_password
 from smtppeer.options import DEFAULT_LISTEN, Options
+from smtppeer.tls import make_self_signed
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# A valid RFC 5803 hash, fixed (a given salt) so that the table of broken files can use it.
+HASH = hash_password("secret", salt=b"0123456789abcdef")
+
+
+@pytest.fixture(scope="module")
+def pem_dir(tmp_path_factory):
+    """PEM files for [tls] and ca_file: a good pair, a key of another certificate, garbage, an encrypted key."""
+    where = tmp_path_factory.mktemp("pem")
+    make_self_signed("mail.example.org", str(where / "cert.pem"), str(where / "key.pem"))
+    make_self_signed("other.example.org", str(where / "other-cert.pem"), str(where / "other-key.pem"))
+    shutil.copy(where / "cert.pem", where / "ca.pem")
+    (where / "garbage.pem").write_text("not PEM at all\n")
+    (where / "broken.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    )
+    (where / "broken-chain.pem").write_text(
+        (where / "cert.pem").read_text() + (where / "broken.pem").read_text()
+    )
+    secret = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    )
+    (where / "encrypted-key.pem").write_bytes(secret)
+    return where
+
+
+@pytest.fixture
+def pem_files(pem_dir, tmp_path, monkeypatch):
+    """The PEM files in the working directory (relative paths in a file are as data_dir's)."""
+    for path in pem_dir.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
 
 FULL = """
 hostname = "mail.example.org"
@@ -233,6 +275,196 @@ def test_dns_forms():
     assert loads_config('dns = "[::1]:5353"').dns == ("::1", 5353)
 
 
+TRUST = f"""
+[tls]
+certificate = "cert.pem"
+key = "key.pem"
+
+[[listen]]
+endpoint = "tcp:2525:interface=127.0.0.1"
+require_tls = true
+max_auth_failures = 1
+
+[[listen]]
+endpoint = "tcp:2587:interface=127.0.0.1"
+starttls = false
+auth_in_clear = true
+
+[[listen]]
+mode = "odmr"
+
+[users.alice]
+password = "wonderland"
+
+[users."bob.smith"]
+password_hash = "{HASH}"
+
+[peers.customer]
+domains = ["customer.example"]
+username = "customer"
+password_hash = "{HASH}"
+
+[peers.provider]
+endpoint = "tcp:host=127.0.0.1:port=366"
+username = "dialup"
+password = "secret"
+tls = "Verify"
+ca_file = "ca.pem"
+tls_name = "Mail.Provider.Example."
+
+[peers.backup]
+endpoint = "tcp:host=127.0.0.1:port=2526"
+tls = "required"
+
+[peers.relay]
+endpoint = "tcp:host=127.0.0.1:port=2527"
+tls = "none"
+
+[[polls]]
+peer = "provider"
+method = "atrn"
+domains = ["dialup.example", "Other.Example."]
+
+[[polls]]
+peer = "backup"
+method = "ETRN"
+
+[[polls]]
+peer = "relay"
+method = "etrn"
+domains = ["dialup.example"]
+"""
+
+
+def test_trust_schema_round_trip(pem_files):
+    config = loads_config(TRUST)
+    assert config.tls == TLSFiles(certificate="cert.pem", key="key.pem")
+    assert config.listeners == [
+        Listener("tcp:2525:interface=127.0.0.1", require_tls=True, max_auth_failures=1),
+        Listener("tcp:2587:interface=127.0.0.1", starttls=False, auth_in_clear=True),
+        Listener("tcp:366", mode="odmr"),  # RFC 2645's port when none is given
+    ]
+    assert config.users == {
+        "alice": User("alice", password="wonderland"),
+        "bob.smith": User("bob.smith", password_hash=HASH),
+    }
+    assert config.peers == {
+        "customer": Peer("customer", domains=["customer.example"], username="customer", password_hash=HASH),
+        "provider": Peer(
+            "provider",
+            endpoint="tcp:host=127.0.0.1:port=366",
+            username="dialup",
+            password="secret",
+            tls="verify",
+            ca_file="ca.pem",
+            tls_name="mail.provider.example",
+        ),
+        "backup": Peer("backup", endpoint="tcp:host=127.0.0.1:port=2526", tls="required"),
+        "relay": Peer("relay", endpoint="tcp:host=127.0.0.1:port=2527", tls="none"),
+    }
+    assert config.polls == [
+        Poll("provider", method="atrn", domains=["dialup.example", "other.example"]),
+        Poll("backup", method="etrn"),
+        Poll("relay", method="etrn", domains=["dialup.example"]),
+    ]
+
+
+def test_verify_takes_the_name_from_the_endpoint_or_tls_name():
+    for endpoint in ("tcp:host=mx.example:port=25", "tcp:mx.example:25", "tls:mx.example:465"):
+        config = loads_config(f'[peers.p]\nendpoint = "{endpoint}"\ntls = "verify"\n')
+        assert config.peers["p"].tls_name is None
+    text = '[peers.p]\nendpoint = "unix:/run/p.sock"\ntls = "verify"\ntls_name = "2001:DB8::1"\n'
+    assert loads_config(text).peers["p"].tls_name == "2001:db8::1"
+
+
+def test_trust_defaults():
+    config = loads_config('[peers.p]\nendpoint = "tcp:host=127.0.0.1:port=1"\n[[polls]]\npeer = "p"\n')
+    assert config.tls is None and config.users == {}
+    assert config.listeners == [Listener(DEFAULT_LISTEN)]
+    listener = config.listeners[0]
+    assert (listener.starttls, listener.require_tls, listener.auth_in_clear) == (True, False, False)
+    assert listener.max_auth_failures == 3
+    peer = config.peers["p"]
+    assert (peer.tls, peer.ca_file, peer.tls_name, peer.password_hash) == ("opportunistic", None, None, None)
+    assert config.polls[0].domains == []
+
+
+def test_tls_settings_without_a_certificate():
+    """The default starttls = true offers nothing without [tls]; false is always fine."""
+    config = loads_config('[[listen]]\nendpoint = "tcp:0"\nstarttls = false\nauth_in_clear = true\n')
+    assert config.listeners == [Listener("tcp:0", starttls=False, auth_in_clear=True)]
+
+
+def test_odmr_listener_without_credentials_is_fine():
+    """Nobody can ATRN yet, but that is a state, not a mistake (peers are added later)."""
+    config = loads_config(
+        '[[listen]]\nendpoint = "tcp:0"\nmode = "odmr"\n[peers.p]\ndomains = ["p.example"]\n'
+    )
+    assert config.listeners == [Listener("tcp:0", mode="odmr")]
+    assert config.peers["p"].username is None
+
+
+def test_tls_paths_expand_the_home_directory(pem_files, monkeypatch):
+    monkeypatch.setenv("HOME", str(pem_files))
+    config = loads_config('[tls]\ncertificate = "~/cert.pem"\nkey = "~/key.pem"\n')
+    assert config.tls == TLSFiles(str(pem_files / "cert.pem"), str(pem_files / "key.pem"))
+
+
+def test_tls_certificate_file_may_hold_the_key_and_a_chain(pem_files):
+    (pem_files / "both.pem").write_text(
+        (pem_files / "cert.pem").read_text() + (pem_files / "other-cert.pem").read_text()
+        + (pem_files / "key.pem").read_text()
+    )  # fmt: skip
+    config = loads_config('[tls]\ncertificate = "both.pem"\nkey = "both.pem"\n')
+    assert config.tls == TLSFiles("both.pem", "both.pem")
+
+
+# -- command-line options over the file --------------------------------------
+
+
+def _options(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_certificate_options_make_the_tls_table(pem_files):
+    config = _options("--certificate", "cert.pem", "--key=key.pem").config
+    assert config.tls == TLSFiles("cert.pem", "key.pem")
+    assert _options().config.tls is None
+
+
+def test_certificate_options_override_the_file(pem_files):
+    shutil.copy("cert.pem", "cert2.pem")
+    shutil.copy("key.pem", "key2.pem")
+    Path("smtppeer.toml").write_text('[tls]\ncertificate = "cert.pem"\nkey = "key.pem"\n')
+    assert _options("-c", "smtppeer.toml").config.tls == TLSFiles("cert.pem", "key.pem")
+    config = _options("-c", "smtppeer.toml", "--certificate", "cert2.pem", "--key", "key2.pem").config
+    assert config.tls == TLSFiles("cert2.pem", "key2.pem")
+
+
+def test_certificate_options_go_together(pem_files):
+    with pytest.raises(usage.UsageError, match="^--certificate and --key go together"):
+        _options("--certificate", "cert.pem")
+    with pytest.raises(usage.UsageError, match="^--certificate and --key go together"):
+        _options("--key", "key.pem")
+
+
+def test_certificate_options_are_checked_like_the_file(pem_files):
+    with pytest.raises(usage.UsageError) as info:
+        _options("--certificate", "cert.pem", "--key", "other-key.pem")
+    assert str(info.value) == (
+        'command line: tls.key: "other-key.pem" is not the key of "cert.pem" '
+        "(Certificate public and private keys do not match.)"
+    )
+    # and a listener that requires TLS, from the file, is satisfied by the options
+    Path("smtppeer.toml").write_text('[[listen]]\nendpoint = "tcp:0"\nrequire_tls = true\n')
+    with pytest.raises(usage.UsageError, match="listen.0..require_tls: there is no certificate"):
+        _options("-c", "smtppeer.toml")
+    config = _options("-c", "smtppeer.toml", "--certificate", "cert.pem", "--key", "key.pem").config
+    assert config.listeners[0].require_tls and config.tls == TLSFiles("cert.pem", "key.pem")
+
+
 # -- examples -----------------------------------------------------------------
 
 
@@ -289,6 +521,9 @@ def test_example_dialup_polls_the_provider():
 
 PEER = '[peers.upstream]\nendpoint = "tcp:host=127.0.0.1:port=2526"\n'
 NO_ENDPOINT_PEER = '[peers.dialup]\naddresses = ["192.0.2.10"]\n'
+TLS = '[tls]\ncertificate = "cert.pem"\nkey = "key.pem"\n'
+LISTEN = '[[listen]]\nendpoint = "tcp:0"\n'
+VERIFY = '[peers.p]\ntls = "verify"\n'
 
 # (id, file contents, the error after "smtppeer.toml: "; a trailing "..." matches a prefix)
 BROKEN = [
@@ -436,7 +671,7 @@ BROKEN = [
         f'{PEER}[[polls]]\npeer = "upstream"\ninterval = "1h"\nmax_backoff = "10m"',
         "polls[0].max_backoff: 600 s is shorter than the interval (3600 s)",
     ),
-    ("poll-method", f'{PEER}[[polls]]\npeer = "upstream"\nmethod = "etrn"', 'polls[0].method: "etrn" is not a method: "turn"'),
+    ("poll-method", f'{PEER}[[polls]]\npeer = "upstream"\nmethod = "uucp"', 'polls[0].method: "uucp" is not a method: "turn", "atrn" or "etrn"'),
     # RFC minimums
     ("recipients-99", "[limits]\nrecipients = 99", "limits.recipients: 99 is too small: at least 100 (RFC 5321 §4.5.3.1.8)"),
     ("command-line-511", "[limits]\ncommand_line = 511", "limits.command_line: 511 is too small: at least 512 octets (RFC 5321 §4.5.3.1.4)"),
@@ -477,7 +712,155 @@ BROKEN = [
     ),
     ("hold-star", f'{NO_ENDPOINT_PEER}[holds]\n"*" = "dialup"', 'holds."*": "*" is not a domain name, ".DOMAIN" (its subdomains)'),
     ("bad-peer-name", '[peers."my peer"]', 'peers."my peer": "my peer" is not a peer name (letters, digits, \'.\', \'_\', \'-\')'),
-    ("username-alone", '[peers.p]\nusername = "p"', "peers.p.password: missing: username and password go together"),
+    ("username-alone", '[peers.p]\nusername = "p"', "peers.p.password: missing: username needs password (or password_hash)"),
+    ("password-alone", '[peers.p]\npassword = "p"', "peers.p.username: missing: password needs a username"),
+    ("hash-alone", f'[peers.p]\npassword_hash = "{HASH}"', "peers.p.username: missing: password_hash needs a username"),
+    (
+        "peer-password-and-hash",
+        f'[peers.p]\nusername = "p"\npassword = "x"\npassword_hash = "{HASH}"',
+        "peers.p.password_hash: give password or password_hash, not both",
+    ),
+    (
+        "peer-bad-hash",
+        '[peers.p]\nusername = "p"\npassword_hash = "secret"',
+        "peers.p.password_hash: malformed SCRAM secret: expected 'SCRAM-SHA-256$<iterations>:<base64 salt>$<base64 StoredKey>:<base64 ServerKey>' (smtppeer hash-password writes one)",
+    ),
+    (
+        "login-two-peers",
+        '[peers.a]\nusername = "u"\npassword = "x"\n[peers.b]\nusername = "u"\npassword = "y"',
+        "peers.b.username: \"u\" is also peer \"a\"'s: a login name must be one peer's or one user's",
+    ),
+    # client TLS towards a peer
+    ("peer-unknown-key-tls", '[peers.p]\ntls_nme = "a.example"', 'peers.p.tls_nme: unknown key (did you mean "tls_name"?)'),
+    ("peer-tls-policy", '[peers.p]\ntls = "strict"', 'peers.p.tls: "strict" is not a TLS policy: "none", "opportunistic", "required" or "verify"'),
+    ("peer-tls-bool", "[peers.p]\ntls = true", "peers.p.tls: expected a string, got a boolean (true)"),
+    ("ca-file-without-verify", '[peers.p]\nca_file = "ca.pem"', 'peers.p.ca_file: only for tls = "verify" (this peer\'s tls is "opportunistic")'),
+    (
+        "tls-name-without-verify",
+        '[peers.p]\ntls = "required"\ntls_name = "mx.example"',
+        'peers.p.tls_name: only for tls = "verify" (this peer\'s tls is "required")',
+    ),
+    ("ca-file-missing", f'{VERIFY}ca_file = "nowhere.pem"', 'peers.p.ca_file: cannot read "nowhere.pem": No such file or directory'),
+    (
+        "ca-file-garbage",
+        f'{VERIFY}ca_file = "garbage.pem"',
+        'peers.p.ca_file: "garbage.pem" is not a file of PEM certificates (no -----BEGIN CERTIFICATE----- in it)',
+    ),
+    ("ca-file-broken", f'{VERIFY}ca_file = "broken-chain.pem"', 'peers.p.ca_file: certificate 2 of 2 in "broken-chain.pem" is broken (...'),
+    (
+        "verify-without-a-host",
+        f'{VERIFY}endpoint = "unix:/run/provider.sock"',
+        'peers.p.tls_name: missing: the endpoint "unix:/run/provider.sock" names no host to verify the certificate for',
+    ),
+    ("tls-name-bad", f'{VERIFY}tls_name = "mail provider"', 'peers.p.tls_name: "mail provider" is not a domain name'),
+    # users
+    ("users-not-table", 'users = ["alice"]', "users: expected a table of users ([users.NAME]), got an array"),
+    ("user-not-table", 'users = { alice = "secret" }', 'users.alice: expected a table, got a string ("secret")'),
+    ("bad-user-name", '[users."al ice"]\npassword = "x"', 'users."al ice": "al ice" is not a user name (letters, digits, \'.\', \'_\', \'-\')'),
+    ("user-unknown-key", '[users.alice]\npasword = "x"', 'users.alice.pasword: unknown key (did you mean "password"?)'),
+    ("user-no-password", "[users.alice]", 'users.alice: missing "password" (or "password_hash", from smtppeer hash-password)'),
+    ("user-empty-password", '[users.alice]\npassword = ""', "users.alice.password: must not be empty"),
+    (
+        "user-password-and-hash",
+        f'[users.alice]\npassword = "x"\npassword_hash = "{HASH}"',
+        "users.alice.password_hash: give password or password_hash, not both",
+    ),
+    (
+        "user-bad-hash",
+        '[users.alice]\npassword_hash = "SCRAM-SHA-256$4096:bm90IGJhc2U2NA"',
+        "users.alice.password_hash: malformed SCRAM secret: ...",
+    ),
+    ("user-hash-int", "[users.alice]\npassword_hash = 4096", "users.alice.password_hash: expected a string, got an integer (4096)"),
+    (
+        "login-peer-and-user",
+        '[peers.p]\nusername = "alice"\npassword = "x"\n[users.alice]\npassword = "y"',
+        'users.alice: "alice" is also peer "p"\'s username: a login name must be one peer\'s or one user\'s',
+    ),
+    ("user-at-top", 'user = "alice"', 'user: unknown key (in this file it is "users")'),
+    # the server certificate
+    ("tls-not-table", 'tls = "cert.pem"', 'tls: expected a table, got a string ("cert.pem")'),
+    ("certificate-at-top", 'certificate = "cert.pem"', 'certificate: unknown key (in this file it is "tls.certificate")'),
+    ("tls-unknown-key", f"{TLS}keys = 1", 'tls.keys: unknown key (did you mean "key"?)'),
+    ("tls-no-key", '[tls]\ncertificate = "cert.pem"', 'tls: missing "key" (its PEM private key)'),
+    ("tls-no-certificate", '[tls]\nkey = "key.pem"', 'tls: missing "certificate" (the PEM certificate, with its chain)'),
+    ("tls-empty-path", '[tls]\ncertificate = ""\nkey = "key.pem"', "tls.certificate: must not be empty"),
+    (
+        "tls-missing-certificate",
+        '[tls]\ncertificate = "nowhere.pem"\nkey = "key.pem"',
+        'tls.certificate: cannot read "nowhere.pem": No such file or directory',
+    ),
+    ("tls-missing-key", '[tls]\ncertificate = "cert.pem"\nkey = "."', 'tls.key: cannot read ".": Is a directory'),
+    (
+        "tls-bad-certificate",
+        '[tls]\ncertificate = "garbage.pem"\nkey = "key.pem"',
+        'tls.certificate: "garbage.pem" is not a PEM certificate (no -----BEGIN CERTIFICATE----- in it)',
+    ),
+    (
+        "tls-key-for-certificate",
+        '[tls]\ncertificate = "key.pem"\nkey = "key.pem"',
+        'tls.certificate: "key.pem" is not a PEM certificate (no -----BEGIN CERTIFICATE----- in it)',
+    ),
+    ("tls-broken-certificate", '[tls]\ncertificate = "broken.pem"\nkey = "key.pem"', 'tls.certificate: the certificate in "broken.pem" is broken (...'),
+    ("tls-bad-key", '[tls]\ncertificate = "cert.pem"\nkey = "garbage.pem"', 'tls.key: "garbage.pem" is not a PEM private key (...'),
+    (
+        "tls-key-mismatch",
+        '[tls]\ncertificate = "cert.pem"\nkey = "other-key.pem"',
+        'tls.key: "other-key.pem" is not the key of "cert.pem" (Certificate public and private keys do not match.)',
+    ),
+    (
+        "tls-encrypted-key",
+        '[tls]\ncertificate = "cert.pem"\nkey = "encrypted-key.pem"',
+        'tls.key: "encrypted-key.pem" is encrypted: give the key without a passphrase',
+    ),
+    # listeners: STARTTLS, AUTH, ODMR
+    ("starttls-string", f'{LISTEN}starttls = "yes"', 'listen[0].starttls: expected true or false, got a string ("yes")'),
+    ("starttls-without-tls", f"{LISTEN}starttls = true", "listen[0].starttls: there is no certificate to offer STARTTLS with ([tls])"),
+    ("require-tls-without-tls", f"{LISTEN}require_tls = true", "listen[0].require_tls: there is no certificate to offer STARTTLS with ([tls])"),
+    (
+        "require-tls-without-starttls",
+        f"{TLS}{LISTEN}starttls = false\nrequire_tls = true",
+        "listen[0].require_tls: TLS cannot be required where starttls = false",
+    ),
+    ("auth-in-clear-int", f"{LISTEN}auth_in_clear = 1", "listen[0].auth_in_clear: expected true or false, got an integer (1)"),
+    ("max-auth-failures-0", f"{LISTEN}max_auth_failures = 0", "listen[0].max_auth_failures: 0 is too small: at least 1"),
+    ("max-auth-failures-string", f'{LISTEN}max_auth_failures = "3"', 'listen[0].max_auth_failures: expected an integer, got a string ("3")'),
+    (
+        "odmr-turn",
+        '[[listen]]\nmode = "odmr"\nturn = true',
+        "listen[0].turn: an odmr listener turns with ATRN, not TURN (RFC 2645): set mode or turn",
+    ),
+    ("odmr-twice", '[[listen]]\nmode = "odmr"\n[[listen]]\nmode = "ODMR"', 'listen[1]: "tcp:366" duplicates listen[0]'),
+    # polls: ATRN and ETRN
+    (
+        "atrn-without-credentials",
+        f'{PEER}[[polls]]\npeer = "upstream"\nmethod = "atrn"',
+        'polls[0].method: atrn logs in (RFC 2645): peer "upstream" needs a username and password',
+    ),
+    (
+        "atrn-with-only-a-hash",
+        f'{PEER}username = "u"\npassword_hash = "{HASH}"\n[[polls]]\npeer = "upstream"\nmethod = "atrn"',
+        'polls[0].method: atrn logs in (RFC 2645): peer "upstream" needs the password itself, not password_hash',
+    ),
+    (
+        "turn-with-domains",
+        f'{PEER}[[polls]]\npeer = "upstream"\ndomains = ["a.example"]',
+        'polls[0].domains: only for method = "atrn" or "etrn" (turn names no domains)',
+    ),
+    (
+        "poll-domains-string",
+        f'{PEER}[[polls]]\npeer = "upstream"\nmethod = "etrn"\ndomains = "a.example"',
+        'polls[0].domains: expected an array, got a string ("a.example")',
+    ),
+    (
+        "poll-bad-domain",
+        f'{PEER}[[polls]]\npeer = "upstream"\nmethod = "etrn"\ndomains = ["a example"]',
+        'polls[0].domains[0]: "a example" is not a domain name',
+    ),
+    (
+        "poll-domain-twice",
+        f'{PEER}[[polls]]\npeer = "upstream"\nmethod = "etrn"\ndomains = ["a.example", "A.example."]',
+        "polls[0].domains[1]: a.example is listed twice",
+    ),
     # the file itself
     ("syntax", 'hostname = "a.example"\n[limits\nrecipients = 100', "line 2, column 8: TOML syntax error: Expected ']' at the end of a table declaration"),
     ("syntax-end", 'hostname = """a.example', "end of file: TOML syntax error: Unterminated string"),
@@ -487,8 +870,7 @@ BROKEN = [
 
 
 @pytest.mark.parametrize("text, expected", [row[1:] for row in BROKEN], ids=[row[0] for row in BROKEN])
-def test_broken_file(tmp_path, monkeypatch, text, expected):
-    monkeypatch.chdir(tmp_path)
+def test_broken_file(pem_files, text, expected):
     Path("smtppeer.toml").write_text(text + "\n")
     with pytest.raises(ConfigError) as info:
         load_config("smtppeer.toml")

@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from . import events as ev
 from .extensions import Extension
 from .replies import Reply, reply
-from .sasl import CLEAR_ONLY, SERVER_MECHANISMS, Challenge, Lookup, ServerExchange, Success, server_exchange
+from .sasl import (
+    CLEAR_ONLY,
+    NO_INITIAL_RESPONSE,
+    SERVER_MECHANISMS,
+    Challenge,
+    Lookup,
+    ServerExchange,
+    Success,
+    server_exchange,
+)
 
 if TYPE_CHECKING:
     from .receiver import Receiver
@@ -39,8 +49,20 @@ def encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")
+
+
+def _mail_auth(receiver: Receiver, value: str | None) -> Reply | None:
+    """RFC 4954 §5: a server that offers AUTH MUST accept ``MAIL ... AUTH=<mailbox>`` (xtext)
+    even from an unauthenticated client.  Nothing here trusts it: it is checked and dropped."""
+    if value is None or not _XTEXT.fullmatch(value):
+        return reply(501, "5.5.4", "AUTH= needs an xtext mailbox or <>")
+    return None
+
+
 class Auth(Extension):
     keyword = "AUTH"
+    mail_params = {"AUTH": _mail_auth}
 
     def __init__(
         self,
@@ -82,6 +104,9 @@ class Auth(Extension):
             if mechanism in self.mechanisms:
                 return reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
             return reply(504, "5.5.4", "Unrecognized authentication type")
+        if initial_text and mechanism in NO_INITIAL_RESPONSE:
+            # RFC 4954 §4: an initial response to a server-first mechanism is a 501, not a failed login.
+            return reply(501, "5.7.0", f"{mechanism} does not take an initial response")
         initial = None
         if initial_text:
             initial = decode(initial_text)

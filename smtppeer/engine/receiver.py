@@ -150,6 +150,7 @@ class Receiver:
         self._tls_pending = False
         self.secure = True
         self.helo_name, self.esmtp = None, False
+        self.authenticated = None  # an AUTH in clear does not carry over to the TLS session
         self.transaction = None
         self.continuation = None
         return self._lines.discard()
@@ -220,6 +221,9 @@ class Receiver:
         return table
 
     def _handle_line(self, line: bytes | LineTooLong | BareLineEnd) -> None:
+        # A line that cannot be an answer ends an exchange in progress (AUTH): the error
+        # reply tells the client so, and its next line must be read as a command again.
+        continuation, self.continuation = self.continuation, None
         if isinstance(line, LineTooLong):
             return self._error(reply(500, "5.5.2", "Line too long"))
         if isinstance(line, BareLineEnd):
@@ -228,8 +232,7 @@ class Receiver:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
             return self._error(reply(500, "5.5.2", "Command is not valid UTF-8"))
-        if self.continuation is not None:
-            continuation, self.continuation = self.continuation, None
+        if continuation is not None:
             return continuation(text)
         verb, _, arg = text.partition(" ")
         upper = verb.upper()

@@ -319,6 +319,10 @@ class Sender:
         if "AUTH" not in self.extensions:
             self._give_up("AUTH is configured but the server does not offer it")
             return
+        if not security.username:
+            # Only SCRAM refuses an empty authcid itself; PLAIN, LOGIN and CRAM-MD5 would send the password.
+            self._give_up("AUTH is configured with an empty username")
+            return
         offered = self.extensions["AUTH"].upper().split()
         mechanism = choose_mechanism(offered, secure=self.secure, allow_clear=security.allow_clear)
         if mechanism is None:
