@@ -122,6 +122,7 @@ from .config import (
     User,
 )
 from .engine import Limits
+from .tls import endpoint_host as _endpoint_host
 
 __all__ = ["ConfigError", "load_config", "loads_config", "parse_config"]
 
@@ -977,16 +978,6 @@ def _why(e: Exception) -> str:
     if isinstance(e, OSError) and e.strerror:
         text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
     return " ".join(text.split())
-
-
-def _endpoint_host(description: str) -> str:
-    """The host a client endpoint description connects to (``tcp:host=H:port=P``, ``tcp:H:P``), or ""."""
-    from twisted.internet.endpoints import _parse  # noqa: PLC0415
-
-    args, kwargs = _parse(description)
-    if args and str(args[0]).lower() in ("unix", "unix-abstract"):
-        return ""
-    return str(kwargs.get("host") or (args[1] if len(args) > 1 else ""))
 
 
 def _ssl_why(e: Exception) -> str:

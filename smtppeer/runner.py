@@ -15,6 +15,7 @@ fails what is left of it with ``4.4.7``.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import random
@@ -543,7 +544,11 @@ class QueueRunner(service.Service):
         job, pending = self._job(items)
         job.finish = command
         job.requests = list(requests or [])
-        factory = self._factory(hooks, job, self.security(endpoint))
+        client_security, client_tls = self.security(endpoint)
+        if client_security is not None and client_security.username is not None and method != "etrn":
+            # Turning is what the login is for: without AUTH the peer would refuse anyway.
+            client_security = dataclasses.replace(client_security, require_auth=True)
+        factory = self._factory(hooks, job, (client_security, client_tls))
         outcome = PollOutcome(peer_name, method=method)
         try:
             peer = await endpoints.clientFromString(self.reactor, endpoint).connect(factory)

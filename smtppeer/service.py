@@ -31,7 +31,7 @@ from .routing import Router
 from .runner import QueueRunner, RunnerSettings
 from .spool import Spool
 from .staging import Staging
-from .tls import client_options, server_options
+from .tls import client_options, endpoint_host, server_options
 
 log = Logger()
 
@@ -175,21 +175,12 @@ def _client_security(config: Config):
 def _peer_security(peer: Peer) -> tuple[ClientSecurity, object | None]:
     creator = None
     if peer.tls == TLS_VERIFY:
-        creator = client_options(peer.tls_name or _endpoint_host(peer.endpoint or ""), peer.ca_file)
+        creator = client_options(peer.tls_name or endpoint_host(peer.endpoint or ""), peer.ca_file)
     security = ClientSecurity(tls=peer.tls)
     if peer.username is not None and peer.password is not None:  # a hash cannot log in anywhere
         security.username, security.password = peer.username, peer.password
         security.allow_clear = peer.tls == TLS_NONE  # said so: no TLS, so AUTH goes in clear
     return security, creator
-
-
-def _endpoint_host(description: str) -> str:
-    """The host in ``tcp:host=H:port=P``, ``tcp:H:P`` or ``tls:H:P``."""
-    parts = description.split(":")
-    for part in parts[1:]:
-        if part.startswith("host="):
-            return part[5:]
-    return parts[1] if len(parts) > 1 and "=" not in parts[1] else ""
 
 
 def _poll(runner: QueueRunner, hooks: ReceivingPolicy, config: Config, poll, endpoint: str):

@@ -84,3 +84,14 @@ def _pem_blocks(data: bytes) -> list[bytes]:
     if not blocks:
         raise ValueError("no PEM certificate found")
     return blocks
+
+
+def endpoint_host(description: str) -> str:
+    """The host a client endpoint description connects to (``tcp:host=H:port=P``,
+    ``tcp:H:P``): the name to check a certificate against; "" for UNIX sockets."""
+    from twisted.internet.endpoints import _parse  # noqa: PLC0415
+
+    args, kwargs = _parse(description)
+    if args and str(args[0]).lower() in ("unix", "unix-abstract"):
+        return ""
+    return str(kwargs.get("host") or (args[1] if len(args) > 1 else ""))

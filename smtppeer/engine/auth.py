@@ -49,12 +49,14 @@ def encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")
+# RFC 3461 §4 xtext (hex digits taken in either case: the value is only checked).
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-Fa-f]{2})+")
 
 
 def _mail_auth(receiver: Receiver, value: str | None) -> Reply | None:
     """RFC 4954 §5: a server that offers AUTH MUST accept ``MAIL ... AUTH=<mailbox>`` (xtext)
-    even from an unauthenticated client.  Nothing here trusts it: it is checked and dropped."""
+    even from an unauthenticated client.  Only its syntax is checked; nothing trusts it, which
+    §5 allows (every client treated as insufficiently trusted, as if it had sent ``AUTH=<>``)."""
     if value is None or not _XTEXT.fullmatch(value):
         return reply(501, "5.5.4", "AUTH= needs an xtext mailbox or <>")
     return None

@@ -62,6 +62,9 @@ class ClientSecurity:
     username: str | None = None
     password: str | None = None
     allow_clear: bool = False  # AUTH PLAIN/LOGIN without TLS
+    # Without it, AUTH is used when the server offers it, and mail goes anyway when it
+    # does not (delivering to a peer's own MTA); polls that turn need it.
+    require_auth: bool = False
 
 
 class SenderEvent:
@@ -154,6 +157,7 @@ class Sender:
         self.security = security or ClientSecurity()
         self.secure = secure  # the connection runs over TLS
         self.authenticated = False
+        self._auth_tried = False
         self.extensions: dict[str, str] = {}
         self.closed = False
         self.turned = False
@@ -297,7 +301,7 @@ class Sender:
             if security.tls != TLS_OPPORTUNISTIC:
                 self._give_up("STARTTLS is required but the server does not offer it")
                 return
-        if security.username is not None and not self.authenticated:
+        if security.username is not None and not self._auth_tried:
             self._authenticate()
             return
         self.ready = True
@@ -317,7 +321,11 @@ class Sender:
     def _authenticate(self) -> None:
         security = self.security
         if "AUTH" not in self.extensions:
-            self._give_up("AUTH is configured but the server does not offer it")
+            if security.require_auth:
+                self._give_up("AUTH is configured but the server does not offer it")
+                return
+            self._auth_tried = True  # this server does not want it: deliver without
+            self._secure_session()
             return
         if not security.username:
             # Only SCRAM refuses an empty authcid itself; PLAIN, LOGIN and CRAM-MD5 would send the password.
@@ -356,7 +364,7 @@ class Sender:
             except SaslError as e:
                 self._give_up(f"AUTH {mechanism}: the server did not prove it knows the password: {e}")
                 return
-            self.authenticated = True
+            self.authenticated = self._auth_tried = True
             self._events.append(Authenticated(mechanism))
             self._secure_session()
         else:
@@ -423,6 +431,10 @@ class Sender:
             params.pop("BODY", None)
         if "SMTPUTF8" not in self.extensions:
             params.pop("SMTPUTF8", None)
+        if self.authenticated:
+            # RFC 4954 §5: relaying to a server we authenticated to, say AUTH=<> unless told
+            # otherwise, so the message does not pick up our identity as its submitter's.
+            params.setdefault("AUTH", "<>")
         args = "".join(f" {k}={v}" if v is not None else f" {k}" for k, v in params.items())
         self._command(f"MAIL FROM:<{envelope.reverse_path}>{args}", self._on_mail)
         if "PIPELINING" in self.extensions:
