@@ -69,11 +69,24 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 class TwistdProcess:
     """``twistd -n smtppeer ...`` as a real process on a loopback port."""
 
-    def __init__(self, data_dir: Path, *extra: str, hostname: str = "peer.test") -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        hostname: str = "peer.test",
+        config: Path | None = None,
+        port: int = 0,
+    ) -> None:
+        """With ``config`` the process runs on that file alone (its listeners, its
+        data_dir); ``port`` is then the listener to wait for."""
+        self.port = port or free_port()
         self.data_dir = data_dir
         self.hostname = hostname
         self.log_path = data_dir.parent / f"twistd-{self.port}.log"
+        if config is not None:
+            self.args = [*TWISTD, "-n", "--pidfile=", "smtppeer", "--config", str(config), *extra]
+            self.proc: subprocess.Popen | None = None
+            return
         self.args = [
             *TWISTD,
             "-n",
@@ -132,6 +145,28 @@ def twistd_peer(tmp_path):
         data = tmp_path / f"data{len(started)}"
         data.mkdir()
         proc = TwistdProcess(data, *extra, hostname=hostname)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def twistd_config(tmp_path):
+    """Start ``twistd -n smtppeer --config FILE`` from TOML text; always stopped.
+
+    ``{data_dir}`` in the text is replaced by a fresh directory; ``port`` is the
+    listener to wait for."""
+    started: list[TwistdProcess] = []
+
+    def start(text: str, port: int, name: str = "peer") -> TwistdProcess:
+        data = tmp_path / f"{name}-data"
+        data.mkdir()
+        config = tmp_path / f"{name}.toml"
+        config.write_text(text.replace("{data_dir}", str(data)))
+        proc = TwistdProcess(data, config=config, port=port)
         started.append(proc)
         return proc.start()
 
