@@ -639,10 +639,11 @@ def test_auth_retry_after_failure():
     assert p.rx.auth_failures == 1
 
 
-def test_auth_cram_md5_with_initial_response_501():
-    # RFC 4954 §4: an initial response to a mechanism where the server speaks first is a 501.
+@pytest.mark.parametrize("initial", [b64(b"alice 0123"), b"="])
+def test_auth_cram_md5_with_initial_response_501(initial):
+    # RFC 4954 §4: an initial response to a mechanism where the server speaks first is a 501 (5.7.0).
     p = ready()
-    assert p.one(b"AUTH CRAM-MD5 " + b64(b"alice 0123") + b"\r\n") == (501, "5.5.4")
+    assert p.one(b"AUTH CRAM-MD5 " + initial + b"\r\n") == (501, "5.7.0")
     assert p.rx.auth_failures == 0 and p.rx.continuation is None
     assert p.codes(b"AUTH CRAM-MD5\r\n") == [334]
 
@@ -1064,3 +1065,34 @@ def test_etrn_waits_for_its_answer():
 def test_etrn_ehlo_keyword():
     assert "ETRN" in Peer().ehlo()
     assert "ETRN" not in Peer(extensions=trust_extensions(etrn=False)).ehlo()
+
+
+# -- the AUTH parameter to MAIL (RFC 4954 §5) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["<>", "alice@x.example", "e+3Dmc2@x.example", "a+2Bb@x.example", "a+2bb@x.example", "<a@x.example>"],
+)
+@pytest.mark.parametrize("authenticated", [False, True])
+def test_mail_auth_parameter_accepted(value, authenticated):
+    # A server that offers AUTH MUST accept the parameter, even from a client that has not authenticated.
+    p = authed() if authenticated else ready()
+    assert p.codes(f"MAIL FROM:<a@x.example> AUTH={value}\r\n".encode()) == [250]
+    [mail] = [e for e in p.events if isinstance(e, ev.MailFrom)]
+    assert mail.params == {"AUTH": value}
+
+
+@pytest.mark.parametrize("param", ["AUTH", "AUTH=a+4", "AUTH=a+zz@x", "AUTH=a+@x", "AUTH=caf\u00e9@x"])
+def test_mail_auth_parameter_malformed_501(param):
+    p = ready()
+    [r] = p.send(f"MAIL FROM:<a@x.example> {param}\r\n".encode())
+    assert r.code == 501 and p.events == []
+
+
+def test_mail_auth_parameter_needs_ehlo_and_the_extension():
+    p = Peer()
+    assert p.codes(b"HELO c\r\n") == [250]
+    assert p.one(b"MAIL FROM:<a@x.example> AUTH=<>\r\n") == (555, "5.5.4")
+    p = ready(extensions=default_extensions())
+    assert p.one(b"MAIL FROM:<a@x.example> AUTH=<>\r\n") == (555, "5.5.4")

@@ -98,8 +98,9 @@ def client(
     password: str | None = None,
     allow_clear: bool = False,
     secure: bool = False,
+    **kw,
 ) -> Client:
-    security = ClientSecurity(tls=tls, username=username, password=password, allow_clear=allow_clear)
+    security = ClientSecurity(tls=tls, username=username, password=password, allow_clear=allow_clear, **kw)
     return Client(security=security, secure=secure)
 
 
@@ -374,7 +375,7 @@ def test_auth_full_exchange(mechanism, user, pipelining):
     line = c.feed(ehlo(f"AUTH {mechanism}", *keywords))
     assert line.startswith(f"AUTH {mechanism}".encode())
     out = serve_auth(c, line, sasl.server_exchange(mechanism, lookup, "mx.example"))
-    expected = b"MAIL FROM:<a@x.example>\r\n"
+    expected = b"MAIL FROM:<a@x.example> AUTH=<>\r\n"
     if pipelining:
         expected += b"RCPT TO:<b@y.example>\r\nDATA\r\n"
     assert out == expected
@@ -420,8 +421,8 @@ def test_auth_refused_gives_up(refusal):
     deferred_for_security(c.events(), [e])
 
 
-def test_auth_not_offered_gives_up():
-    c = client(username="alice", password="alice-pw", secure=True)
+def test_auth_required_but_not_offered_gives_up():
+    c = client(username="alice", password="alice-pw", secure=True, require_auth=True)
     e = env("b@y.example")
     c.tx.send(e)
     greeted(c)
@@ -429,12 +430,35 @@ def test_auth_not_offered_gives_up():
     deferred_for_security(c.events(), [e])
 
 
-def test_auth_not_offered_after_helo_fallback_gives_up():
-    c = client(username="alice", password="alice-pw", secure=True)
+def test_auth_required_but_not_offered_after_helo_fallback_gives_up():
+    c = client(username="alice", password="alice-pw", secure=True, require_auth=True)
     greeted(c)
     assert c.feed(b"500 5.5.1 What\r\n") == b"HELO client.example\r\n"
     assert c.feed(b"250 mx.example\r\n") == QUIT
     assert c.events() == [Closed(None, clean=False)]
+
+
+@pytest.mark.parametrize("keywords", [("PIPELINING", "SIZE 1000"), ()])
+def test_auth_not_offered_delivers_without_unless_required(keywords):
+    c = client(username="alice", password="alice-pw", secure=True)
+    c.tx.send(env("b@y.example"))
+    greeted(c)
+    out = c.feed(ehlo(*keywords))
+    assert out.startswith(b"MAIL FROM:<a@x.example>") and b"AUTH" not in c.written
+    assert [type(e) for e in c.events()] == [Ready]
+    assert not c.tx.authenticated
+
+
+@pytest.mark.parametrize("require_auth", [False, True])
+def test_auth_refused_gives_up_whether_required_or_not(require_auth):
+    # Offered and refused: the credentials are wrong, so nothing goes, required or not.
+    c = client(username="alice", password="alice-pw", secure=True, require_auth=require_auth)
+    e = env("b@y.example")
+    c.tx.send(e)
+    greeted(c)
+    assert c.feed(ehlo("AUTH PLAIN")).startswith(b"AUTH PLAIN ")
+    assert c.feed(b"535 5.7.8 No\r\n") == QUIT
+    deferred_for_security(c.events(), [e])
 
 
 @pytest.mark.parametrize(
@@ -545,8 +569,30 @@ def test_auth_happens_once():
     c.feed(ehlo("AUTH PLAIN"))
     assert c.feed(b"235 2.7.0 OK\r\n") == b""
     c.tx.send(env("b@y.example"))
-    assert c.out() == b"MAIL FROM:<a@x.example>\r\n"
-    assert c.written.count(b"AUTH") == 1
+    assert c.out() == b"MAIL FROM:<a@x.example> AUTH=<>\r\n"
+    assert c.written.count(b"AUTH ") == 1
+
+
+@pytest.mark.parametrize(
+    "params, authenticated, mail",
+    [
+        ({}, True, b"MAIL FROM:<a@x.example> AUTH=<>\r\n"),
+        ({}, False, b"MAIL FROM:<a@x.example>\r\n"),
+        ({"AUTH": "alice+40x.example"}, True, b"MAIL FROM:<a@x.example> AUTH=alice+40x.example\r\n"),
+    ],
+)
+def test_mail_auth_parameter_after_auth(params, authenticated, mail):
+    # RFC 4954 §5: a relay says AUTH=<> to a server it authenticated to, unless told better.
+    if authenticated:
+        c = client(username="alice", password="alice-pw", secure=True)
+        greeted(c)
+        c.feed(ehlo("AUTH PLAIN"))
+        assert c.feed(b"235 2.7.0 OK\r\n") == b""
+    else:
+        c = greeted(client())
+        c.feed(ehlo("AUTH PLAIN"))
+    c.tx.send(env("b@y.example", params=params))
+    assert c.out() == mail
 
 
 # -- request (ETRN) -----------------------------------------------------------------------------

@@ -51,6 +51,7 @@ domains = ["cust.test"]
 username = "cust"
 password = "{cust_password}"
 endpoint = "tcp:host=127.0.0.1:port={customer_port}"
+addresses = {cust_addresses}
 
 [peers.other]
 domains = ["other.test"]
@@ -59,6 +60,7 @@ password = "{other_password}"
 
 [users.alice]
 password = "{alice_password}"
+{extra}
 """
 
 
@@ -95,8 +97,15 @@ class Provider:
 
 
 def start_provider(
-    twistd_config, tmp_path: Path, smtp_listener: str = "", customer_port: int = 0
+    twistd_config,
+    tmp_path: Path,
+    smtp_listener: str = "",
+    customer_port: int = 0,
+    cust_addresses: tuple[str, ...] = (),
+    extra: str = "",
 ) -> Provider:
+    """``smtp_listener``: more keys for the SMTP listener; ``cust_addresses``: where
+    ``cust`` may ETRN/TURN from without AUTH; ``extra``: more TOML tables."""
     cert, key = make_cert(tmp_path, "provider.test")
     smtp_port, odmr_port = free_port(), free_port()
     customer_port = customer_port or free_port()
@@ -107,6 +116,8 @@ def start_provider(
         odmr_port=odmr_port,
         customer_port=customer_port,
         smtp_listener=smtp_listener,
+        cust_addresses=json.dumps(list(cust_addresses)),
+        extra=extra,
         cust_password=CUSTOMER_PASSWORD,
         other_password=OTHER_PASSWORD,
         alice_password=ALICE_PASSWORD,
