@@ -239,12 +239,12 @@ class Receiver:
         if self._refused and upper != "QUIT":
             return self._error(reply(503, "5.5.1", "Bad sequence of commands: service refused, send QUIT"))
         handler = self._commands.get(upper)
+        if self.only_commands is not None and verb and upper not in self.only_commands:
+            return self._error(reply(502, "5.5.1", f"{upper} not available on this port"))
         if handler is None:
             if not verb:
                 return self._error(reply(500, "5.5.2", "Empty command"))
             return self._error(reply(500, "5.5.1", "Command not recognized"))
-        if self.only_commands is not None and upper not in self.only_commands:
-            return self._error(reply(502, "5.5.1", f"{upper} not available on this port"))
         if self.require_tls and not self.secure and upper not in BEFORE_TLS:
             return self._error(reply(530, "5.7.0", "Must issue a STARTTLS command first"))
         if isinstance(handler, tuple):

@@ -1,0 +1,159 @@
+"""The security table: every way to take someone else's mail, or to act before
+trust is established, against a real provider process.  Each row must be
+refused with the right reply and must not release a single held message.
+
+The provider holds mail for ``cust.test`` (peer ``cust``) and ``other.test``
+(peer ``other``); ``alice`` is a user with no domains (see ``trustlab``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .trustlab import (
+    ALICE_PASSWORD,
+    CUSTOMER_PASSWORD,
+    OTHER_PASSWORD,
+    RawSession,
+    hold_mail,
+    insecure_context,
+    start_provider,
+)
+
+HELD = ["a@cust.test", "b@cust.test", "c@other.test"]
+
+
+@pytest.fixture
+def provider(twistd_config, tmp_path):
+    provider = start_provider(twistd_config, tmp_path)
+    hold_mail(provider, *HELD)
+    before = provider.held()
+    assert before == {"cust": ["a@cust.test", "b@cust.test"], "other": ["c@other.test"]}
+    yield provider
+    # the point of every row: nothing was released, and no delivery was even tried
+    assert provider.held() == before
+    log = provider.log()
+    assert "releasing" not in log and "ETRN: sending" not in log
+
+
+def session(port: int, ehlo: bool = True) -> RawSession:
+    s = RawSession(port)
+    assert s.reply()[0] == 220
+    if ehlo:
+        assert s.command("EHLO attacker.test")[0] == 250
+    return s
+
+
+def secured(port: int, user: str | None = None, password: str = "") -> RawSession:
+    s = session(port)
+    s.starttls()
+    assert s.command("EHLO attacker.test")[0] == 250
+    if user is not None:
+        assert s.auth_plain(user, password) == 235
+    return s
+
+
+def test_turn_without_auth_is_refused(provider):
+    s = session(provider.smtp_port)
+    code, text = s.command("TURN")
+    assert (code, text[0][:5]) == (530, "5.7.0")
+    assert s.command("QUIT")[0] == 221
+
+
+def test_turn_as_one_peer_never_releases_anothers_mail(twistd_config, tmp_path):
+    """``other`` may TURN, but only its own (empty) queue comes: cust's mail stays."""
+    provider = start_provider(twistd_config, tmp_path)
+    hold_mail(provider, "a@cust.test", "b@cust.test")
+    s = secured(provider.smtp_port, "other", OTHER_PASSWORD)
+    assert s.command("TURN")[0] == 250
+    s.send(b"220 attacker.test ESMTP\r\n")  # now we are the receiver
+    assert s.line().startswith(b"EHLO provider.test")
+    s.send(b"250 attacker.test\r\n")
+    assert s.line() == b"QUIT\r\n"  # nothing to send to other: straight to QUIT
+    s.send(b"221 bye\r\n")
+    s.close()
+    assert provider.held() == {"cust": ["a@cust.test", "b@cust.test"]}
+    assert "releasing 0 held messages to other" in provider.log()
+
+
+def test_atrn_for_a_domain_the_identity_does_not_own(provider):
+    s = secured(provider.odmr_port, "cust", CUSTOMER_PASSWORD)
+    code, text = s.command("ATRN other.test")
+    assert code == 450 and "other.test" in text[0]
+    code, _ = s.command("ATRN cust.test,other.test")
+    assert code == 450
+    assert s.command("QUIT")[0] == 221
+
+
+def test_atrn_before_auth(provider):
+    s = secured(provider.odmr_port)
+    code, text = s.command("ATRN cust.test")
+    assert (code, text[0][:5]) == (530, "5.7.0")
+
+
+def test_atrn_as_a_user_without_domains(provider):
+    s = secured(provider.odmr_port, "alice", ALICE_PASSWORD)
+    assert s.command("ATRN")[0] == 450
+    assert s.command("ATRN cust.test")[0] == 450
+
+
+def test_odmr_port_refuses_mail_commands(provider):
+    s = secured(provider.odmr_port, "cust", CUSTOMER_PASSWORD)
+    for command in ("MAIL FROM:<x@y.test>", "TURN", "ETRN cust.test", "VRFY cust"):
+        code, text = s.command(command)
+        assert (code, text[0][:5]) == (502, "5.5.1"), command
+
+
+def test_auth_plain_without_tls(provider):
+    s = session(provider.smtp_port)
+    code, text = s.command("AUTH PLAIN AGN1c3QAczNjcmV0")  # \0cust\0s3cret
+    assert (code, text[0][:6]) == (538, "5.7.11")
+    code, _ = s.command("TURN")
+    assert code == 530  # and it did not authenticate
+
+
+def test_starttls_injection(provider):
+    """CVE-2011-0411: a command sent in clear behind STARTTLS must not run after it."""
+    s = session(provider.smtp_port)
+    s.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
+    assert s.reply()[0] == 220
+    s.file.close()
+    s.sock = insecure_context().wrap_socket(s.sock)
+    s.file = s.sock.makefile("rb")
+    assert s.command("EHLO attacker.test")[0] == 250
+    code, _ = s.command("RCPT TO:<postmaster@provider.test>")
+    assert code == 503  # no MAIL is in effect: the injected one never ran
+    assert "dropped" in provider.log() and "behind STARTTLS" in provider.log()
+
+
+def test_too_many_failed_auth_attempts(provider):
+    s = secured(provider.smtp_port)
+    for _ in range(2):
+        assert s.auth_plain("cust", "guess") == 535
+    s.send(b"AUTH PLAIN " + b"AGN1c3QAZ3Vlc3M=" + b"\r\n")  # the third wrong guess
+    assert s.reply()[0] == 535
+    code, text = s.reply()
+    assert (code, text[0][:5]) == (421, "4.7.0")
+    assert s.closed()
+
+
+def test_etrn_for_a_node_the_client_may_not_ask_for(provider):
+    s = session(provider.smtp_port)  # not authenticated, not a configured address of cust
+    code, text = s.command("ETRN cust.test")
+    assert (code, text[0][:5]) == (459, "5.7.1")
+    s = secured(provider.smtp_port, "other", OTHER_PASSWORD)
+    for node in ("cust.test", "@cust.test", "#cust"):
+        assert s.command(f"ETRN {node}")[0] == 459, node
+    s = secured(provider.smtp_port, "alice", ALICE_PASSWORD)
+    assert s.command("ETRN cust.test")[0] == 459
+
+
+def test_require_tls_listener_refuses_everything_before_starttls(twistd_config, tmp_path):
+    provider = start_provider(twistd_config, tmp_path, smtp_listener="require_tls = true")
+    s = session(provider.smtp_port)
+    for command in ("MAIL FROM:<x@y.test>", "AUTH PLAIN AGN1c3QAczNjcmV0", "TURN", "ETRN cust.test"):
+        code, text = s.command(command)
+        assert (code, text[0][:5]) == (530, "5.7.0"), command
+    s.starttls()
+    assert s.command("EHLO c.test")[0] == 250
+    assert s.command("MAIL FROM:<x@y.test>")[0] == 250
