@@ -330,6 +330,7 @@ class SMTPPeer(Protocol):
         receiver.answer(reply(220, "2.0.0", "Ready to start TLS"))
         self._flush()
         dropped = receiver.tls_started()
+        self.authenticated = None  # RFC 3207 §4.2: nothing learnt in clear survives
         if dropped:
             log.info(
                 "{line}",
@@ -394,6 +395,12 @@ class SMTPPeer(Protocol):
     def _close_after_flush(self) -> None:
         self._flush()
         self._cancel_timer()
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        # TLS sends its close_notify only once no producer is registered; without
+        # this a secured session would stay open after QUIT until the timeout.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def _pause_reading(self) -> None:
@@ -442,7 +449,7 @@ class SMTPPeer(Protocol):
             self.sender.connection_lost(error or response.text)
             self._pump_sender()
         self._cancel_timer()
-        self.transport.loseConnection()
+        self._disconnect()
 
     def _drop_sink(self) -> None:
         sink, self.sink = self.sink, None

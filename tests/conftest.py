@@ -176,6 +176,19 @@ def twistd_config(tmp_path):
 
 
 @pytest.fixture
+def example_certs(tmp_path, monkeypatch):
+    """The lab certificate the examples name (``smtppeer make-cert``), in a working
+    directory of their own, as the examples' header says to make it."""
+    from smtppeer.tls import make_self_signed
+
+    make_self_signed(
+        "provider.example.org", str(tmp_path / "provider-cert.pem"), str(tmp_path / "provider-key.pem")
+    )
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
 def spool(tmp_path):
     """A real spool under tmp_path with its committer, stopped afterwards."""
     import pytest_twisted

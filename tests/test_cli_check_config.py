@@ -31,12 +31,12 @@ def smtppeer(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     )
 
 
-def test_good_file():
-    result = smtppeer("check-config", "examples/dialup.toml")
+def test_good_file(example_certs):
+    result = smtppeer("check-config", str(EXAMPLES / "dialup.toml"), cwd=example_certs)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
-    assert lines[0] == "examples/dialup.toml: ok"
+    assert lines[0] == f"{EXAMPLES / 'dialup.toml'}: ok"
     summary = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in lines[1:]}
     assert summary["hostname"] == "dialup.example.org"
     assert summary["tls"] == "(none: STARTTLS is not offered)"
@@ -45,15 +45,16 @@ def test_good_file():
     assert summary["routes"] == "* -> peer:provider"
     assert summary["holds"] == "(none)"
     assert summary["peers"] == (
-        "provider (for provider.example.org; at tcp:host=127.0.0.1:port=2526 with tls opportunistic)"
+        "provider (for provider.example.org; at tcp:host=127.0.0.1:port=2526"
+        " with tls verify for provider.example.org under provider-cert.pem; as dialup with a password)"
     )
     assert summary["users"] == "(none)"
     assert summary["polls"] == "provider every 5m ±10% (turn)"
 
 
 @pytest.mark.parametrize("name", ["single-host.toml", "provider.toml", "dialup.toml"])
-def test_every_example_checks(name):
-    result = smtppeer("check-config", str(EXAMPLES / name))
+def test_every_example_checks(name, example_certs):
+    result = smtppeer("check-config", str(EXAMPLES / name), cwd=example_certs)
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.startswith(f"{EXAMPLES / name}: ok\n")
 
@@ -209,7 +210,7 @@ def test_help():
     assert (result.returncode, result.stdout) == (0, f"smtppeer {__version__}\n")
 
 
-def test_main_in_process(tmp_path):
+def test_main_in_process(tmp_path, example_certs):
     """``main()`` returns the status (for the console script) and writes where it is told."""
     out, err = io.StringIO(), io.StringIO()
     assert main(["check-config", str(EXAMPLES / "provider.toml")], out, err) == EXIT_OK

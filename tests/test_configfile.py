@@ -488,26 +488,35 @@ def test_example_single_host():
     assert (config.queue_lifetime, config.retry_interval) == (5 * 86400.0, 60.0)
 
 
-def test_example_provider():
+def test_example_provider(example_certs):
     config = load_config(EXAMPLES / "provider.toml")
     assert config.holds == {"dialup.example.org": "dialup", ".dialup.example.org": "dialup"}
-    assert config.peers["dialup"].addresses == ["127.0.0.1"]
-    assert config.peers["dialup"].endpoint is None
-    assert [(x.endpoint, x.turn) for x in config.listeners] == [
-        ("tcp:2526:interface=127.0.0.1", True),
-        ("tcp:2625:interface=127.0.0.1", False),
+    dialup = config.peers["dialup"]
+    assert (dialup.endpoint, dialup.addresses, dialup.username) == (None, [], "dialup")
+    assert [(x.endpoint, x.mode, x.require_tls, x.turn) for x in config.listeners] == [
+        ("tcp:2526:interface=127.0.0.1", "smtp", True, False),
+        ("tcp:2366:interface=127.0.0.1", "odmr", False, False),
+        ("tcp:2625:interface=127.0.0.1", "smtp", False, False),
     ]
+    assert config.tls == TLSFiles("provider-cert.pem", "provider-key.pem")
     assert config.polls == []
 
 
-def test_example_dialup_polls_the_provider():
+def test_example_dialup_polls_the_provider(example_certs):
     dialup = load_config(EXAMPLES / "dialup.toml")
     provider = load_config(EXAMPLES / "provider.toml")
     assert dialup.routes == {"*": "peer:provider"}
     assert dialup.polls == [Poll("provider", interval=300.0, jitter=0.1, method="turn", max_backoff=3600.0)]
-    # the dial-up host calls the provider's TURN listener, and the provider holds the dial-up's domain
-    turn_ports = [x.endpoint.split(":")[1] for x in provider.listeners if x.turn]
-    assert dialup.peers["provider"].endpoint == f"tcp:host=127.0.0.1:port={turn_ports[0]}"
+    # the dial-up host calls the provider's customer listener, logs in as the
+    # provider knows it, and checks the certificate the provider serves
+    customer_port = provider.listeners[0].endpoint.split(":")[1]
+    peer = dialup.peers["provider"]
+    assert peer.endpoint == f"tcp:host=127.0.0.1:port={customer_port}"
+    assert (peer.username, peer.password) == (
+        provider.peers["dialup"].username,
+        provider.peers["dialup"].password,
+    )
+    assert (peer.tls, peer.ca_file, peer.tls_name) == ("verify", provider.tls.certificate, provider.hostname)
     assert provider.holds[dialup.hostname] == "dialup"
     assert set(dialup.domains) <= set(provider.peers["dialup"].domains)
     # and all three examples can run side by side

@@ -875,9 +875,13 @@ def test_odmr_allows_its_commands(line, code):
     assert p.codes(line + b"\r\n") == [code]
 
 
-def test_odmr_unknown_command_is_still_500():
+def test_odmr_unknown_commands_are_502_too():
+    # RFC 2645 §4: everything but the ODMR commands, known or not.
     p = odmr()
-    assert p.one(b"XYZZY\r\n") == (500, "5.5.1")
+    assert p.one(b"XYZZY\r\n") == (502, "5.5.1")
+    assert p.one(b"\r\n") == (500, "5.5.2")
+    p = odmr(extensions=trust_extensions(etrn=False))
+    assert p.one(b"ETRN x.example\r\n") == (502, "5.5.1")
 
 
 def test_odmr_ehlo_offers_atrn_and_auth():

@@ -1,4 +1,5 @@
-"""The example configurations, run as real twistd processes: a dial-up host polls its provider."""
+"""The example configurations, run as real twistd processes: a dial-up host polls its
+provider over verified STARTTLS with AUTH, by TURN and by ATRN."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from smtppeer.tls import make_self_signed
 
 from .conftest import REPO, TWISTD, free_port, wait_for_port, wait_until
 
@@ -71,7 +74,11 @@ def maildir_count(path: Path) -> int:
 
 @pytest.fixture
 def pair(tmp_path):
-    ports = {"2526": free_port(), "2625": free_port(), "2527": free_port()}
+    # the lab certificate, as the provider example's header says to make it
+    make_self_signed(
+        "provider.example.org", str(tmp_path / "provider-cert.pem"), str(tmp_path / "provider-key.pem")
+    )
+    ports = {"2526": free_port(), "2366": free_port(), "2625": free_port(), "2527": free_port()}
     short = {'interval = "5m"': 'interval = "1s"', 'max_backoff = "1h"': 'max_backoff = "3s"'}
     provider = Proc(tmp_path, adapt("provider.toml", tmp_path, ports), ports["2526"])
     dialup = Proc(tmp_path, adapt("dialup.toml", tmp_path, ports, short), ports["2527"])
@@ -83,7 +90,7 @@ def pair(tmp_path):
 def test_one_poll_carries_mail_both_ways(pair, tmp_path):
     provider, dialup, ports = pair
     provider.start()
-    with smtplib.SMTP("127.0.0.1", ports["2526"]) as s:  # mail for the dial-up host: held
+    with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:  # mail for the dial-up host: held
         s.sendmail("boss@provider.example.org", ["carol@dialup.example.org"], b"Subject: held\r\n\r\nx\r\n")
         s.sendmail("boss@provider.example.org", ["everyone@dialup.example.org"], b"Subject: all\r\n\r\nx\r\n")
     held = list((tmp_path / "provider-data" / "spool" / "queue").glob("*.json"))
@@ -102,8 +109,39 @@ def test_one_poll_carries_mail_both_ways(pair, tmp_path):
     wait_until(
         lambda: not list((tmp_path / "provider-data" / "spool" / "queue").iterdir()), what="hold queue empty"
     )
-    assert "poll provider: sent" in dialup.log() and ", turned, " in dialup.log()
+    wait_until(lambda: "poll provider: sent" in dialup.log(), what="the poll's log line")
+    assert ", turned, " in dialup.log()
+    assert "AUTH SCRAM-SHA-256 as dialup from 127.0.0.1" in provider.log()
     assert "TURN from 127.0.0.1: peer dialup" in provider.log()
+
+
+def test_atrn_poll_to_the_odmr_port(tmp_path):
+    """The same pair with ``method = "atrn"``: log in on the ODMR port, ATRN, receive."""
+    make_self_signed(
+        "provider.example.org", str(tmp_path / "provider-cert.pem"), str(tmp_path / "provider-key.pem")
+    )
+    ports = {"2526": free_port(), "2366": free_port(), "2625": free_port(), "2527": free_port()}
+    atrn = {
+        'method = "turn"': 'method = "atrn"',
+        f"port={ports['2526']}": f"port={ports['2366']}",
+        'interval = "5m"': 'interval = "1s"',
+    }
+    provider = Proc(tmp_path, adapt("provider.toml", tmp_path, ports), ports["2526"])
+    dialup = Proc(tmp_path, adapt("dialup.toml", tmp_path, ports, atrn), ports["2527"])
+    try:
+        provider.start()
+        with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:
+            s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: a\r\n\r\nx\r\n")
+            s.sendmail("boss@provider.example.org", ["carol@dialup.example.org"], b"Subject: b\r\n\r\nx\r\n")
+        dialup.start()  # the first poll is at once
+        carol = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "carol"
+        dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
+        wait_until(lambda: maildir_count(carol) == 1 and maildir_count(dave) == 1, what="mail by ATRN")
+        wait_until(lambda: ", turned, " in dialup.log(), what="the poll's log line")
+        assert "ATRN dialup.example.org,.dialup.example.org from dialup: peer dialup" in provider.log()
+    finally:
+        dialup.stop()
+        provider.stop()
 
 
 def test_unknown_user_on_a_listed_domain_is_refused(pair):
@@ -124,7 +162,7 @@ def test_polls_back_off_while_the_provider_is_down_and_recover(pair, tmp_path):
     dialup.start()
     wait_until(lambda: dialup.log().count("backing off") >= 2, what="two failed polls")
     provider.start()
-    with smtplib.SMTP("127.0.0.1", ports["2526"]) as s:
+    with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:
         s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: later\r\n\r\nx\r\n")
     dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
     wait_until(lambda: maildir_count(dave) == 1, timeout=30, what="delivery after the provider came back")
@@ -136,7 +174,7 @@ def test_smtppeer_poll_runs_one_cycle_now_and_prints_the_summary(pair, tmp_path)
     dialup.config.write_text(text.replace('max_backoff = "3s"', 'max_backoff = "2h"'))
     provider.start()
     dialup.start()
-    with smtplib.SMTP("127.0.0.1", ports["2526"]) as s:
+    with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:
         s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: now\r\n\r\nx\r\n")
     done = subprocess.run(
         [sys.executable, "-m", "smtppeer.cli", "poll", "--config", str(dialup.config), "provider"],
