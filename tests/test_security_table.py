@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from .conftest import wait_until
 from .trustlab import (
     ALICE_PASSWORD,
     CUSTOMER_PASSWORD,
@@ -157,3 +158,34 @@ def test_require_tls_listener_refuses_everything_before_starttls(twistd_config, 
     s.starttls()
     assert s.command("EHLO c.test")[0] == 250
     assert s.command("MAIL FROM:<x@y.test>")[0] == 250
+
+
+def test_one_atrn_session_per_domain_and_453_when_nothing_is_held(twistd_config, tmp_path):
+    """RFC 2645 §4: while one session receives cust.test's mail a second gets 451;
+    afterwards, with the queue empty, ATRN gets 453."""
+    provider = start_provider(twistd_config, tmp_path)
+    hold_mail(provider, "a@cust.test")
+    first = secured(provider.odmr_port, "cust", CUSTOMER_PASSWORD)
+    assert first.command("ATRN cust.test")[0] == 250  # and then we keep it waiting for our 220
+    second = secured(provider.odmr_port, "cust", CUSTOMER_PASSWORD)
+    code, text = second.command("ATRN cust.test")
+    assert (code, text[0][:5]) == (451, "4.3.0")
+    assert second.command("QUIT")[0] == 221
+    first.send(b"220 cust.test ESMTP\r\n")  # now receive the held message
+    assert first.line().startswith(b"EHLO ")
+    first.send(b"250-cust.test\r\n250 PIPELINING\r\n")
+    for expected in (b"MAIL FROM:", b"RCPT TO:<a@cust.test>", b"DATA"):
+        assert first.line().startswith(expected)
+    first.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    body = [first.line()]
+    while body[-1] not in (b".\r\n", b"") and len(body) < 100:
+        body.append(first.line())
+    assert body[-1] == b".\r\n" and b"for a@cust.test\r\n" in body, body
+    first.send(b"250 2.0.0 got it\r\n")
+    assert first.line() == b"QUIT\r\n"
+    first.send(b"221 bye\r\n")
+    first.close()
+    wait_until(lambda: provider.held() == {}, what="the released message recorded as delivered")
+    third = secured(provider.odmr_port, "cust", CUSTOMER_PASSWORD)
+    code, text = third.command("ATRN cust.test")
+    assert code == 453 and "no mail" in text[0]
