@@ -219,7 +219,9 @@ class ReceivingPolicy(ReceiverHooks):
             helo=receiver.helo_name,
             client_literal=peer.client_literal,
             by=self.hostname,
-            protocol=protocol_name(receiver.esmtp, utf8=tx.utf8),
+            protocol=protocol_name(
+                receiver.esmtp, utf8=tx.utf8, tls=receiver.secure, auth=receiver.authenticated is not None
+            ),
             queue_id=queue_id,
             recipient=str(tx.recipients[0].mailbox) if len(tx.recipients) == 1 else None,
         )

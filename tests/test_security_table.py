@@ -157,7 +157,15 @@ def test_require_tls_listener_refuses_everything_before_starttls(twistd_config, 
         assert (code, text[0][:5]) == (530, "5.7.0"), command
     s.starttls()
     assert s.command("EHLO c.test")[0] == 250
+    assert s.auth_plain("alice", ALICE_PASSWORD) == 235
     assert s.command("MAIL FROM:<x@y.test>")[0] == 250
+    assert s.command("RCPT TO:<postmaster@provider.test>")[0] == 250
+    assert s.command("DATA")[0] == 354
+    assert s.command("Subject: secured\r\n\r\nhello\r\n.")[0] == 250
+    # RFC 3848: the trace says the message came over TLS from an authenticated client
+    new = provider.data_dir / "mail" / "provider.test" / "postmaster" / "new"
+    (message,) = list(new.iterdir())
+    assert b"(smtppeer) with ESMTPSA id " in message.read_bytes()
 
 
 def test_one_atrn_session_per_domain_and_453_when_nothing_is_held(twistd_config, tmp_path):
