@@ -18,7 +18,7 @@ from smtppeer.engine.auth import Auth
 from smtppeer.engine.etrn import Etrn
 from smtppeer.engine.extensions import Extension, default_extensions
 from smtppeer.engine.limits import Limits
-from smtppeer.engine.receiver import Receiver
+from smtppeer.engine.receiver import AUTH_LINE, Receiver
 from smtppeer.engine.replies import Reply, ReplyParser, reply
 from smtppeer.engine.sasl import Credentials
 from smtppeer.engine.starttls import StartTls
@@ -753,11 +753,22 @@ def test_auth_continuation_quit_is_a_login_username():
     assert p.codes(b"QUIT\r\n") == [221]
 
 
+def test_auth_lines_may_be_longer_than_commands():
+    """RFC 4954 §4: 12288 octets for the AUTH command and the answers; others keep 512."""
+    p = ready(secure=True)
+    long_answer = b"A" * 4000
+    assert p.one(b"AUTH LOGIN " + long_answer + b"\r\n")[0] == 334  # a long initial response
+    assert p.one(long_answer + b"\r\n")[0] == 535  # a long answer is read, not refused
+    assert p.one(b"NOOP " + b"x" * 600 + b"\r\n") == (500, "5.5.2")
+    assert p.one(b"AUTH LOGIN\r\n")[0] == 334
+    assert p.one(b"A" * (AUTH_LINE + 10) + b"\r\n") == (500, "5.5.6")
+
+
 @pytest.mark.parametrize(
     "bad_line, codes",
     [
-        (b"A" * 100 + b"\r\n", [334, 500, 250, 221]),
-        (b"A" * 100, [334, 500, 250, 221]),  # no line end yet: the rest of the line is skipped
+        (b"A" * AUTH_LINE + b"\r\n", [334, 500, 250, 221]),
+        (b"A" * AUTH_LINE, [334, 500, 250, 221]),  # no line end yet: the rest of the line is skipped
         (b"abc\n", [334, 500, 250, 221]),
         (b"a\rbc\r\n", [334, 500, 250, 221]),
         (b"\xff\xfe\r\n", [334, 500, 250, 221]),

@@ -26,6 +26,8 @@ HELP_TEXT = (
     "SOML and SAML are taken as MAIL; SEND is not implemented",
 )
 
+AUTH_LINE = 12288
+
 # What a client may say before STARTTLS on a listener that requires TLS (RFC 3207 §4).
 BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
 
@@ -68,7 +70,11 @@ class Receiver:
         # An extension in mid-exchange (AUTH) takes the next line instead of the command parser.
         self.continuation: Callable[[str], None] | None = None
         self._tls_pending = False
-        self._lines = LineReader(self.limits.command_line)
+        # RFC 4954 §4: AUTH lines (the command and the client's answers) may be up to
+        # 12288 octets; every other command is still held to the command-line limit.
+        self._auth_offered = any(x.keyword == "AUTH" for x in self.extensions)
+        longest = max(self.limits.command_line, AUTH_LINE) if self._auth_offered else self.limits.command_line
+        self._lines = LineReader(longest)
         self._out: list[bytes] = []
         self._events: list[ev.Event] = []
         self._awaiting: ev.Decision | None = None
@@ -225,9 +231,13 @@ class Receiver:
         # reply tells the client so, and its next line must be read as a command again.
         continuation, self.continuation = self.continuation, None
         if isinstance(line, LineTooLong):
+            if continuation is not None:
+                return self._error(reply(500, "5.5.6", "Authentication exchange line is too long"))
             return self._error(reply(500, "5.5.2", "Line too long"))
         if isinstance(line, BareLineEnd):
             return self._error(reply(500, "5.5.2", "Bare CR or LF not allowed; end lines with CRLF"))
+        if len(line) + 2 > self.limits.command_line and continuation is None and line[:5].upper() != b"AUTH ":
+            return self._error(reply(500, "5.5.2", "Line too long"))
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
