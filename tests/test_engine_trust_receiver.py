@@ -1111,3 +1111,11 @@ def test_mail_auth_parameter_needs_ehlo_and_the_extension():
     assert p.one(b"MAIL FROM:<a@x.example> AUTH=<>\r\n") == (555, "5.5.4")
     p = ready(extensions=default_extensions())
     assert p.one(b"MAIL FROM:<a@x.example> AUTH=<>\r\n") == (555, "5.5.4")
+
+
+def test_auth_plain_only_in_clear_gets_538_not_503():
+    """With only PLAIN/LOGIN configured nothing is advertised in clear, but asking still says why."""
+    auth = Auth(lambda name: None, mechanisms=["PLAIN", "LOGIN"])
+    p = Peer(extensions=[*default_extensions(), auth])
+    assert p.one(b"EHLO c\r\n")[0] == 250
+    assert p.one(b"AUTH PLAIN AGEAYg==\r\n") == (538, "5.7.11")

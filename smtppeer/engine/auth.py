@@ -91,6 +91,10 @@ class Auth(Extension):
         offered = self.offered(receiver)
         return f"AUTH {' '.join(offered)}" if offered else None
 
+    def available(self, receiver: Receiver) -> bool:
+        """Even when nothing can be offered in clear, AUTH PLAIN gets its 538, not a 503."""
+        return bool(self.mechanisms)
+
     def _auth(self, receiver: Receiver, arg: str) -> Reply | None:
         if receiver.helo_name is None or not receiver.esmtp:
             return reply(503, "5.5.1", "Send EHLO first")

@@ -32,6 +32,10 @@ class Extension:
         """The EHLO keyword line, or None when not offered in this state."""
         return self.keyword
 
+    def available(self, receiver: Receiver) -> bool:
+        """May its commands be used now?  (Otherwise 503.)  By default: when offered."""
+        return self.ehlo_line(receiver) is not None
+
 
 class Pipelining(Extension):
     keyword = "PIPELINING"

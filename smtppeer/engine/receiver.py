@@ -259,7 +259,7 @@ class Receiver:
             return self._error(reply(530, "5.7.0", "Must issue a STARTTLS command first"))
         if isinstance(handler, tuple):
             ext, fn = handler
-            if ext.ehlo_line(self) is None:
+            if not ext.available(self):
                 return self._error(reply(503, "5.5.1", f"{upper} not available now"))
             result = fn(self, arg)
             if isinstance(result, Reply):
