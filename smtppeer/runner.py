@@ -564,6 +564,8 @@ class QueueRunner(service.Service):
             outcome.turn_reply = str(job.turn_reply) if job.turn_reply else None
             outcome.requests = [f"{command}: {response}" for command, response in job.request_results]
             outcome.error = None if summary.clean else summary.error
+            if outcome.error is None:
+                outcome.error = _refusal(command, job)
         outcome.duration = self.clock.seconds() - started
         log.info("{line}", line=outcome.line(), peer=peer_name)
         return outcome
@@ -698,6 +700,18 @@ class QueueRunner(service.Service):
         sink.write(message)
         await sink.finish()
         self.add(envelope)
+
+
+def _refusal(command: str, job: SenderJob) -> str | None:
+    """A poll whose point was refused failed, so it backs off and ``smtppeer poll``
+    says so; "453 you have no mail" is a success with nothing in it."""
+    response = job.turn_reply
+    if command.upper() != "QUIT" and not job.turned and response is not None and response.code != 453:
+        return f"{command.split()[0]} refused: {response}"
+    for request, response in job.request_results:
+        if not 250 <= response.code <= 253:
+            return f"{request} refused: {response}"
+    return None
 
 
 def _in_domains(address: str, domains: list[str], exact: bool = False) -> bool:

@@ -127,6 +127,7 @@ def test_turn_refused_the_mail_is_sent_and_nothing_received(hosts):
     yield provider.settle()
     assert (outcome.sent, outcome.received, outcome.turned) == (3, 0, False)
     assert outcome.turn_reply.startswith("502 5.5.1")
+    assert outcome.error.startswith("TURN refused: 502 5.5.1")  # a failed poll: it backs off
     assert len(provider.mailbox("provider.test", "boss")) == 3
     assert sorted(provider.spool.ids()) == ["H0", "H1"]  # still held
 
