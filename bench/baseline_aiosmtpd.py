@@ -15,9 +15,17 @@ same bytes ``baseline_twisted_mail.py`` writes).
 
 ``data_size_limit`` is disabled so ``bench_big_message.py`` can send 100 MiB.
 
+Optional, for ``bench_tls.py`` (off by default): ``--tls-cert``/``--tls-key``
+offer STARTTLS (aiosmtpd's ``tls_context``), and ``--auth-user USER:PASSWORD``
+adds an authenticator for that one login (aiosmtpd's AUTH PLAIN/LOGIN, only
+after STARTTLS: ``auth_require_tls`` stays at its default).  AUTH is optional
+for the client, as on smtppeer's listener.
+
 Usage::
 
     python bench/baseline_aiosmtpd.py --port 2525 --maildir /tmp/md
+    python bench/baseline_aiosmtpd.py --port 2525 --maildir /tmp/md --auth-user bench:secret \\
+        --tls-cert cert.pem --tls-key key.pem
 
 Runs until SIGTERM or SIGINT, then closes the listener and exits with 0.
 """
@@ -27,10 +35,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import email.utils
+import hmac
 import signal
+import ssl
 import sys
+from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from maildir import MaildirWriter
 
 HOSTNAME = "bench.test"
@@ -57,12 +68,44 @@ class DurableMaildirHandler:
         return "250 OK: queued as " + name
 
 
-async def serve(host: str, port: int, maildir: str) -> None:
+class OneLoginAuthenticator:
+    """aiosmtpd authenticator: one login and its clear password (PLAIN, LOGIN)."""
+
+    def __init__(self, username: str, password: str) -> None:
+        self.username = username.encode("utf-8")
+        self.password = password.encode("utf-8")
+
+    def __call__(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            user_ok = hmac.compare_digest(auth_data.login, self.username)
+            password_ok = hmac.compare_digest(auth_data.password, self.password)
+            if user_ok and password_ok:
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+
+def smtp_options(tls_cert: str | None, tls_key: str | None, auth_user: str | None) -> dict[str, Any]:
+    """Extra ``SMTP(...)`` keyword arguments for STARTTLS and AUTH (empty: the plain baseline)."""
+    options: dict[str, Any] = {}
+    if tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_cert, tls_key)
+        options["tls_context"] = context
+    if auth_user:
+        username, _, password = auth_user.partition(":")
+        options["authenticator"] = OneLoginAuthenticator(username, password)
+    return options
+
+
+async def serve(host: str, port: int, maildir: str, options: dict[str, Any] | None = None) -> None:
     writer = MaildirWriter(maildir)
     handler = DurableMaildirHandler(writer)
     loop = asyncio.get_running_loop()
+    extra = options or {}
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname=HOSTNAME, data_size_limit=None),
+        lambda: SMTP(handler, hostname=HOSTNAME, data_size_limit=None, **extra),
         host=host,
         port=port,
     )
@@ -83,8 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--maildir", required=True, help="Maildir root (tmp/new/cur created)")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--tls-cert", help="offer STARTTLS with this certificate (PEM; needs --tls-key)")
+    parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    parser.add_argument("--auth-user", metavar="USER:PASSWORD", help="offer AUTH for this one login")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port, args.maildir))
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.auth_user is not None and ":" not in args.auth_user:
+        parser.error("--auth-user wants USER:PASSWORD")
+    options = smtp_options(args.tls_cert, args.tls_key, args.auth_user)
+    asyncio.run(serve(args.host, args.port, args.maildir, options))
     return 0
 
 

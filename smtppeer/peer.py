@@ -398,6 +398,10 @@ class SMTPPeer(Protocol):
         self._disconnect()
 
     def _disconnect(self) -> None:
+        if self._lost:
+            # Called from connectionLost (the sender's Closed event): nothing left to close,
+            # and a TLS transport has already dropped its protocol (unregisterProducer raises).
+            return
         # TLS sends its close_notify only once no producer is registered; without
         # this a secured session would stay open after QUIT until the timeout.
         self.transport.unregisterProducer()

@@ -331,8 +331,8 @@ class QueueRunner(service.Service):
             await defer.DeferredList(pending, consumeErrors=True)
             log.info(
                 "{line}",
-                line=f"delivered to {description}: {len(summary.sent)} messages, "
-                f"{'clean' if summary.clean else summary.error}",
+                line=f"session with {description}: {sum(bool(r.delivered) for r in summary.sent)} of "
+                f"{len(summary.sent)} messages delivered, {'clean' if summary.clean else summary.error}",
             )
             return
         await self._record_all(items, reply(451, "4.4.1", f"Cannot connect: {last_error}"))

@@ -375,7 +375,7 @@ def test_auth_full_exchange(mechanism, user, pipelining):
     line = c.feed(ehlo(f"AUTH {mechanism}", *keywords))
     assert line.startswith(f"AUTH {mechanism}".encode())
     out = serve_auth(c, line, sasl.server_exchange(mechanism, lookup, "mx.example"))
-    expected = b"MAIL FROM:<a@x.example> AUTH=<>\r\n"
+    expected = b"MAIL FROM:<a@x.example>\r\n"
     if pipelining:
         expected += b"RCPT TO:<b@y.example>\r\nDATA\r\n"
     assert out == expected
@@ -569,20 +569,20 @@ def test_auth_happens_once():
     c.feed(ehlo("AUTH PLAIN"))
     assert c.feed(b"235 2.7.0 OK\r\n") == b""
     c.tx.send(env("b@y.example"))
-    assert c.out() == b"MAIL FROM:<a@x.example> AUTH=<>\r\n"
+    assert c.out() == b"MAIL FROM:<a@x.example>\r\n"
     assert c.written.count(b"AUTH ") == 1
 
 
 @pytest.mark.parametrize(
     "params, authenticated, mail",
     [
-        ({}, True, b"MAIL FROM:<a@x.example> AUTH=<>\r\n"),
+        ({}, True, b"MAIL FROM:<a@x.example>\r\n"),
         ({}, False, b"MAIL FROM:<a@x.example>\r\n"),
         ({"AUTH": "alice+40x.example"}, True, b"MAIL FROM:<a@x.example> AUTH=alice+40x.example\r\n"),
     ],
 )
 def test_mail_auth_parameter_after_auth(params, authenticated, mail):
-    # RFC 4954 §5: a relay says AUTH=<> to a server it authenticated to, unless told better.
+    # RFC 4954 §5's AUTH= goes out only when the envelope has one (never added by us).
     if authenticated:
         c = client(username="alice", password="alice-pw", secure=True)
         greeted(c)
@@ -812,3 +812,18 @@ def test_sender_against_receiver_wrong_password():
     assert [type(x) for x in tx_events] == [StartTLS, MessageResult, Closed]
     assert tx_events[1].results["b@y.example"].enhanced == "4.7.0"
     assert [type(x) for x in rx_events if isinstance(x, ev.AuthFailed | ev.MailFrom)] == [ev.AuthFailed]
+
+
+@pytest.mark.parametrize(
+    "refusal", [b"530 5.7.0 Must issue a STARTTLS command first", b"530 5.7.0 Authentication required"]
+)
+def test_530_to_mail_defers_instead_of_bouncing(refusal):
+    """A server that wants TLS or AUTH we were not configured for: keep the mail queued."""
+    c = greeted(client())
+    c.tx.send(env("b@y.example"))
+    assert c.feed(ehlo()) == b"MAIL FROM:<a@x.example>\r\n"
+    assert c.feed(refusal + b"\r\n") == b""
+    [result] = [e for e in c.events() if isinstance(e, MessageResult)]
+    response = result.results["b@y.example"]
+    assert (response.code, response.enhanced) == (451, "4.7.0")
+    assert refusal.decode() in response.text

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from smtppeer.tls import make_self_signed
+
 from .conftest import REPO, wait_until
 from .test_exchange_examples import Proc
 
@@ -93,6 +95,11 @@ def low_port(taken: set[int]) -> int:
         taken.add(port)
         return port
     raise RuntimeError("no free port below the ephemeral range")
+
+
+def lab_certificate(tmp: Path) -> None:
+    """The provider's certificate, made as the provider example's header says."""
+    make_self_signed("provider.example.org", str(tmp / "provider-cert.pem"), str(tmp / "provider-key.pem"))
 
 
 def derive(
@@ -263,11 +270,12 @@ def test_sigkill_provider_and_poller_mid_exchange_loses_nothing(tmp_path):
     started = time.monotonic()
 
     taken: set[int] = set()
-    ports = {p: low_port(taken) for p in ("2526", "2625", "2527")}
+    ports = {p: low_port(taken) for p in ("2526", "2366", "2625", "2527")}
+    lab_certificate(tmp_path)
     provider = Host(
         tmp_path,
         derive("provider.toml", tmp_path, "provider.toml", ports),
-        ports["2526"],
+        ports["2625"],  # where the world's mail comes in (the customers' port wants STARTTLS)
         "provider-data",
     )
     dialup = Host(
@@ -432,9 +440,10 @@ def test_sigkill_provider_and_poller_mid_exchange_loses_nothing(tmp_path):
 def test_three_hosts_dialup_to_dialup_via_the_provider(tmp_path):
     rng = random.Random(4)
     taken: set[int] = set()
-    ports = {p: low_port(taken) for p in ("2526", "2625", "2527")}
+    ports = {p: low_port(taken) for p in ("2526", "2366", "2625", "2527")}
+    lab_certificate(tmp_path)
     port2 = low_port(taken)
-    # the second customer calls from 127.0.0.2: a client address belongs to one peer only
+    # the second customer logs in as itself (and calls from 127.0.0.2, to tell the sessions apart)
     provider_cfg = derive(
         "provider.toml",
         tmp_path,
@@ -448,7 +457,7 @@ def test_three_hosts_dialup_to_dialup_via_the_provider(tmp_path):
         ],
     )
     with open(provider_cfg, "a") as f:
-        f.write(f'\n[peers.dialup2]\ndomains = ["{DIALUP2}"]\naddresses = ["127.0.0.2"]\n')
+        f.write(f'\n[peers.dialup2]\ndomains = ["{DIALUP2}"]\nusername = "dialup2"\npassword = "two"\n')
     dialup2_cfg = derive(
         "dialup.toml",
         tmp_path,
@@ -459,10 +468,11 @@ def test_three_hosts_dialup_to_dialup_via_the_provider(tmp_path):
             ('"./dialup-data"', '"./dialup2-data"'),
             ("tcp:2527:", f"tcp:{port2}:"),
             ('port=2526"', 'port=2526:bindAddress=127.0.0.2"'),
+            ('username = "dialup"\npassword = "change me"', 'username = "dialup2"\npassword = "two"'),
             *SHORT_POLLS,
         ],
     )
-    provider = Host(tmp_path, provider_cfg, ports["2526"], "provider-data")
+    provider = Host(tmp_path, provider_cfg, ports["2625"], "provider-data")
     dialup1 = Host(
         tmp_path,
         derive("dialup.toml", tmp_path, "dialup.toml", ports, SHORT_POLLS),

@@ -194,6 +194,13 @@ def test_one_atrn_session_per_domain_and_453_when_nothing_is_held(twistd_config,
     first.send(b"221 bye\r\n")
     first.close()
     wait_until(lambda: provider.held() == {}, what="the released message recorded as delivered")
-    third = secured(provider.odmr_port, "cust", CUSTOMER_PASSWORD)
-    code, text = third.command("ATRN cust.test")
+
+    def atrn_after_the_session() -> tuple[int, list[str]] | None:
+        """None while the provider is still closing the first session (451)."""
+        s = secured(provider.odmr_port, "cust", CUSTOMER_PASSWORD)
+        code, text = s.command("ATRN cust.test")
+        s.close()
+        return None if code == 451 else (code, text)
+
+    code, text = wait_until(atrn_after_the_session, what="the first session to be over")
     assert code == 453 and "no mail" in text[0]

@@ -431,10 +431,10 @@ class Sender:
             params.pop("BODY", None)
         if "SMTPUTF8" not in self.extensions:
             params.pop("SMTPUTF8", None)
-        if self.authenticated:
-            # RFC 4954 §5: relaying to a server we authenticated to, say AUTH=<> unless told
-            # otherwise, so the message does not pick up our identity as its submitter's.
-            params.setdefault("AUTH", "<>")
+        if "AUTH" not in self.extensions:
+            # RFC 4954 §5's AUTH= is optional and only for servers that offer AUTH; like
+            # Postfix we never add AUTH=<> ourselves (aiosmtpd, for one, answers it with 555).
+            params.pop("AUTH", None)
         args = "".join(f" {k}={v}" if v is not None else f" {k}" for k, v in params.items())
         self._command(f"MAIL FROM:<{envelope.reverse_path}>{args}", self._on_mail)
         if "PIPELINING" in self.extensions:
@@ -447,6 +447,10 @@ class Sender:
     def _on_mail(self, response: Reply) -> None:
         attempt = self._current
         assert attempt is not None
+        if response.code == 530:
+            # "Must issue STARTTLS first" / "Authentication required": our configuration does
+            # not match the server's, which is no reason to bounce the mail; keep it queued.
+            response = reply(451, "4.7.0", f"The server wants TLS or AUTH first: {response}")
         if not response.is_positive:
             attempt.mail_failed = response
             for rcpt in attempt.envelope.recipients:
