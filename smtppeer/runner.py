@@ -37,7 +37,7 @@ from .engine.sender import Envelope as SendEnvelope
 from .hooks import ReceiverHooks, SenderJob
 from .ids import new_queue_id
 from .mx import DNSLookupError, MXResolver, endpoint_description
-from .peer import SMTPPeerFactory
+from .peer import SessionSummary, SMTPPeerFactory
 from .routing import HOLD, LOCAL, MX, RELAY, Router
 from .spool import DELIVERED, FAILED, HELD, PENDING, Envelope, Recipient, Spool
 
@@ -323,17 +323,10 @@ class QueueRunner(service.Service):
             job, pending = self._job(items)
             factory = self._factory(ReceiverHooks(), job, security)
             try:
-                peer = await endpoint.connect(factory)
+                await self._session(description, endpoint, factory, pending)
             except Exception as e:  # noqa: BLE001 - any connection failure: try the next host
                 last_error = f"{description}: {e.__class__.__name__}: {e}"
                 continue
-            summary = await peer.done
-            await defer.DeferredList(pending, consumeErrors=True)
-            log.info(
-                "{line}",
-                line=f"session with {description}: {sum(bool(r.delivered) for r in summary.sent)} of "
-                f"{len(summary.sent)} messages delivered, {'clean' if summary.clean else summary.error}",
-            )
             return
         await self._record_all(items, reply(451, "4.4.1", f"Cannot connect: {last_error}"))
 
@@ -499,18 +492,24 @@ class QueueRunner(service.Service):
 
     async def _send_job(self, peer_name, endpoint, job, pending, items) -> None:
         factory = self._factory(ReceiverHooks(), job, self.security(endpoint))
+        connect = endpoints.clientFromString(self.reactor, endpoint)
         try:
-            peer = await endpoints.clientFromString(self.reactor, endpoint).connect(factory)
+            await self._session(f"{peer_name} (ETRN)", connect, factory, pending)
         except Exception as e:  # noqa: BLE001 - the node is down: its mail stays held
             await self._record_all(items, reply(451, "4.4.1", f"Cannot connect to {peer_name}: {e}"))
-            return
+
+    async def _session(self, description: str, endpoint, factory, pending) -> SessionSummary:
+        """Connect (a failure raises), wait for the session to end and its results to be
+        recorded, and log one line about it."""
+        peer = await endpoint.connect(factory)
         summary = await peer.done
         await defer.DeferredList(pending, consumeErrors=True)
         log.info(
             "{line}",
-            line=f"ETRN delivery to {peer_name}: {sum(len(r.delivered) for r in summary.sent)} delivered, "
-            f"{'clean' if summary.clean else summary.error}",
+            line=f"session with {description}: {sum(bool(r.delivered) for r in summary.sent)} of "
+            f"{len(summary.sent)} messages delivered, {'clean' if summary.clean else summary.error}",
         )
+        return summary
 
     async def poll(
         self,
@@ -551,13 +550,12 @@ class QueueRunner(service.Service):
         factory = self._factory(hooks, job, (client_security, client_tls))
         outcome = PollOutcome(peer_name, method=method)
         try:
-            peer = await endpoints.clientFromString(self.reactor, endpoint).connect(factory)
+            connect = endpoints.clientFromString(self.reactor, endpoint)
+            summary = await self._session(f"{peer_name} (poll)", connect, factory, pending)
         except Exception as e:  # noqa: BLE001 - the peer is down: what we had stays queued
             await self._record_all(items, reply(451, "4.4.1", f"Cannot connect to {peer_name}: {e}"))
             outcome.error = f"cannot connect: {e}"
         else:
-            summary = await peer.done
-            await defer.DeferredList(pending, consumeErrors=True)
             outcome.sent = sum(len(r.delivered) for r in summary.sent)
             outcome.received = summary.received
             outcome.turned = job.turned

@@ -173,7 +173,7 @@ def test_fetchmail_etrn_from_a_known_address(tmp_path, twistd_config):
     log = provider.log()
     assert "ETRN other.test refused to 127.0.0.1" in log, log
     assert "ETRN: sending 2 held messages to cust at tcp:host=127.0.0.1" in log, log
-    assert "ETRN delivery to cust: 2 delivered, clean" in log, log
+    assert "session with cust (ETRN): 2 of 2 messages delivered, clean" in log, log
 
 
 def test_etrn_after_starttls_and_auth(tmp_path, twistd_config):
