@@ -5,7 +5,7 @@ and then its new name (``fsync`` of the directory).  One message at a time,
 those waits and the thread hand-offs around them cost more than the SMTP
 exchange itself.  The committer runs commits as batches:
 
-1. ``fdatasync`` each file (after the first, the journal has usually
+1. ``fdatasync`` each file (after the first, the device has usually
    flushed the others' data already, so the rest are cheap);
 2. publish each one (rename/link into place);
 3. ``fsync`` each directory touched, once for the whole batch;
