@@ -11,15 +11,18 @@ the provider's hold queue.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import require_tool, wait_until
+from .conftest import REPO, require_tool, wait_until
 from .trustlab import CUSTOMER_PASSWORD, hold_mail, start_provider
 
 pytestmark = pytest.mark.interop
+
+README = (REPO / "README.rst").read_text()
 
 CUSTOMER = """
 hostname = "cust.test"
@@ -37,6 +40,13 @@ def start_customer(twistd_config, port: int):
     return twistd_config(CUSTOMER % {"port": port}, port, name="customer")
 
 
+def readme_rc() -> str:
+    """The fetchmail rc file of the README's trust section."""
+    match = re.search(r"\n\n(    poll provider\.example\.org protocol ODMR.*?)\n\n", README, re.S)
+    assert match, "the README lost its fetchmail example"
+    return "\n".join(line[4:] for line in match.group(1).splitlines()) + "\n"
+
+
 def fetchmail_odmr(
     tmp_path: Path,
     odmr_port: int,
@@ -49,11 +59,13 @@ def fetchmail_odmr(
     home = tmp_path / "fetchmail-home"
     home.mkdir(exist_ok=True)
     rc = home / "fetchmailrc"
-    rc.write_text(
-        f"poll 127.0.0.1 protocol ODMR service {odmr_port}\n"
-        f'    user "cust" password "{password}"\n'
-        f"    fetchdomains {domains}\n"
-        f"    smtphost 127.0.0.1/{smtp_port}\n"
+    rc.write_text(  # the README's example, pointed at this lab
+        readme_rc()
+        .replace("provider.example.org", "127.0.0.1")
+        .replace("service 366", f"service {odmr_port}")
+        .replace('user "dialup" password "change me"', f'user "cust" password "{password}"')
+        .replace("fetchdomains dialup.example.org", f"fetchdomains {domains}")
+        .replace("smtphost localhost/25", f"smtphost 127.0.0.1/{smtp_port}")
     )
     rc.chmod(0o600)  # fetchmail refuses a readable rc file with a password in it
     env = dict(os.environ, FETCHMAILHOME=str(home), HOME=str(home), LC_ALL="C")
