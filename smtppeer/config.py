@@ -38,6 +38,9 @@ class Listener:
     require_tls: bool = False  # nothing but EHLO/HELO/STARTTLS/NOOP/RSET/QUIT before STARTTLS
     auth_in_clear: bool = False  # allow AUTH PLAIN/LOGIN without TLS (a lab on loopback)
     max_auth_failures: int = 3  # then 421 and close
+    # Processes accepting on this listener: the service and processes - 1 receive-only
+    # workers sharing its socket.  Such a listener never turns (no TURN, ATRN or ETRN).
+    processes: int = 1
 
 
 @dataclass

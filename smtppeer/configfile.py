@@ -31,6 +31,8 @@ The schema (``examples/`` has annotated files for each use)::
     require_tls = false                 # nothing but EHLO/HELO/STARTTLS/NOOP/RSET/QUIT before STARTTLS
     auth_in_clear = false               # allow AUTH PLAIN/LOGIN without TLS (a lab on loopback)
     max_auth_failures = 3               # then 421 and close (at least 1)
+    processes = 1                       # >1: that many processes accept here (receive only:
+                                        # no TURN/ETRN, not with turn or odmr); a busy MX port
     # (``listen = ["tcp:25", ...]`` is short for smtp listeners without TURN)
 
     [domains."example.org"]             # a local domain; none given: the hostname and localhost
@@ -127,6 +129,7 @@ from .tls import endpoint_host as _endpoint_host
 __all__ = ["ConfigError", "load_config", "loads_config", "parse_config"]
 
 MODES = (SMTP, ODMR)
+MAX_PROCESSES = 64
 POLL_METHODS = ("turn", "atrn", "etrn")
 
 Key = tuple[str | int, ...]
@@ -473,7 +476,16 @@ class _Reader:
         self.limits(data.get("limits", {}), config)
         return config
 
-    LISTENER = ("endpoint", "mode", "turn", "starttls", "require_tls", "auth_in_clear", "max_auth_failures")
+    LISTENER = (
+        "endpoint",
+        "mode",
+        "turn",
+        "starttls",
+        "require_tls",
+        "auth_in_clear",
+        "max_auth_failures",
+        "processes",
+    )
 
     def listeners(self, value: Any, config: Config) -> list[Listener]:
         if value is None:
@@ -512,6 +524,18 @@ class _Reader:
                 listener.max_auth_failures = self.integer(
                     item["max_auth_failures"], (*key, "max_auth_failures"), 1
                 )
+            if "processes" in item:
+                listener.processes = self.integer(item["processes"], (*key, "processes"), 1)
+                if listener.processes > MAX_PROCESSES:
+                    too_many = f"{listener.processes} is too many: at most {MAX_PROCESSES}"
+                    raise self.error((*key, "processes"), too_many)
+                if listener.processes > 1 and (mode == ODMR or listener.turn):
+                    raise self.error(
+                        (*key, "processes"),
+                        "a listener served by several processes only receives: not with turn or odmr",
+                    )
+                if listener.processes > 1 and listener.endpoint.split(":")[0].lower() not in ("tcp", "tcp6"):
+                    raise self.error((*key, "processes"), "several processes need a tcp or tcp6 endpoint")
             for other, j in seen.items():
                 if _same_address(parsed, other):
                     previous = listeners[j].endpoint

@@ -138,6 +138,8 @@ class ReceivingPolicy(ReceiverHooks):
         return None
 
     def turn(self, peer: SMTPPeer, verb: str = "TURN", domains: list[str] | None = None):
+        if not getattr(peer.factory, "turns", True):
+            return reply(502, "5.5.1", f"{verb} is not available on this port")
         if verb == "ATRN":
             return self.atrn(peer, domains or [])
         name = self.turn_identity(peer)

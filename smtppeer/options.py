@@ -27,6 +27,7 @@ class Options(usage.Options):
         ["max-message-size", None, Limits.message_size, "Largest message accepted, in octets (SIZE)", int],
         ["max-recipients", None, Limits.recipients, "Most recipients per message (RFC 5321: >= 100)", int],
         ["max-connections", None, 200, "Concurrent sessions per listener; more get 421 4.7.0", int],
+        ["processes", None, 1, "Processes accepting on each --listen (receive only: no TURN/ETRN)", int],
         ["max-received", None, 100, "Refuse a message with more Received: headers (554 5.4.6, a loop)", int],
         ["queue-lifetime", None, 5 * 86400.0, "Seconds before undeliverable mail is returned", float],
         ["retry-interval", None, 60.0, "First retry after this many seconds, doubling up to an hour", float],
@@ -143,6 +144,11 @@ class Options(usage.Options):
             data["data_dir"] = self["data-dir"]
         if "listen" in given:
             data["listen"] = list(self["listen"])
+        if "processes" in given:  # for every listener that may have them
+            data["listen"] = [
+                {"endpoint": item, "processes": self["processes"]} if isinstance(item, str) else item
+                for item in data.get("listen", [DEFAULT_LISTEN])
+            ]
         if "domain" in given:
             data["domains"] = {d: {} for d in self["domain"]}
         if "route" in given:

@@ -499,6 +499,7 @@ class SMTPPeerFactory(Factory):
         *,
         max_connections: int | None = None,
         accepts_turn: bool = False,
+        turns: bool = True,
         **peer_options,
     ) -> None:
         self.hostname = hostname
@@ -506,6 +507,7 @@ class SMTPPeerFactory(Factory):
         self.peer_options = peer_options
         self.max_connections = max_connections
         self.accepts_turn = accepts_turn  # a listener's setting, for the TURN policy
+        self.turns = turns  # False: this listener never turns (it is shared with workers)
         self.peers: set[SMTPPeer] = set()
 
     @property

@@ -45,75 +45,37 @@ def makeService(options: Options) -> service.MultiService:  # noqa: N802 (the na
 def build_service(config: Config) -> service.MultiService:
     """Children start in order and stop in reverse: listeners and polls stop
     first, the committer last, so everything accepted is on disk at the end."""
-    hostname = config.hostname
+    top = service.MultiService()
     data_dir = os.path.abspath(config.data_dir)
     os.makedirs(os.path.join(data_dir, "mail"), mode=0o700, exist_ok=True)
-    top = service.MultiService()
     if config.json_log:
         JSONLogFile(json_log_path(data_dir)).setServiceParent(top)
-    committer = Committer()
-    committer.setServiceParent(top)
-    staging = Staging(os.path.join(data_dir, "mail", ".staging"))  # same file system as the Maildirs
-    staging.setServiceParent(top)
-    store = MaildirStore(os.path.join(data_dir, "mail"), committer, staging)
-    swept = store.sweep_tmp()
+    side = Receiving(config, top, staging="")
+    swept = side.store.sweep_tmp()
     if swept:
         log.info("removed {n} stale files from Maildir tmp/ directories", n=swept)
-    spool = Spool(os.path.join(data_dir, "spool"), committer)
-    endpoints = {name: peer.endpoint for name, peer in config.peers.items()}
-    routes = {
-        domain: endpoints[target[5:]] if target.startswith("peer:") else target
-        for domain, target in config.routes.items()
-    }
-    router = Router(
-        hostname,
-        config.domains,
-        routes=routes,
-        holds=config.holds,
-        relay_from=config.relay_from,
-        honour_source_routes=config.honour_source_routes,
-    )
     resolver = resolver_from_address(*config.dns) if config.dns else None
     runner = QueueRunner(
-        hostname,
-        spool,
-        router,
-        deliver_locally=functools.partial(_deliver_bounce, store, router),
-        resolver=MXResolver(resolver, local_names=[hostname]),
+        config.hostname,
+        side.spool,
+        side.router,
+        deliver_locally=functools.partial(_deliver_bounce, side.store, side.router),
+        resolver=MXResolver(resolver, local_names=[config.hostname]),
         settings=RunnerSettings(lifetime=config.queue_lifetime, backoff_base=config.retry_interval),
         limits=config.limits,
         security=_client_security(config),
     )
     runner.setServiceParent(top)
-    accounts = Accounts(config.peers, config.users)
-    hooks = ReceivingPolicy(
-        hostname,
-        router,
-        store,
-        spool,
-        max_received=config.max_received,
-        runner=runner,
-        turn_peers={name: peer.addresses for name, peer in config.peers.items()},
-        mailboxes=config.domains,
-        accounts=accounts,
-        owned=_owned_domains(config),
-        peer_endpoints=endpoints,
-    )
-    server_tls = server_options(config.tls.certificate, config.tls.key) if config.tls else None
-    for listener in config.listeners:
-        tls = server_tls if listener.starttls else None
-        factory = SMTPPeerFactory(
-            hostname,
-            hooks,
-            limits=config.limits,
-            max_connections=config.max_connections,
-            accepts_turn=listener.turn,
-            extensions=_extensions(listener, accounts, tls is not None),
-            server_tls=tls,
-            require_tls=listener.require_tls,
-            only_commands=ODMR_COMMANDS if listener.mode == ODMR else None,
-        )
-        _Listener(listener.endpoint, factory).setServiceParent(top)
+    hooks = side.policy(runner)
+    for index, listener in enumerate(config.listeners):
+        factory = side.factory(listener, hooks)
+        if listener.processes > 1:
+            from .workers import SharedListener  # noqa: PLC0415 - only for multi-process listeners
+
+            SharedListener(config, index, factory, runner).setServiceParent(top)
+        else:
+            _Listener(listener.endpoint, factory).setServiceParent(top)
+    endpoints = side.endpoints
     poll_now = None
     if config.polls:
         schedules = [Schedule(p.peer, p.interval, p.jitter, p.max_backoff) for p in config.polls]
@@ -125,12 +87,77 @@ def build_service(config: Config) -> service.MultiService:
     strports.service(control_endpoint(data_dir), control).setServiceParent(top)
     log.info(
         "smtppeer {hostname}: domains {domains}, data in {data_dir}, listening on {listen}",
-        hostname=hostname,
+        hostname=config.hostname,
         domains=", ".join(config.domains),
         data_dir=data_dir,
         listen=", ".join(listener.endpoint for listener in config.listeners),
     )
     return top
+
+
+class Receiving:
+    """The receiving side, as the service and its worker processes both build it:
+    storage (committer, staging, Maildirs, spool), routing, logins, and the
+    factory for a listener.  ``staging`` names this process's staging
+    directory, so that processes never take each other's files."""
+
+    def __init__(self, config: Config, parent: service.MultiService, staging: str) -> None:
+        self.config = config
+        mail = os.path.join(os.path.abspath(config.data_dir), "mail")
+        committer = Committer()
+        committer.setServiceParent(parent)
+        stage = Staging(os.path.join(mail, ".staging", staging))  # same file system as the Maildirs
+        stage.setServiceParent(parent)
+        self.store = MaildirStore(mail, committer, stage)
+        self.spool = Spool(os.path.join(os.path.abspath(config.data_dir), "spool"), committer)
+        self.endpoints = {name: peer.endpoint for name, peer in config.peers.items()}
+        routes = {
+            domain: self.endpoints[target[5:]] if target.startswith("peer:") else target
+            for domain, target in config.routes.items()
+        }
+        self.router = Router(
+            config.hostname,
+            config.domains,
+            routes=routes,
+            holds=config.holds,
+            relay_from=config.relay_from,
+            honour_source_routes=config.honour_source_routes,
+        )
+        self.accounts = Accounts(config.peers, config.users)
+        self.server_tls = server_options(config.tls.certificate, config.tls.key) if config.tls else None
+
+    def policy(self, runner) -> ReceivingPolicy:
+        """``runner``: the queue runner, or what tells it about new spool entries."""
+        config = self.config
+        return ReceivingPolicy(
+            config.hostname,
+            self.router,
+            self.store,
+            self.spool,
+            max_received=config.max_received,
+            runner=runner,
+            turn_peers={name: peer.addresses for name, peer in config.peers.items()},
+            mailboxes=config.domains,
+            accounts=self.accounts,
+            owned=_owned_domains(config),
+            peer_endpoints=self.endpoints,
+        )
+
+    def factory(self, listener: Listener, hooks: ReceivingPolicy) -> SMTPPeerFactory:
+        config = self.config
+        tls = self.server_tls if listener.starttls else None
+        return SMTPPeerFactory(
+            config.hostname,
+            hooks,
+            limits=config.limits,
+            max_connections=config.max_connections,
+            accepts_turn=listener.turn,
+            turns=listener.processes == 1,
+            extensions=_extensions(listener, self.accounts, tls is not None),
+            server_tls=tls,
+            require_tls=listener.require_tls,
+            only_commands=ODMR_COMMANDS if listener.mode == ODMR else None,
+        )
 
 
 def _extensions(listener: Listener, accounts: Accounts, tls: bool) -> list[Extension]:
@@ -148,7 +175,10 @@ def _extensions(listener: Listener, accounts: Accounts, tls: bool) -> list[Exten
         extensions.append(StartTls())
     if accounts or listener.mode == ODMR:
         extensions.append(auth)
-    extensions.append(Atrn() if listener.mode == ODMR else Etrn())
+    if listener.mode == ODMR:
+        extensions.append(Atrn())
+    elif listener.processes == 1:  # a multi-process listener only receives
+        extensions.append(Etrn())
     return extensions
 
 

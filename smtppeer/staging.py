@@ -3,13 +3,14 @@
 Creating a file is the most expensive step of storing a small message: on
 the benchmark machine ``open(O_CREAT|O_EXCL)`` on the reactor thread waited
 about 0.3 ms in the file system (inode allocation, under the directory's
-lock; that ext4 runs without a journal), and on a fresh Maildir twice that.  Here a worker thread creates files in batches and the reactor thread
+lock; that ext4 runs without a journal), and on a fresh Maildir twice
+that.  Here a worker thread creates files in batches and the reactor thread
 only takes an open one, writes and (after the sync) renames it into ``new/``.
 
 Two staging directories are used in turn: the thread fills one while the
 reactor renames files out of the other.  With a single directory, creating a
-file holds that directory's lock while it waits, and every
-rename out of it waits too (measured: slower than no staging at all).
+file holds that directory's lock while it waits, and every rename out of
+it waits too (measured: slower than no staging at all).
 
 Nothing acknowledged ever lives here: a message is renamed into its Maildir
 before its ``250``.  So at start-up whatever is left (spare files, a partial

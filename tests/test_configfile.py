@@ -833,6 +833,11 @@ BROKEN = [
     ("auth-in-clear-int", f"{LISTEN}auth_in_clear = 1", "listen[0].auth_in_clear: expected true or false, got an integer (1)"),
     ("max-auth-failures-0", f"{LISTEN}max_auth_failures = 0", "listen[0].max_auth_failures: 0 is too small: at least 1"),
     ("max-auth-failures-string", f'{LISTEN}max_auth_failures = "3"', 'listen[0].max_auth_failures: expected an integer, got a string ("3")'),
+    ("processes-0", f"{LISTEN}processes = 0", "listen[0].processes: 0 is too small: at least 1"),
+    ("processes-too-many", f"{LISTEN}processes = 65", "listen[0].processes: 65 is too many: at most 64"),
+    ("processes-turn", f"{LISTEN}turn = true\nprocesses = 2", "listen[0].processes: a listener served by several processes only receives: not with turn or odmr"),
+    ("processes-odmr", '[[listen]]\nmode = "odmr"\nprocesses = 2', "listen[0].processes: a listener served by several processes only receives: not with turn or odmr"),
+    ("processes-unix", '[[listen]]\nendpoint = "unix:/tmp/x.sock"\nprocesses = 2', "listen[0].processes: several processes need a tcp or tcp6 endpoint"),
     (
         "odmr-turn",
         '[[listen]]\nmode = "odmr"\nturn = true',

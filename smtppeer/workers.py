@@ -1,0 +1,266 @@
+"""Worker processes for a busy listener (``processes = N``).
+
+One reactor thread waits on the file system for every message it stores;
+a second process waiting at the same time nearly doubles what a listener
+takes in (measured: 1.57x with two).  So a listener may be shared: the
+service opens the socket and N - 1 workers accept on it too (the kernel
+spreads connections among them).
+
+Each process accepts on a socket of its own, all bound to the same address
+with ``SO_REUSEPORT``, so the kernel spreads connections evenly among them
+(one socket shared by all was measured 30/70 and barely faster than one
+process).  The service binds every socket before it drops privileges, so
+port 25 works, and keeps a dead worker's socket, so connections that reach
+it wait for the worker to be started again instead of being refused.
+
+A worker only receives.  It stores mail exactly as the service does
+(Maildirs, and the spool for mail to relay or hold, synced before its
+``250``) and then announces each new spool entry to the service over a
+pipe, so that there is still one queue runner.  Such a listener never turns:
+TURN, ATRN and ETRN need the runner's hold queues, so they are refused (or
+not offered) there, in every process alike.
+
+A worker ends when the service tells it to (SIGTERM: its sessions get
+``421 4.3.2`` and what it accepted is on disk) or when the service is gone
+(its standard input closes).  The service starts a worker again if one dies.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import threading
+
+from twisted.application import service
+from twisted.internet import defer, error, protocol
+from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
+
+from .config import Config
+
+log = Logger()
+
+LISTEN_FD = 3  # the shared listening socket, in the worker
+ANNOUNCE_FD = 4  # worker -> service: the ID of each new spool entry, one per line
+STOP_TIMEOUT = 20.0  # SIGTERM, then this long, then SIGKILL
+RESPAWN_DELAY = (1.0, 30.0)  # doubling while workers die young
+
+
+def reuseport_sockets(description: str, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on the address of a ``tcp:``/``tcp6:`` server endpoint
+    description, all with ``SO_REUSEPORT`` (the first decides a port 0)."""
+    from twisted.internet.endpoints import _parse  # noqa: PLC0415
+
+    args, kwargs = _parse(description)
+    kind = str(args[0]).lower() if args else ""
+    if kind not in ("tcp", "tcp6"):
+        raise ValueError(f"{description}: several processes need a tcp or tcp6 listener")
+    port = int(kwargs.get("port", args[1] if len(args) > 1 else 0))
+    interface = kwargs.get("interface", "::" if kind == "tcp6" else "")
+    family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
+    backlog = int(kwargs.get("backlog", 50))
+    sockets: list[socket.socket] = []
+    for _ in range(count):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((interface, port))
+        port = s.getsockname()[1]
+        s.listen(backlog)
+        s.setblocking(False)
+        sockets.append(s)
+    return sockets
+
+
+class SharedListener(service.Service):
+    """A listener served by ``processes`` processes: this one and its workers.
+
+    Stopping it stops accepting here, stops the workers (their sessions get
+    421), and closes this process's sessions (421), like any listener."""
+
+    def __init__(self, config: Config, index: int, factory, runner, reactor=None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor  # noqa: PLC0415
+        self.config, self.index, self.factory = config, index, factory
+        self.runner, self.reactor = runner, reactor
+        self.listener = config.listeners[index]
+        self.workers: dict[int, _Worker] = {}
+        self.port = None
+        self._sockets: list[socket.socket] = []
+        self._delay = RESPAWN_DELAY[0]
+        self._respawns: dict[int, object] = {}
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._sockets = reuseport_sockets(self.listener.endpoint, self.listener.processes)
+        own = self._sockets[0]
+        self.port = self.reactor.adoptStreamPort(own.fileno(), own.family, self.factory)
+
+    def startService(self) -> None:
+        if not self._sockets:
+            self.privilegedStartService()
+        super().startService()
+        for number in range(1, self.listener.processes):
+            self._spawn(number)
+
+    def _spawn(self, number: int) -> None:
+        self._respawns.pop(number, None)
+        if not self.running:
+            return
+        worker = _Worker(self, number)
+        payload = pickle.dumps((self.config, self.index, number))
+        worker.payload = struct.pack("!Q", len(payload)) + payload
+        self.reactor.spawnProcess(
+            worker,
+            sys.executable,
+            [sys.executable, "-m", "smtppeer.workers"],
+            env=os.environ.copy(),
+            childFDs={0: "w", 1: "r", 2: "r", LISTEN_FD: self._sockets[number].fileno(), ANNOUNCE_FD: "r"},
+        )
+        self.workers[number] = worker
+
+    def announced(self, queue_id: str) -> None:
+        """A worker has a new spool entry on disk: hand it to the queue runner."""
+        try:
+            envelope = self.runner.spool.load(queue_id)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.info("{line}", line=f"worker announced {queue_id}, which cannot be loaded: {e}")
+            return
+        self.runner.add(envelope)
+
+    def ended(self, worker: _Worker, lived: float) -> None:
+        self.workers.pop(worker.number, None)
+        if not self.running:
+            return
+        self._delay = RESPAWN_DELAY[0] if lived > 10 else min(self._delay * 2, RESPAWN_DELAY[1])
+        log.info("{line}", line=f"worker {worker.number} ended; starting it again in {self._delay:.0f}s")
+        self._respawns[worker.number] = self.reactor.callLater(self._delay, self._spawn, worker.number)
+
+    def stopService(self) -> defer.Deferred:
+        """SIGTERM every worker (SIGKILL after ``STOP_TIMEOUT``) while this process
+        stops accepting and closes its sessions; fires when all is done."""
+        super().stopService()
+        for call in self._respawns.values():
+            if call.active():
+                call.cancel()
+        self._respawns.clear()
+        ending = [worker.stop() for worker in list(self.workers.values())]
+        d = defer.maybeDeferred(self.port.stopListening)
+        d.addCallback(lambda _: self.factory.shutdown())
+        ending.append(d)
+        done = defer.DeferredList(ending, consumeErrors=True)
+        done.addBoth(self._close_sockets)
+        return done
+
+    def _close_sockets(self, result):
+        for s in self._sockets:
+            s.close()
+        self._sockets = []
+        return result
+
+
+class _Worker(protocol.ProcessProtocol):
+    def __init__(self, pool: SharedListener, number: int) -> None:
+        self.pool, self.number = pool, number
+        self.payload = b""
+        self.ended: defer.Deferred = defer.Deferred()
+        self._lines = {1: b"", 2: b"", ANNOUNCE_FD: b""}
+        self._started = pool.reactor.seconds()
+        self._kill = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)  # and stdin stays open: its end tells the worker we are gone
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        *lines, self._lines[fd] = (self._lines[fd] + data).split(b"\n")
+        for line in lines:
+            text = line.decode("utf-8", "replace").rstrip()
+            if fd == ANNOUNCE_FD:
+                self.pool.announced(text)
+            elif text:
+                log.info("{line}", line=f"worker {self.number}: {text}")
+
+    def stop(self) -> defer.Deferred:
+        try:
+            self.transport.signalProcess("TERM")
+        except error.ProcessExitedAlready:
+            return self.ended
+        self._kill = self.pool.reactor.callLater(STOP_TIMEOUT, self._force)
+        return self.ended
+
+    def _force(self) -> None:
+        try:
+            self.transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+
+    def processEnded(self, reason) -> None:
+        if self._kill is not None and self._kill.active():
+            self._kill.cancel()
+        self.pool.ended(self, self.pool.reactor.seconds() - self._started)
+        self.ended.callback(None)
+
+
+# -- the worker process -----------------------------------------------------------------
+
+
+class _Announcer:
+    """Stands in for the queue runner in a worker: tells the service about new entries."""
+
+    def add(self, envelope) -> None:
+        os.write(ANNOUNCE_FD, f"{envelope.id}\n".encode())
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            raise SystemExit("the service went away before telling this worker what to do")
+        data += chunk
+    return data
+
+
+def main() -> None:
+    from twisted.internet import reactor  # noqa: PLC0415
+
+    from .service import Receiving  # noqa: PLC0415
+
+    (size,) = struct.unpack("!Q", _read_exactly(0, 8))
+    config, index, number = pickle.loads(_read_exactly(0, size))
+    globalLogBeginner.beginLoggingTo(
+        [FileLogObserver(sys.stdout, lambda e: eventAsText(e, includeTimestamp=False) + "\n")],
+        redirectStandardIO=False,
+    )
+    top = service.MultiService()
+    side = Receiving(config, top, staging=f"w{number}")
+    factory = side.factory(config.listeners[index], side.policy(_Announcer()))
+    top.startService()
+    with socket.socket(fileno=os.dup(LISTEN_FD)) as shared:
+        family = shared.family
+    port = reactor.adoptStreamPort(LISTEN_FD, family, factory)
+    os.close(LISTEN_FD)
+
+    def shut_down() -> defer.Deferred:
+        d = defer.maybeDeferred(port.stopListening)
+        d.addCallback(lambda _: factory.shutdown())
+        d.addCallback(lambda _: top.stopService())
+        return d
+
+    def watch_service() -> None:  # a thread: standard input closes when the service is gone
+        while os.read(0, 4096):
+            pass
+        reactor.callFromThread(reactor.stop)
+
+    threading.Thread(target=watch_service, daemon=True).start()
+    reactor.addSystemEventTrigger("before", "shutdown", shut_down)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the service
+    log.info("{line}", line=f"pid {os.getpid()} accepting on {port.getHost()}")
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
