@@ -90,7 +90,11 @@ class Provider:
         """peer -> the recipients in its hold queue, read from the spool on disk."""
         out: dict[str, list[str]] = {}
         for path in sorted((self.data_dir / "spool" / "queue").glob("*.json")):
-            for rcpt in json.loads(path.read_text())["recipients"]:
+            try:
+                envelope = json.loads(path.read_text())
+            except FileNotFoundError:  # delivered and removed while we looked
+                continue
+            for rcpt in envelope["recipients"]:
                 if rcpt["state"] == "held":
                     out.setdefault(rcpt["route"]["hold"], []).append(rcpt["address"])
         return out
