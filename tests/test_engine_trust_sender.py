@@ -18,7 +18,7 @@ from smtppeer.engine.etrn import Etrn
 from smtppeer.engine.extensions import default_extensions
 from smtppeer.engine.receiver import Receiver
 from smtppeer.engine.replies import Reply, reply
-from smtppeer.engine.sasl import Challenge, Credentials, Success
+from smtppeer.engine.sasl import Challenge, Success
 from smtppeer.engine.sender import (
     TLS_NONE,
     TLS_OPPORTUNISTIC,
@@ -37,6 +37,8 @@ from smtppeer.engine.sender import (
 )
 from smtppeer.engine.starttls import StartTls
 
+from .logins import LOGINS, MECHANISMS, PASSWORDS, lookup
+
 GREETING = b"220 mx.example ESMTP\r\n"
 EHLO_LINE = b"EHLO client.example\r\n"
 OK = b"250 2.0.0 OK\r\n"
@@ -44,20 +46,8 @@ GO = b"354 Go ahead\r\n"
 QUIT = b"QUIT\r\n"
 BODY = b"Subject: t\r\n\r\nhi\r\n"
 
-USERS = {
-    "alice": Credentials("alice", password="alice-pw"),
-    "hashed": Credentials("hashed", secret=sasl.parse_secret(sasl.hash_password("hashed-pw", 4096))),
-    "grüße": Credentials("grüße", password="pässwörd"),
-}
-PASSWORDS = {"alice": "alice-pw", "hashed": "hashed-pw", "grüße": "pässwörd"}
-MECHANISMS = ["SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN"]
-LOGINS = [(m, u) for m in MECHANISMS for u in PASSWORDS if not (m == "CRAM-MD5" and u == "hashed")]
 SECURITY_POLICIES = [TLS_OPPORTUNISTIC, TLS_REQUIRED, TLS_VERIFY]
 STRICT_POLICIES = [TLS_REQUIRED, TLS_VERIFY]
-
-
-def lookup(username: str) -> Credentials | None:
-    return USERS.get(username)
 
 
 def ehlo(*keywords: str) -> bytes:
