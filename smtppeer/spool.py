@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from twisted.internet import defer
@@ -131,6 +131,26 @@ class Spool:
         if any(report.values()):
             log.info("spool recovered: {report}", report=report)
         return report
+
+    def discard_unfinished(self, created_by: Callable[[str], bool]) -> int:
+        """Remove what a dead writer left unfinished: its bodies in ``incoming/``, and
+        new entries it did not get to publish (a body or a ``.json.tmp`` with no
+        envelope).  ``created_by(queue_id)`` says whose the IDs are; only that
+        writer ever wrote them, so nothing of anyone else's is touched."""
+        removed = 0
+        for name in os.listdir(self.incoming):
+            if created_by(name.split(".")[0]):
+                _unlink(os.path.join(self.incoming, name))
+                removed += 1
+        names = set(os.listdir(self.queue))
+        for name in names:
+            queue_id = name.split(".")[0]
+            if (name.endswith((".eml", ".json.tmp")) and f"{queue_id}.json" not in names) and created_by(
+                queue_id
+            ):
+                _unlink(os.path.join(self.queue, name))
+                removed += 1
+        return removed
 
     # -- reading -----------------------------------------------------------------
 

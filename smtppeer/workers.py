@@ -21,8 +21,9 @@ TURN, ATRN and ETRN need the runner's hold queues, so they are refused (or
 not offered) there, in every process alike.
 
 A worker ends when the service tells it to (SIGTERM: its sessions get
-``421 4.3.2`` and what it accepted is on disk) or when the service is gone
-(its standard input closes).  The service starts a worker again if one dies.
+``421 4.3.2`` and what it accepted is on disk) or at once when the service is
+gone (its standard input closes).  The service starts a worker again if one
+dies, and removes the unfinished spool files it left.
 """
 
 from __future__ import annotations
@@ -133,11 +134,26 @@ class SharedListener(service.Service):
 
     def ended(self, worker: _Worker, lived: float) -> None:
         self.workers.pop(worker.number, None)
+        self._clean_up_after(worker.pid)
         if not self.running:
             return
         self._delay = RESPAWN_DELAY[0] if lived > 10 else min(self._delay * 2, RESPAWN_DELAY[1])
         log.info("{line}", line=f"worker {worker.number} ended; starting it again in {self._delay:.0f}s")
         self._respawns[worker.number] = self.reactor.callLater(self._delay, self._spawn, worker.number)
+
+    def _clean_up_after(self, pid: int | None) -> None:
+        """A worker killed mid-message leaves a body nobody acknowledged; remove it now
+        rather than at the next start.  Queue IDs carry 12 bits of the writer's pid
+        (``ids.py``): if a live process shares them, leave it to the next start."""
+        if pid is None:
+            return
+        bits = f"{pid & 0xFFF:03X}"
+        alive = {os.getpid() & 0xFFF} | {w.pid & 0xFFF for w in self.workers.values() if w.pid}
+        if pid & 0xFFF in alive:
+            return
+        removed = self.runner.spool.discard_unfinished(lambda queue_id: queue_id[13:16] == bits)
+        if removed:
+            log.info("{line}", line=f"removed {removed} unfinished spool files of a worker that died")
 
     def stopService(self) -> defer.Deferred:
         """SIGTERM every worker (SIGKILL after ``STOP_TIMEOUT``) while this process
@@ -166,12 +182,14 @@ class _Worker(protocol.ProcessProtocol):
     def __init__(self, pool: SharedListener, number: int) -> None:
         self.pool, self.number = pool, number
         self.payload = b""
+        self.pid: int | None = None
         self.ended: defer.Deferred = defer.Deferred()
         self._lines = {1: b"", 2: b"", ANNOUNCE_FD: b""}
         self._started = pool.reactor.seconds()
         self._kill = None
 
     def connectionMade(self) -> None:
+        self.pid = self.transport.pid
         self.transport.write(self.payload)  # and stdin stays open: its end tells the worker we are gone
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
@@ -253,7 +271,10 @@ def main() -> None:
     def watch_service() -> None:  # a thread: standard input closes when the service is gone
         while os.read(0, 4096):
             pass
-        reactor.callFromThread(reactor.stop)
+        # The service died (it stops us with SIGTERM otherwise).  Go at once: what we
+        # acknowledged is on disk, and finishing anything else could race with the
+        # next service's spool recovery.  Our clients retry what was not acknowledged.
+        os._exit(1)
 
     threading.Thread(target=watch_service, daemon=True).start()
     reactor.addSystemEventTrigger("before", "shutdown", shut_down)

@@ -29,6 +29,7 @@ import random
 import re
 import signal
 import smtplib
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -187,7 +188,15 @@ def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
     return condition()
 
 
-def test_sigkill_at_random_points_loses_nothing_acknowledged(twistd_peer):
+def worker_pids(service_pid: int) -> list[int]:
+    ps = ["ps", "-o", "pid=,args=", "--ppid", str(service_pid)]
+    out = subprocess.run(ps, capture_output=True, text=True, check=False)
+    return [int(line.split()[0]) for line in out.stdout.splitlines() if "smtppeer.workers" in line]
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "with-a-worker"])
+def test_sigkill_at_random_points_loses_nothing_acknowledged(twistd_peer, processes):
+    """With a worker, each kill hits the worker or the whole service, at random."""
     seed = int(os.environ.get("SMTPPEER_CRASH_SEED") or random.SystemRandom().randrange(1, 2**31))
     print(f"\ncrash-safety seed {seed} (SMTPPEER_CRASH_SEED={seed} to replay)")
     rng = random.Random(seed)
@@ -201,21 +210,28 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(twistd_peer):
         f"b.test=tcp:host=127.0.0.1:port={b.port}",
         "--retry-interval",
         "1",
+        "--processes",
+        str(processes),
         hostname="a.test",
     )
     stop = threading.Event()
     clients = [Client(n, a.port, stop, random.Random(rng.getrandbits(64))) for n in range(CLIENTS)]
     threads = [threading.Thread(target=c.run, name=f"client{c.number}", daemon=True) for c in clients]
-    kills = 0
+    kills = worker_kills = 0
     try:
         for t in threads:
             t.start()
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.7, 2.5))
-            a.stop(signal.SIGKILL)
+            workers = worker_pids(a.proc.pid) if processes > 1 else []
+            if workers and rng.random() < 0.6:
+                os.kill(rng.choice(workers), signal.SIGKILL)  # the service starts it again
+                worker_kills += 1
+            else:
+                a.stop(signal.SIGKILL)
+                time.sleep(rng.uniform(0.05, 0.6))
+                a.start()
             kills += 1
-            time.sleep(rng.uniform(0.05, 0.6))
-            a.start()
         time.sleep(1.5)  # traffic into the last incarnation too
     finally:
         stop.set()
@@ -283,7 +299,8 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(twistd_peer):
 
     sessions = sum(c.sessions for c in clients)
     print(
-        f"crash-safety: {kills} kills, {len(records)} messages in {sessions} sessions "
+        f"crash-safety: {kills} kills ({worker_kills} of a worker), "
+        f"{len(records)} messages in {sessions} sessions "
         f"({sum(c.connect_failures for c in clients)} refused connections); "
         f"acknowledged {outcomes[ACKED]}, unknown {outcomes[UNKNOWN]} "
         f"(delivered {unknown_delivered}, of which to some recipients only {unknown_partly}; "

@@ -114,3 +114,30 @@ def test_an_unreadable_envelope_is_skipped_not_fatal(spool):
     open(spool.body_path("BAD"), "wb").write(b"x")
     assert list(spool.envelopes()) == []
     assert spool.ids() == ["BAD"]  # left for an administrator to look at
+
+
+@pytest_twisted.inlineCallbacks
+def test_discard_unfinished_removes_only_a_dead_writers_unpublished_files(spool):
+    """A worker killed mid-message: its incoming body, and an entry it had not
+    published, go; its published entries and everyone else's files stay."""
+    mine = "00000000000000AB0001"  # IDs carry the writer's pid bits at [13:16] (ids.py)
+    msg = spool.new_message(envelope(mine[:-1] + "2"), b"")
+    msg.write(b"Subject: published\r\n\r\nx\r\n")
+    yield msg.finish()
+    leftovers = {
+        os.path.join(spool.incoming, mine + ".eml"): b"half a body",
+        spool.body_path(mine[:-1] + "3"): b"renamed, envelope never written",
+        spool.envelope_path(mine[:-1] + "4") + ".tmp": b"{}",
+    }
+    others = {
+        os.path.join(spool.incoming, "0000000000000CD0001.eml"): b"another process, mid-DATA",
+        spool.envelope_path("0000000000000CD0002") + ".tmp": b"{}",
+    }
+    for path, data in {**leftovers, **others}.items():
+        with open(path, "wb") as f:
+            f.write(data)
+    removed = spool.discard_unfinished(lambda queue_id: queue_id[13:16] == "0AB")
+    assert removed == len(leftovers)
+    assert not any(os.path.exists(p) for p in leftovers)
+    assert all(os.path.exists(p) for p in others)
+    assert spool.ids() == [mine[:-1] + "2"]  # what was published is untouched
