@@ -119,6 +119,8 @@ def _listener(listener: Listener, config: Config) -> str:
         flags.append("require_tls")
     if listener.auth_in_clear:
         flags.append("auth_in_clear")
+    if listener.processes > 1:
+        flags.append(f"{listener.processes} processes, receive only")
     return f"{listener.endpoint} ({', '.join(flags)})"
 
 

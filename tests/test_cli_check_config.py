@@ -223,3 +223,10 @@ def test_main_in_process(tmp_path, example_certs):
         err.getvalue() == f"{bad}: limits.recipients: 10 is too small: at least 100 (RFC 5321 §4.5.3.1.8)\n"
     )
     assert main([], io.StringIO(), io.StringIO()) == EXIT_USAGE
+
+
+def test_summary_shows_a_multi_process_listener(tmp_path):
+    (tmp_path / "p.toml").write_text('[[listen]]\nendpoint = "tcp:2599"\nprocesses = 3\n')
+    result = smtppeer("check-config", "p.toml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "  listeners:  tcp:2599 (smtp, 3 processes, receive only)\n" in result.stdout
