@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import statistics
 import sys
@@ -60,6 +59,7 @@ from harness import (
     add_common_arguments,
     extra_args_for,
     machine_info,
+    run_rounds,
     select_targets,
 )
 
@@ -307,29 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
 
     results = [Result(t) for t in targets]
-    try:
-        for rnd in range(1, args.repeat + 1):
-            for res in results:
-                if res.skipped is not None:
-                    continue
-                data_dir = workdir / f"{res.target.name}-{rnd}"
-                print(f"round {rnd}/{args.repeat}: {res.target.name} ...", end=" ", flush=True)
-                n_before = len(res.rates)
-                run_once(res.target, data_dir, message, args, res)
-                if res.skipped is not None:
-                    print("did not start, skipped")
-                elif len(res.rates) > n_before:
-                    peak = f"{res.peak_kib[-1] / 1024:.0f} MiB" if res.peak_kib else "?"
-                    print(f"{res.rates[-1]:.1f} MiB/s, peak RSS {peak}")
-                else:
-                    print("FAILED")
-                if not args.keep:
-                    shutil.rmtree(data_dir, ignore_errors=True)
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"data kept in {workdir}")
+
+    def progress(res) -> str:
+        peak = f"{res.peak_kib[-1] / 1024:.0f} MiB" if res.peak_kib else "?"
+        return f"{res.rates[-1]:.1f} MiB/s, peak RSS {peak}"
+
+    run_rounds(results, args, workdir, lambda res, d: run_once(res.target, d, message, args, res), progress)
     print_table(results, len(message), args)
     return 1 if any(r.problems for r in results) else 0
 

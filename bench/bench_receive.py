@@ -59,6 +59,7 @@ from harness import (
     count_files,
     extra_args_for,
     machine_info,
+    run_rounds,
     select_targets,
     smtp_source_argv,
 )
@@ -201,29 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
 
     results = [Result(t) for t in targets]
-    try:
-        for rnd in range(1, args.repeat + 1):
-            for res in results:
-                if res.skipped is not None:
-                    continue
-                data_dir = workdir / f"{res.target.name}-{rnd}"
-                end = "\n" if args.verbose else " "
-                print(f"round {rnd}/{args.repeat}: {res.target.name} ...", end=end, flush=True)
-                n_before = len(res.rates)
-                run_once(res.target, data_dir, args, res)
-                if res.skipped is not None:
-                    print("did not start, skipped")
-                elif len(res.rates) > n_before:
-                    print(f"{res.rates[-1]:,.0f} msg/s ({res.elapsed[-1]:.2f}s)")
-                else:
-                    print("FAILED")
-                if not args.keep:
-                    shutil.rmtree(data_dir, ignore_errors=True)
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"data kept in {workdir}")
+    run_rounds(
+        results,
+        args,
+        workdir,
+        lambda res, data_dir: run_once(res.target, data_dir, args, res),
+        lambda res: f"{res.rates[-1]:,.0f} msg/s ({res.elapsed[-1]:.2f}s)",
+    )
     print_table(results, args)
     failed = any(r.problems for r in results)
     return 1 if failed else 0

@@ -87,6 +87,7 @@ from harness import (
     Target,
     count_files,
     machine_info,
+    run_rounds,
 )
 
 HOST = "127.0.0.1"
@@ -576,24 +577,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
         results = [Result(t, m) for t in targets for m in args.modes]
-        for rnd in range(1, args.repeat + 1):
-            for res in results:
-                if res.skipped is not None:
-                    continue
-                data_dir = workdir / f"{res.target.name}-{res.mode}-{rnd}"
-                end = "\n" if args.verbose else " "
-                print(f"round {rnd}/{args.repeat}: {res.label} ...", end=end, flush=True)
-                n_before, p_before = len(res.rates), len(res.problems)
-                run_once(res, data_dir, args, tls)
-                if res.skipped is not None:
-                    print("did not start, skipped")
-                elif len(res.rates) > n_before:
-                    flag = "" if len(res.problems) == p_before else " (with problems)"
-                    print(f"{res.rates[-1]:,.0f} sessions/s ({res.elapsed[-1]:.2f}s){flag}")
-                else:
-                    print("FAILED")
-                if not args.keep:
-                    shutil.rmtree(data_dir, ignore_errors=True)
+        run_rounds(
+            results,
+            args,
+            workdir,
+            lambda res, data_dir: run_once(res, data_dir, args, tls),
+            lambda res: f"{res.rates[-1]:,.0f} sessions/s ({res.elapsed[-1]:.2f}s)",
+            key=lambda res: res.label,
+            own_workdir=False,
+        )
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -401,3 +402,45 @@ def machine_info(workdir: Path) -> list[str]:
         f"twisted {_version('twisted')}, aiosmtpd {_version('aiosmtpd')}",
         f"workdir: {workdir} ({filesystem_of(workdir)})",
     ]
+
+
+def run_rounds(
+    results: list,
+    args,
+    workdir: Path,
+    run: Callable[[object, Path], None],
+    progress: Callable[[object], str],
+    key: Callable[[object], str] = lambda res: res.target.name,
+    own_workdir: bool = True,
+) -> None:
+    """Every target once per round, each in a fresh data directory under ``workdir``
+    (removed afterwards unless ``--keep``), printing a line per run.
+
+    A result has ``rates``, ``problems`` and ``skipped``; ``run(res, data_dir)``
+    appends to them; ``progress(res)`` says how the last run went; ``key(res)``
+    names it (and its data directory).  With ``own_workdir`` it also removes
+    ``workdir`` at the end (or says where it is kept)."""
+    try:
+        for rnd in range(1, args.repeat + 1):
+            for res in results:
+                if res.skipped is not None:
+                    continue
+                data_dir = workdir / f"{key(res).replace(' ', '-')}-{rnd}"
+                end = "\n" if getattr(args, "verbose", False) else " "
+                print(f"round {rnd}/{args.repeat}: {key(res)} ...", end=end, flush=True)
+                n_before, p_before = len(res.rates), len(res.problems)
+                run(res, data_dir)
+                if res.skipped is not None:
+                    print("did not start, skipped")
+                elif len(res.rates) > n_before:
+                    flag = "" if len(res.problems) == p_before else " (with problems)"
+                    print(progress(res) + flag)
+                else:
+                    print("FAILED")
+                if not args.keep:
+                    shutil.rmtree(data_dir, ignore_errors=True)
+    finally:
+        if own_workdir and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif own_workdir:
+            print(f"data kept in {workdir}")
