@@ -12,14 +12,15 @@ import datetime
 import ipaddress
 import os
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 
 def make_self_signed(hostname: str, cert_path: str, key_path: str, days: int = 825) -> None:
     """Write a self-signed certificate (PEM) for ``hostname`` and its key (PEM, mode 0600)."""
+    # imported here: a running service never needs them, and they are not small
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     try:
