@@ -176,6 +176,7 @@ class SMTPPeer(Protocol):
 
     def _become_sender(self, job: SenderJob, unread: bytes) -> None:
         self.receiver = None
+        self.authenticated = None  # an identity is our client's; after a turn there is none
         self.job = job
         # A sender that took over a turned connection is already as secure as it will get.
         security = None if self.summary.turned or self.receiver_turned else self.client_security
