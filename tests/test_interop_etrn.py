@@ -170,10 +170,11 @@ def test_fetchmail_etrn_from_a_known_address(tmp_path, twistd_config):
     assert sorted(mailbox_of(p) for p in delivered(customer, "cust.test")) == ["ann", "joe"]
     wait_until(lambda: "cust" not in provider.held(), what="cust's hold queue to empty")
     assert provider.held() == {"other": ["zed@other.test"]}
+    done_line = "session with cust (ETRN): 2 of 2 messages delivered, clean"
+    wait_until(lambda: done_line in provider.log(), what="the ETRN session's log line")  # logged last
     log = provider.log()
     assert "ETRN other.test refused to 127.0.0.1" in log, log
     assert "ETRN: sending 2 held messages to cust at tcp:host=127.0.0.1" in log, log
-    assert "session with cust (ETRN): 2 of 2 messages delivered, clean" in log, log
 
 
 def test_etrn_after_starttls_and_auth(tmp_path, twistd_config):

@@ -108,10 +108,14 @@ def test_fetchmail_odmr_receives_the_held_mail(tmp_path, twistd_config):
     wait_until(lambda: "cust" not in provider.held(), what="cust's hold queue to empty")
     assert provider.held() == {"other": ["zed@other.test"]}
     assert [p.parent.parent.name for p in all_delivered(customer)] == ["ann", "joe"]
+    # the results are logged just after they are on disk
+    wait_until(
+        lambda: all(f"{u}@cust.test delivered" in provider.log() for u in ("ann", "joe")),
+        what="both deliveries in the provider's log",
+    )
     log = provider.log()
     assert "AUTH CRAM-MD5 as cust from 127.0.0.1" in log, log
     assert "ATRN cust.test from cust: peer cust" in log, log
-    assert "joe@cust.test delivered" in log and "ann@cust.test delivered" in log, log
 
 
 def test_fetchmail_odmr_wrong_password_releases_nothing(tmp_path, twistd_config):
