@@ -19,11 +19,12 @@ from smtppeer.engine.etrn import Etrn
 from smtppeer.engine.extensions import Extension, default_extensions
 from smtppeer.engine.limits import Limits
 from smtppeer.engine.receiver import AUTH_LINE, Receiver
-from smtppeer.engine.replies import Reply, ReplyParser, reply
+from smtppeer.engine.replies import Reply, reply
 from smtppeer.engine.sasl import Credentials
 from smtppeer.engine.starttls import StartTls
 
 from .logins import LOGINS, MECHANISMS, PASSWORDS, USERS, lookup
+from .test_engine_receiver import parse_replies
 
 HOST = "mx.example"
 
@@ -37,16 +38,6 @@ def plain(user: str = "alice", password: str = "alice-pw") -> bytes:
 
 
 AUTH_ALICE = b"AUTH PLAIN " + plain() + b"\r\n"
-
-
-def parse_replies(data: bytes) -> list[Reply]:
-    parser = ReplyParser()
-    parser.feed(data)
-    out = []
-    while (r := parser.next_reply()) is not None:
-        out.append(r)
-    assert parser.take_rest() == b""
-    return out
 
 
 def default_answer(event: ev.Event) -> Reply:
