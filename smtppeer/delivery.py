@@ -32,7 +32,7 @@ from .engine.address import parse_mailbox
 from .hooks import MessageSink, ReceiverHooks
 from .ids import new_queue_id
 from .maildir import MaildirStore
-from .routing import HOLD, LOCAL, RELAY, Decision, Router
+from .routing import HOLD, LOCAL, RELAY, Decision, Router, matches
 from .spool import HELD, PENDING, Envelope, Recipient, Spool
 from .trace import protocol_name, received_header
 
@@ -157,7 +157,7 @@ class ReceivingPolicy(ReceiverHooks):
         name = self.accounts.peer_for(peer.authenticated)
         owned = self.owned.get(name, []) if name is not None else []
         asked = domains or owned
-        foreign = [d for d in asked if not _within(d, owned)]
+        foreign = [d for d in asked if not matches(owned, d)]
         if name is None or not asked or foreign or self.runner is None:
             log.info(
                 "{line}",
@@ -203,7 +203,7 @@ class ReceivingPolicy(ReceiverHooks):
         if kind == "queue":
             return (node, None) if node in self.owned or node in self.turn_peers else (None, None)
         for name, owned in self.owned.items():
-            if _within(node, owned):
+            if matches(owned, node):
                 return name, [node]
         return None, None
 
@@ -310,12 +310,6 @@ class ReceivingPolicy(ReceiverHooks):
         rcpts = ", ".join(str(path) for path, _ in decisions)
         summary = f"from {reverse_path} via {client['helo']} [{client['address']}] to {rcpts}"
         return IncomingMessage(self, sinks, queue_id, summary, envelope)
-
-
-def _within(domain: str, owned: list[str]) -> bool:
-    """Is ``domain`` one of ``owned``, or a subdomain of an owned ``.parent``?"""
-    domain = domain.lower()
-    return any(domain == d or (d.startswith(".") and domain.endswith(d)) for d in owned)
 
 
 def _offers_auth(peer: SMTPPeer) -> bool:

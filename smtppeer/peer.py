@@ -12,6 +12,7 @@ STARTTLS again.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from twisted.internet import defer, interfaces
@@ -462,8 +463,10 @@ class SMTPPeer(Protocol):
             sink.abort()
 
 
+@functools.cache
 def _any_certificate() -> object:
-    """Opportunistic TLS: encryption against passive eavesdroppers, no authentication."""
+    """Opportunistic TLS: encryption against passive eavesdroppers, no authentication.
+    One for the process: its SSL context is built once, not per connection."""
     from twisted.internet import ssl  # noqa: PLC0415 - pyOpenSSL only when TLS is used
 
     return ssl.CertificateOptions()

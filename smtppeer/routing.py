@@ -140,6 +140,11 @@ def _plain(path: Path) -> Path:
     return Path(path.mailbox) if path.route else path
 
 
+def matches(patterns: list[str], domain: str) -> bool:
+    """Is ``domain`` one of ``patterns`` (``DOMAIN``, or ``.DOMAIN`` for its subdomains)?"""
+    return _lookup(dict.fromkeys(patterns, ""), domain.lower()) is not None
+
+
 def _lookup(table: dict[str, str], domain: str) -> str | None:
     """Exact match first, then ``.parent`` patterns from the most specific up."""
     if domain in table:
