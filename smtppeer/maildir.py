@@ -1,15 +1,16 @@
 """Durable delivery into Maildirs (the layout of ``mailbox.Maildir``, mutt, Dovecot).
 
-A message is written once (into a staged file made ahead of need, see
-``staging.py``, or else into ``tmp/`` of the first recipient's Maildir),
-synced, then renamed (and hard-linked) into each recipient's ``new/`` and
-the ``new/`` directories are fsynced: only then does ``finish`` report
-success, so a ``250`` never precedes durability.  The disk work runs in the
-``Committer``, batched with other sessions' messages.
+A message is written once, into ``tmp/`` of the first recipient's Maildir,
+synced, then hard-linked into each other recipient's ``new/`` and renamed
+into the first one's, and the ``new/`` directories are fsynced: only then
+does ``finish`` report success, so a ``250`` never precedes durability.  The
+disk work is a ``Commit`` run by the ``Committer``, batched with other
+sessions' messages.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import itertools
 import os
@@ -19,14 +20,12 @@ from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
 
-from .committer import Committer
+from .bodybuffer import MEMORY_LIMIT, BodyBuffer
+from .commits import Commit
+from .committer import CommitError, Committer
 from .engine import reply
 from .hooks import MessageSink
-from .staging import Staging
 
-# Small messages stay in memory until DATA ends (one write); larger ones are
-# streamed to the file as they arrive so memory stays flat.
-MEMORY_LIMIT = 256 * 1024
 _SAFE = "!#$&'*+-=?^_`{|}~.@"
 _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
@@ -49,10 +48,9 @@ def unique_name() -> str:
 class MaildirStore:
     """The tree ``<root>/<domain>/<mailbox>/{tmp,new,cur}``."""
 
-    def __init__(self, root: str, committer: Committer, staging: Staging | None = None) -> None:
+    def __init__(self, root: str, committer: Committer) -> None:
         self.root = root
         self.committer = committer
-        self.staging = staging  # files made ahead of need; without it, each file is made in tmp/
         self._made: set[str] = set()
 
     def path_for(self, domain: str, local_part: str) -> str:
@@ -90,84 +88,55 @@ class MaildirStore:
 
 
 class MaildirMessage(MessageSink):
-    """One message on its way into one or more Maildirs; a ``Commit`` for the committer."""
+    """One message on its way into one or more Maildirs."""
 
     def __init__(self, store: MaildirStore, maildirs: list[str], header: bytes, queue_id: str) -> None:
         self.store = store
         self.maildirs = maildirs
         self.queue_id = queue_id
         self.name = unique_name()
-        self.tmp_path = os.path.join(maildirs[0], "tmp", self.name)
-        self._chunks: list[bytes] = [header]
-        self._buffered = len(header)
-        self._file = None
+        path = os.path.join(maildirs[0], "tmp", self.name)
+        self.body = BodyBuffer(path, header, limit=MEMORY_LIMIT, create=self._create)
+
+    @property
+    def tmp_path(self) -> str:
+        return self.body.path
 
     def write(self, data: bytes) -> None:
-        if self._file is None:
-            self._chunks.append(data)
-            self._buffered += len(data)
-            if self._buffered > MEMORY_LIMIT:
-                self._open()
-                self._write_buffered()
-        else:
-            self._file.write(data)
+        self.body.write(data)
 
-    def _open(self) -> None:
-        if self.store.staging is not None:
-            self.tmp_path, fd = self.store.staging.take()
-            self._file = open(fd, "wb", buffering=0)  # noqa: SIM115
-            return
+    def _create(self, path: str):
         try:
-            self._file = open(self.tmp_path, "xb", buffering=0)  # noqa: SIM115
+            return open(path, "xb", buffering=0)  # noqa: SIM115
         except FileNotFoundError:  # an administrator removed the Maildir while we ran
-            for maildir in self.maildirs:
-                self.store.ensure(maildir, again=True)
-            self._file = open(self.tmp_path, "xb", buffering=0)  # noqa: SIM115
+            self._make_again()
+            return open(path, "xb", buffering=0)  # noqa: SIM115
 
-    def _write_buffered(self) -> None:
-        self._file.write(b"".join(self._chunks))
-        self._chunks = []
+    def _make_again(self) -> None:
+        for maildir in self.maildirs:
+            self.store.ensure(maildir, again=True)
 
     def finish(self) -> Deferred:
-        large = self._file is not None  # streamed to disk already: sync it off the reactor
-        if not large:
-            self._open()
-            self._write_buffered()
-        d = self.store.committer.submit(self, large=large)
+        large = self.body.large  # streamed to disk already: synced off the reactor
+        if large and not all(os.path.isdir(os.path.join(m, "new")) for m in self.maildirs):
+            self._make_again()
+        writes, syncs = self.body.commit_parts()
+        first, *others = self.maildirs
+        steps = [("link", self.tmp_path, os.path.join(m, "new", self.name)) for m in others]
+        steps.append(("rename", self.tmp_path, os.path.join(first, "new", self.name)))
+        commit = Commit(writes, syncs, tuple(steps))
+        d = self.store.committer.submit(commit, large=large)
+
+        def again(failure):  # a small message is still in the commit: make the Maildirs, retry once
+            failure.trap(CommitError)
+            if large or failure.value.errno != errno.ENOENT:
+                return failure
+            self._make_again()
+            return self.store.committer.submit(commit)
+
+        d.addErrback(again)
         d.addCallback(lambda _: reply(250, "2.0.0", f"Ok: queued as {self.queue_id}"))
         return d
 
-    # -- Commit, run by a committer thread ----------------------------------------
-
-    def write_and_sync(self) -> None:
-        f, self._file = self._file, None
-        try:
-            os.fdatasync(f.fileno())  # data and size; the name is synced by the committer
-        finally:
-            f.close()
-
-    def publish(self) -> list[str]:
-        first, *others = self.maildirs
-        try:
-            for maildir in others:
-                target = os.path.join(maildir, "new", self.name)
-                try:
-                    os.link(self.tmp_path, target)
-                except FileNotFoundError:  # removed while we ran: make it again
-                    self.store.ensure(maildir, again=True)
-                    os.link(self.tmp_path, target)
-            os.rename(self.tmp_path, os.path.join(first, "new", self.name))
-        except BaseException:
-            os.unlink(self.tmp_path)
-            raise
-        return [os.path.join(m, "new") for m in self.maildirs]
-
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            try:
-                os.unlink(self.tmp_path)
-            except FileNotFoundError:
-                pass
-        self._chunks = []
+        self.body.discard()

@@ -30,7 +30,6 @@ from .poller import Poller, Schedule
 from .routing import Router
 from .runner import QueueRunner, RunnerSettings
 from .spool import Spool
-from .staging import Staging
 from .tls import client_options, endpoint_host, server_options
 
 log = Logger()
@@ -50,7 +49,7 @@ def build_service(config: Config) -> service.MultiService:
     os.makedirs(os.path.join(data_dir, "mail"), mode=0o700, exist_ok=True)
     if config.json_log:
         JSONLogFile(json_log_path(data_dir)).setServiceParent(top)
-    side = Receiving(config, top, staging="")
+    side = Receiving(config, top)
     swept = side.store.sweep_tmp()
     if swept:
         log.info("removed {n} stale files from Maildir tmp/ directories", n=swept)
@@ -97,19 +96,23 @@ def build_service(config: Config) -> service.MultiService:
 
 class Receiving:
     """The receiving side, as the service and its worker processes both build it:
-    storage (committer, staging, Maildirs, spool), routing, logins, and the
-    factory for a listener.  ``staging`` names this process's staging
-    directory, so that processes never take each other's files."""
+    storage (committers, Maildirs, spool), routing, logins, and the factory
+    for a listener.
 
-    def __init__(self, config: Config, parent: service.MultiService, staging: str) -> None:
+    Maildir deliveries are committed in the disk process, the spool's inline
+    (``committer.py``): a disk process can outlive its parent by one batch,
+    which is harmless in a Maildir (each file appears whole or not at all)
+    but could race with the spool's clean-up after a dead process."""
+
+    def __init__(self, config: Config, parent: service.MultiService) -> None:
         self.config = config
-        mail = os.path.join(os.path.abspath(config.data_dir), "mail")
-        committer = Committer()
-        committer.setServiceParent(parent)
-        stage = Staging(os.path.join(mail, ".staging", staging))  # same file system as the Maildirs
-        stage.setServiceParent(parent)
-        self.store = MaildirStore(mail, committer, stage)
-        self.spool = Spool(os.path.join(os.path.abspath(config.data_dir), "spool"), committer)
+        data_dir = os.path.abspath(config.data_dir)
+        deliveries = Committer(disk_process=True)
+        deliveries.setServiceParent(parent)
+        spooling = Committer()
+        spooling.setServiceParent(parent)
+        self.store = MaildirStore(os.path.join(data_dir, "mail"), deliveries)
+        self.spool = Spool(os.path.join(data_dir, "spool"), spooling)
         self.endpoints = {name: peer.endpoint for name, peer in config.peers.items()}
         routes = {
             domain: self.endpoints[target[5:]] if target.startswith("peer:") else target

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .bodybuffer import BodyBuffer
+from .commits import Commit, unlink
 from .committer import Committer
 from .engine import reply
 
@@ -140,7 +142,7 @@ class Spool:
         removed = 0
         for name in os.listdir(self.incoming):
             if created_by(name.split(".")[0]):
-                _unlink(os.path.join(self.incoming, name))
+                unlink(os.path.join(self.incoming, name))
                 removed += 1
         names = set(os.listdir(self.queue))
         for name in names:
@@ -148,7 +150,7 @@ class Spool:
             if (name.endswith((".eml", ".json.tmp")) and f"{queue_id}.json" not in names) and created_by(
                 queue_id
             ):
-                _unlink(os.path.join(self.queue, name))
+                unlink(os.path.join(self.queue, name))
                 removed += 1
         return removed
 
@@ -183,69 +185,49 @@ class Spool:
     def update(self, envelope: Envelope) -> defer.Deferred:
         """Replace the envelope durably (or remove the entry once every recipient is final)."""
         if envelope.done:
-            return self.committer.submit(_Removal(self, envelope.id))
-        return self.committer.submit(_EnvelopeWrite(self, envelope))
+            return self.committer.submit(_removal(self, envelope.id))
+        return self.committer.submit(_envelope_write(self, envelope))
 
 
 class SpoolMessage:
-    """A ``MessageSink`` writing one body into ``incoming/``, then committing it."""
+    """A ``MessageSink`` for one body bound for ``incoming/``; committed with its envelope."""
 
     def __init__(self, spool: Spool, envelope: Envelope, header: bytes) -> None:
         self.spool = spool
         self.envelope = envelope
-        self.incoming_path = os.path.join(spool.incoming, envelope.id + ".eml")
-        self._file = open(self.incoming_path, "xb")  # noqa: SIM115
-        self._file.write(header)
-        self._size = len(header)
+        self.body = BodyBuffer(os.path.join(spool.incoming, envelope.id + ".eml"), header)
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
-        self._size += len(data)
+        self.body.write(data)
 
     def finish(self) -> defer.Deferred:
-        self._file.flush()
-        self.envelope.size = self._size
-        large = self._size > 256 * 1024
-        d = self.spool.committer.submit(self, large=large)
-        d.addCallback(lambda _: reply(250, "2.0.0", f"Ok: queued as {self.envelope.id}"))
+        self.envelope.size = self.body.size
+        large = self.body.large
+        writes, syncs = self.body.commit_parts()
+        queue_id = self.envelope.id
+        envelope = self.spool.envelope_path(queue_id)
+        commit = Commit(
+            writes + ((envelope + ".tmp", self.envelope.to_json()),),
+            syncs,
+            (
+                ("rename", self.body.path, self.spool.body_path(queue_id)),
+                ("rename", envelope + ".tmp", envelope),
+            ),
+        )
+        d = self.spool.committer.submit(commit, large=large)
+        d.addCallback(lambda _: reply(250, "2.0.0", f"Ok: queued as {queue_id}"))
         return d
 
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            _unlink(self.incoming_path)
-
-    # Commit protocol, run by the committer
-    def write_and_sync(self) -> None:
-        f, self._file = self._file, None
-        try:
-            os.fdatasync(f.fileno())
-        finally:
-            f.close()
-        _write_synced(self.spool.envelope_path(self.envelope.id) + ".tmp", self.envelope.to_json())
-
-    def publish(self) -> list[str]:
-        queue_id = self.envelope.id
-        os.rename(self.incoming_path, self.spool.body_path(queue_id))
-        os.rename(self.spool.envelope_path(queue_id) + ".tmp", self.spool.envelope_path(queue_id))
-        return [self.spool.queue]
+        self.body.discard()
 
 
-class _EnvelopeWrite:
-    def __init__(self, spool: Spool, envelope: Envelope) -> None:
-        self.final = spool.envelope_path(envelope.id)
-        self.data = envelope.to_json()
-
-    def write_and_sync(self) -> None:
-        _write_synced(self.final + ".tmp", self.data)
-
-    def publish(self) -> list[str]:
-        os.rename(self.final + ".tmp", self.final)
-        return [os.path.dirname(self.final)]
+def _envelope_write(spool: Spool, envelope: Envelope) -> Commit:
+    final = spool.envelope_path(envelope.id)
+    return Commit(writes=((final + ".tmp", envelope.to_json()),), steps=(("rename", final + ".tmp", final),))
 
 
-class _Removal:
+def _removal(spool: Spool, queue_id: str) -> Commit:
     """Envelope first: a crash in between leaves an orphan body, which recovery removes.
 
     The directory is not synced afterwards (Postfix does not either): an
@@ -253,33 +235,5 @@ class _Removal:
     failure, and then at worst it is delivered twice.  Syncing here cost a
     directory fsync per delivered message on the hot path.
     """
-
-    def __init__(self, spool: Spool, queue_id: str) -> None:
-        self.paths = [spool.envelope_path(queue_id), spool.body_path(queue_id)]
-        self.queue = spool.queue
-
-    def write_and_sync(self) -> None:
-        pass
-
-    def publish(self) -> list[str]:
-        for path in self.paths:
-            _unlink(path)
-        return []
-
-
-def _write_synced(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    paths = (spool.envelope_path(queue_id), spool.body_path(queue_id))
+    return Commit(steps=tuple(("unlink", path, "") for path in paths))

@@ -254,7 +254,7 @@ def main() -> None:
         redirectStandardIO=False,
     )
     top = service.MultiService()
-    side = Receiving(config, top, staging=f"w{number}")
+    side = Receiving(config, top)
     factory = side.factory(config.listeners[index], side.policy(_Announcer()))
     top.startService()
     with socket.socket(fileno=os.dup(LISTEN_FD)) as shared:

@@ -1,34 +1,23 @@
-"""The group committer: batches, failures kept per commit, clean stop."""
+"""The group committer: batches, failures kept per commit, the disk process, clean stop."""
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 
-from smtppeer.committer import Committer
+from smtppeer.commits import Commit, run_batch
+from smtppeer.committer import CommitError, Committer
 
 
-class FileCommit:
-    """Writes ``data`` to ``tmp/name``, then renames it to ``new/name``."""
-
-    def __init__(self, root, name: str, data: bytes, fail_in: str | None = None) -> None:
-        self.root, self.name, self.data, self.fail_in = root, name, data, fail_in
-
-    def write_and_sync(self) -> None:
-        if self.fail_in == "write":
-            raise OSError("disk full")
-        with open(self.root / "tmp" / self.name, "wb") as f:
-            f.write(self.data)
-            os.fdatasync(f.fileno())
-
-    def publish(self):
-        if self.fail_in == "publish":
-            raise OSError("rename failed")
-        os.rename(self.root / "tmp" / self.name, self.root / "new" / self.name)
-        return [str(self.root / "new")] + ([str(self.root / "missing")] if self.fail_in == "dir" else [])
+def file_commit(root, name: str, data: bytes, target: str | None = None) -> Commit:
+    """Write ``tmp/name``, then rename it to ``new/name`` (or ``target``)."""
+    tmp = str(root / "tmp" / name)
+    return Commit(writes=((tmp, data),), steps=(("rename", tmp, target or str(root / "new" / name)),))
 
 
 @pytest.fixture
@@ -38,54 +27,118 @@ def root(tmp_path):
     return tmp_path
 
 
-@pytest.fixture(params=[False, True], ids=["inline", "worker"])
-def large(request):
-    """Both paths: batched on the reactor thread, and on the worker thread."""
+@pytest.fixture(params=["inline", "process", "worker"])
+def mode(request):
+    """Every place a batch can run: the reactor thread, the disk process, the worker thread."""
     return request.param
 
 
-@pytest_twisted.inlineCallbacks
-def test_many_commits_are_batched_and_all_land(root, large):
-    committer = Committer()
+@pytest.fixture
+def committer(mode):
+    committer = Committer(disk_process=mode == "process")
     committer.startService()
-    try:
-        ds = [committer.submit(FileCommit(root, f"m{i}", b"x" * i), large=large) for i in range(200)]
-        yield defer.gatherResults(ds)
-    finally:
-        yield committer.stopService()
+    yield committer
+    if committer.running:
+        pytest_twisted.blockon(committer.stopService())
+
+
+def submit(committer, mode, commit):
+    return committer.submit(commit, large=mode == "worker")
+
+
+@pytest_twisted.inlineCallbacks
+def test_many_commits_are_batched_and_all_land(root, committer, mode):
+    ds = [submit(committer, mode, file_commit(root, f"m{i}", b"x" * i)) for i in range(200)]
+    yield defer.gatherResults(ds)
     assert sorted(os.listdir(root / "new")) == sorted(f"m{i}" for i in range(200))
+    assert all((root / "new" / f"m{i}").read_bytes() == b"x" * i for i in range(200))
     assert os.listdir(root / "tmp") == []
     assert committer.commits == 200
     assert committer.batches < 200  # at least some commits shared a batch
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_failing_commit_fails_alone(root, large):
-    committer = Committer()
-    committer.startService()
-    try:
-        results = yield defer.DeferredList(
-            [
-                committer.submit(FileCommit(root, "ok1", b"1"), large=large),
-                committer.submit(FileCommit(root, "bad-write", b"2", fail_in="write"), large=large),
-                committer.submit(FileCommit(root, "bad-publish", b"3", fail_in="publish"), large=large),
-                committer.submit(FileCommit(root, "bad-dir", b"4", fail_in="dir"), large=large),
-                committer.submit(FileCommit(root, "ok2", b"5"), large=large),
-            ],
-            consumeErrors=True,
-        )
-    finally:
-        yield committer.stopService()
+def test_a_failing_commit_fails_alone_and_leaves_nothing(root, committer, mode):
+    missing = root / "missing"
+    tmp_c = str(root / "tmp" / "c")
+    half_linked = Commit(
+        writes=((tmp_c, b"3"),),
+        steps=(("link", tmp_c, str(root / "new" / "c-copy")), ("link", tmp_c, str(missing / "c"))),
+    )
+    results = yield defer.DeferredList(
+        [
+            submit(committer, mode, file_commit(root, "ok1", b"1")),
+            submit(committer, mode, Commit(writes=((str(missing / "x"), b"2"),))),
+            submit(committer, mode, file_commit(root, "b", b"2", target=str(missing / "b"))),
+            submit(committer, mode, half_linked),
+            submit(committer, mode, file_commit(root, "ok2", b"5")),
+        ],
+        consumeErrors=True,
+    )
     assert [ok for ok, _ in results] == [True, False, False, False, True]
-    assert "disk full" in str(results[1][1].value)
-    assert sorted(os.listdir(root / "new")) == ["bad-dir", "ok1", "ok2"]  # bad-dir's fsync failed
+    for _, failure in results[1:4]:
+        assert isinstance(failure.value, CommitError)
+        assert failure.value.errno == errno.ENOENT
+        assert "missing" in str(failure.value)
+    assert sorted(os.listdir(root / "new")) == ["ok1", "ok2"]  # the link to c-copy was taken back
+    assert os.listdir(root / "tmp") == []  # and the failed commits' temporary files removed
 
 
 @pytest_twisted.inlineCallbacks
-def test_stop_finishes_what_was_queued(root, large):
-    committer = Committer()
-    committer.startService()
-    ds = [committer.submit(FileCommit(root, f"m{i}", b"x"), large=large) for i in range(50)]
+def test_stop_finishes_what_was_queued(root, committer, mode):
+    ds = [submit(committer, mode, file_commit(root, f"m{i}", b"x")) for i in range(50)]
     yield committer.stopService()
     yield defer.gatherResults(ds)
     assert len(os.listdir(root / "new")) == 50
+
+
+def test_two_commits_of_one_file_in_a_batch_run_one_after_the_other(root):
+    """Two updates of one envelope that end in the same iteration must not interleave
+    (both writing the temporary name before either renames it)."""
+    final = str(root / "new" / "env.json")
+    tmp = final + ".tmp"
+    first = Commit(writes=((tmp, b"first"),), steps=(("rename", tmp, final),))
+    second = Commit(writes=((tmp, b"second"),), steps=(("rename", tmp, final),))
+    other = file_commit(root, "other", b"o")
+    dir_fds: dict[str, int] = {}
+    try:
+        assert run_batch([first, other, second], dir_fds) == [None, None, None]
+    finally:
+        for fd in dir_fds.values():
+            os.close(fd)
+    assert (root / "new" / "env.json").read_bytes() == b"second"
+    assert sorted(os.listdir(root / "new")) == ["env.json", "other"]
+
+
+def test_unlink_steps_tolerate_missing_files_and_sync_no_directory(root):
+    (root / "new" / "a").write_bytes(b"a")
+    commit = Commit(steps=(("unlink", str(root / "new" / "a"), ""), ("unlink", str(root / "new" / "gone"), "")))
+    dir_fds: dict[str, int] = {}
+    assert run_batch([commit], dir_fds) == [None]
+    assert dir_fds == {}
+    assert os.listdir(root / "new") == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_commits_the_disk_process_never_answered_fail_and_it_is_started_again(root):
+    committer = Committer(disk_process=True)
+    committer.startService()
+    try:
+        first = committer._process
+        os.kill(first.transport.pid, signal.SIGSTOP)  # it takes the batch but cannot act on it
+        d = committer.submit(file_commit(root, "lost", b"1"))
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        os.kill(first.transport.pid, signal.SIGKILL)
+        with pytest.raises(CommitError, match="ended before answering"):
+            yield d
+        assert os.listdir(root / "new") == []  # failed, and nothing of it visible
+        assert committer._process is None
+        # Started again for the next batch (at most once a second; inline meanwhile).
+        yield committer.submit(file_commit(root, "soon", b"2"))
+        yield task.deferLater(reactor, 1.1, lambda: None)
+        yield committer.submit(file_commit(root, "later", b"3"))
+        assert committer._process is not None
+        assert committer._process.transport.pid != first.transport.pid
+    finally:
+        yield committer.stopService()
+    assert sorted(os.listdir(root / "new")) == ["later", "soon"]
