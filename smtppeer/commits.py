@@ -43,7 +43,7 @@ class Commit(NamedTuple):
     ``steps`` run in order, and the directories of every link and rename
     target are synced.  Unlinks are not synced: see ``spool._removal``.  If
     anything fails, the commit's temporary files and the links it made are
-    removed again, so nobody sees half of it.
+    removed again.
     """
 
     writes: tuple[tuple[str, bytes], ...] = ()
@@ -98,9 +98,10 @@ def _run(commits: Sequence[Commit], dir_fds: dict[str, int]) -> list[Failure | N
         finally:
             os.close(fd)
     dirs: dict[str, list[int]] = {}
+    linked: dict[int, list[str]] = {}
     for i, commit in enumerate(commits):
         if i not in failed:
-            error = _publish(commit, i, dirs)
+            error = _publish(commit, i, dirs, linked.setdefault(i, []))
             if error is not None:
                 failed[i] = error
     for path, members in dirs.items():
@@ -119,13 +120,21 @@ def _run(commits: Sequence[Commit], dir_fds: dict[str, int]) -> list[Failure | N
             if stale is not None:
                 os.close(stale)
     for i in failed:
-        for path in [path for path, _ in commits[i].writes] + list(commits[i].syncs):
-            unlink(path)
+        _take_back(commits[i], linked.get(i, []))
     return [failed.get(i) for i in range(len(commits))]
 
 
-def _publish(commit: Commit, index: int, dirs: dict[str, list[int]]) -> Failure | None:
-    linked: list[str] = []
+def _take_back(commit: Commit, links: list[str]) -> None:
+    """Remove a failed commit's temporary files and the ``links`` it made.  Best
+    effort: the failure may be the very directory they are in."""
+    for path in [path for path, _ in commit.writes] + list(commit.syncs) + links:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _publish(commit: Commit, index: int, dirs: dict[str, list[int]], linked: list[str]) -> Failure | None:
     try:
         for op, source, target in commit.steps:
             if op == "link":
@@ -140,10 +149,35 @@ def _publish(commit: Commit, index: int, dirs: dict[str, list[int]]) -> Failure 
                 raise ValueError(f"unknown step {op!r}")
             dirs.setdefault(os.path.dirname(target), []).append(index)
     except (OSError, ValueError) as e:
-        for target in linked:
-            unlink(target)
         return _failure(e)
     return None
+
+
+def settle(commit: Commit) -> Failure | None:
+    """Decide a commit whose process died before answering, so that the answer is true.
+
+    Names appear only after every file is synced, and the last step is what
+    makes a commit whole (a Maildir's rename comes after its links).  So if
+    every link and rename target exists, the commit got far enough: its
+    directories are synced here and it succeeded.  Otherwise whatever of it
+    appeared is taken back and it failed.  This holds for commits whose
+    targets are new names, as every Maildir delivery's are (the disk process
+    runs nothing else); a rename over an existing file could not be told apart.
+    """
+    targets = [target for op, _, target in commit.steps if op in ("link", "rename")]
+    if targets and all(os.path.lexists(target) for target in targets):
+        try:
+            for directory in dict.fromkeys(os.path.dirname(target) for target in targets):
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            return _failure(e)
+        return None
+    _take_back(commit, [t for op, _, t in commit.steps if op == "link" and os.path.lexists(t)])
+    return (0, "the disk process ended before finishing")
 
 
 def _failure(e: Exception) -> Failure:

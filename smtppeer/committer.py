@@ -24,10 +24,11 @@ of three places:
 * **A worker thread**, for a message streamed to disk because it is large, so
   that its long sync never stalls other sessions.
 
-If the disk process dies, the commits it had not answered fail (their
-sessions answer ``451``, and nothing of them is visible, or else all of it
-is, see ``commits.py``), and it is started again for the next batch, at most
-once a second, batches running inline meanwhile.
+If the disk process dies, each commit it had not answered is looked at
+(``commits.settle``): one it had published completely is finished and
+succeeds, any other is taken back and fails (its session answers ``451``),
+so the answer is true either way.  The process is started again for the
+next batch, at most once a second, batches running inline meanwhile.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from .commits import Commit, Failure, frame, run_batch, unframe
+from .commits import Commit, Failure, frame, run_batch, settle, unframe
 
 log = Logger()
 
@@ -213,11 +214,10 @@ class _DiskProcess(protocol.ProcessProtocol):
             _report(self.waiting.popleft(), results)  # type: ignore[arg-type]
 
     def processEnded(self, reason) -> None:
-        why = str(reason.value)
-        self.committer._ended(self, why)
-        while self.waiting:
+        self.committer._ended(self, str(reason.value))
+        while self.waiting:  # it may have got as far as publishing some: find out (``settle``)
             batch = self.waiting.popleft()
-            _report(batch, [(0, f"the disk process ended before answering ({why})")] * len(batch))
+            _report(batch, [settle(commit) for commit, _ in batch])
         self.ended.callback(None)
 
 

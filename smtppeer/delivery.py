@@ -365,9 +365,22 @@ class IncomingMessage(MessageSink):
         if len(self.sinks) == 1:  # the common case, without the cost of gathering
             d = defer.maybeDeferred(self.sinks[0].finish)
         else:
-            d = defer.gatherResults([defer.maybeDeferred(s.finish) for s in self.sinks], consumeErrors=True)
+            d = defer.DeferredList([defer.maybeDeferred(s.finish) for s in self.sinks], consumeErrors=True)
+            d.addCallback(self._all_or_none)
         d.addCallback(self._accepted)
         return d
+
+    def _all_or_none(self, results: list) -> defer.Deferred | None:
+        """A message is accepted for all its recipients or for none: if one sink
+        failed (its session answers 451 and the client sends it again), take back
+        the copies that did land, so that the retry does not deliver them twice."""
+        failures = [result for ok, result in results if not ok]
+        if not failures:
+            return None
+        landed = [sink for (ok, _), sink in zip(results, self.sinks, strict=True) if ok]
+        taken = defer.DeferredList([defer.maybeDeferred(sink.retract) for sink in landed], consumeErrors=True)
+        taken.addCallback(lambda _: failures[0])
+        return taken
 
     def _accepted(self, _: object) -> Reply:
         log.info(

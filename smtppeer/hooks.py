@@ -38,6 +38,10 @@ class MessageSink:
     def abort(self) -> None:
         """Throw away what was written (bad body, reset, lost connection)."""
 
+    def retract(self) -> ReplyOrDeferred | None:
+        """Take back a finished message, because another part of it failed
+        (the client is told to send it again); best effort."""
+
 
 class ReceiverHooks:
     """Policy and storage for the receiving role.  The defaults refuse mail.

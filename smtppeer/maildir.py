@@ -10,6 +10,7 @@ sessions' messages.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import itertools
@@ -140,3 +141,8 @@ class MaildirMessage(MessageSink):
 
     def abort(self) -> None:
         self.body.discard()
+
+    def retract(self) -> None:
+        for maildir in self.maildirs:
+            with contextlib.suppress(OSError):  # best effort: a reader may have moved it already
+                os.unlink(os.path.join(maildir, "new", self.name))

@@ -221,6 +221,9 @@ class SpoolMessage:
     def abort(self) -> None:
         self.body.discard()
 
+    def retract(self) -> defer.Deferred:
+        return self.spool.committer.submit(_removal(self.spool, self.envelope.id))
+
 
 def _envelope_write(spool: Spool, envelope: Envelope) -> Commit:
     final = spool.envelope_path(envelope.id)

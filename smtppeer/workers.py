@@ -1,10 +1,12 @@
 """Worker processes for a busy listener (``processes = N``).
 
-One reactor thread waits on the file system for every message it stores;
-a second process waiting at the same time nearly doubles what a listener
-takes in (measured: 1.57x with two).  So a listener may be shared: the
-service opens the socket and N - 1 workers accept on it too (the kernel
-spreads connections among them).
+One process's SMTP work runs on one core (its reactor thread); a listener
+that must take in more than that may be shared: the service opens the
+socket and N - 1 workers accept on it too (the kernel spreads connections
+among them).  Before the disk process (``committer.py``) each reactor also
+waited for the disk, and two processes measured 1.57x one; since, on the
+2-core benchmark machine (load generator included) two are no faster than
+one, so this pays off only with cores to spare.
 
 Each process accepts on a socket of its own, all bound to the same address
 with ``SO_REUSEPORT``, so the kernel spreads connections evenly among them

@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from smtppeer.commits import Commit, run_batch
+from smtppeer.commits import Commit, run_batch, settle
 from smtppeer.committer import CommitError, Committer
 
 
@@ -112,7 +112,9 @@ def test_two_commits_of_one_file_in_a_batch_run_one_after_the_other(root):
 
 def test_unlink_steps_tolerate_missing_files_and_sync_no_directory(root):
     (root / "new" / "a").write_bytes(b"a")
-    commit = Commit(steps=(("unlink", str(root / "new" / "a"), ""), ("unlink", str(root / "new" / "gone"), "")))
+    commit = Commit(
+        steps=(("unlink", str(root / "new" / "a"), ""), ("unlink", str(root / "new" / "gone"), ""))
+    )
     dir_fds: dict[str, int] = {}
     assert run_batch([commit], dir_fds) == [None]
     assert dir_fds == {}
@@ -129,7 +131,7 @@ def test_commits_the_disk_process_never_answered_fail_and_it_is_started_again(ro
         d = committer.submit(file_commit(root, "lost", b"1"))
         yield task.deferLater(reactor, 0.05, lambda: None)
         os.kill(first.transport.pid, signal.SIGKILL)
-        with pytest.raises(CommitError, match="ended before answering"):
+        with pytest.raises(CommitError, match="ended before finishing"):
             yield d
         assert os.listdir(root / "new") == []  # failed, and nothing of it visible
         assert committer._process is None
@@ -142,3 +144,22 @@ def test_commits_the_disk_process_never_answered_fail_and_it_is_started_again(ro
     finally:
         yield committer.stopService()
     assert sorted(os.listdir(root / "new")) == ["later", "soon"]
+
+
+def test_a_commit_its_process_published_before_dying_is_settled_as_done(root):
+    """The process died after the rename (the last step) but before answering."""
+    commit = file_commit(root, "m", b"data")
+    (root / "new" / "m").write_bytes(b"data")  # as the dead process left it: synced, renamed
+    assert settle(commit) is None
+    assert (root / "new" / "m").read_bytes() == b"data"
+
+
+def test_a_commit_its_process_left_half_done_is_taken_back(root):
+    """Died between a link (a second recipient) and the rename: nobody may see it."""
+    tmp, copy, final = str(root / "tmp" / "m"), str(root / "new" / "copy"), str(root / "new" / "m")
+    commit = Commit(writes=((tmp, b"data"),), steps=(("link", tmp, copy), ("rename", tmp, final)))
+    (root / "tmp" / "m").write_bytes(b"data")
+    os.link(tmp, copy)
+    failure = settle(commit)
+    assert failure is not None and "before finishing" in failure[1]
+    assert os.listdir(root / "new") == [] and os.listdir(root / "tmp") == []

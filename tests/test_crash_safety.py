@@ -188,15 +188,18 @@ def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
     return condition()
 
 
-def worker_pids(service_pid: int) -> list[int]:
-    ps = ["ps", "-o", "pid=,args=", "--ppid", str(service_pid)]
+def children(parent: int, module: str) -> list[int]:
+    """Child processes of ``parent`` running ``python -m module``."""
+    ps = ["ps", "-o", "pid=,args=", "--ppid", str(parent)]
     out = subprocess.run(ps, capture_output=True, text=True, check=False)
-    return [int(line.split()[0]) for line in out.stdout.splitlines() if "smtppeer.workers" in line]
+    return [int(line.split()[0]) for line in out.stdout.splitlines() if f"-m {module}" in line]
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "with-a-worker"])
 def test_sigkill_at_random_points_loses_nothing_acknowledged(twistd_peer, processes):
-    """With a worker, each kill hits the worker or the whole service, at random."""
+    """Each kill hits, at random, a disk process (``committer.py``: its unanswered
+    commits must be settled truthfully), a worker (if there is one), or the
+    whole service."""
     seed = int(os.environ.get("SMTPPEER_CRASH_SEED") or random.SystemRandom().randrange(1, 2**31))
     print(f"\ncrash-safety seed {seed} (SMTPPEER_CRASH_SEED={seed} to replay)")
     rng = random.Random(seed)
@@ -217,14 +220,19 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(twistd_peer, proces
     stop = threading.Event()
     clients = [Client(n, a.port, stop, random.Random(rng.getrandbits(64))) for n in range(CLIENTS)]
     threads = [threading.Thread(target=c.run, name=f"client{c.number}", daemon=True) for c in clients]
-    kills = worker_kills = 0
+    kills = worker_kills = disk_kills = 0
     try:
         for t in threads:
             t.start()
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.7, 2.5))
-            workers = worker_pids(a.proc.pid) if processes > 1 else []
-            if workers and rng.random() < 0.6:
+            workers = children(a.proc.pid, "smtppeer.workers")
+            disks = [pid for p in [a.proc.pid, *workers] for pid in children(p, "smtppeer.commits")]
+            choice = rng.random()
+            if disks and choice < 0.3:
+                os.kill(rng.choice(disks), signal.SIGKILL)  # its committer starts it again
+                disk_kills += 1
+            elif workers and choice < 0.7:
                 os.kill(rng.choice(workers), signal.SIGKILL)  # the service starts it again
                 worker_kills += 1
             else:
@@ -299,7 +307,7 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(twistd_peer, proces
 
     sessions = sum(c.sessions for c in clients)
     print(
-        f"crash-safety: {kills} kills ({worker_kills} of a worker), "
+        f"crash-safety: {kills} kills ({worker_kills} of a worker, {disk_kills} of a disk process), "
         f"{len(records)} messages in {sessions} sessions "
         f"({sum(c.connect_failures for c in clients)} refused connections); "
         f"acknowledged {outcomes[ACKED]}, unknown {outcomes[UNKNOWN]} "
