@@ -27,6 +27,7 @@ from .engine import sender as sev
 from .engine.extensions import Extension
 from .engine.sender import ClientSecurity
 from .hooks import MessageSink, ReceiverHooks, SenderJob
+from .sendnow import send_now
 from .trace import address_literal
 
 log = Logger()
@@ -392,7 +393,9 @@ class SMTPPeer(Protocol):
             data = engine.data_to_send()
             if not data:
                 break
-            self.transport.write(data)
+            rest = send_now(self.transport, data)
+            if rest:
+                self.transport.write(rest)
 
     def _close_after_flush(self) -> None:
         self._flush()
