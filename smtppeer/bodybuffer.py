@@ -17,7 +17,8 @@ from .commits import unlink
 MEMORY_LIMIT = 256 * 1024
 
 
-def _create(path: str) -> BinaryIO:
+def create_file(path: str) -> BinaryIO:
+    """A new file at ``path`` (never an existing one), unbuffered: the body is written in large pieces."""
     return open(path, "xb", buffering=0)  # noqa: SIM115
 
 
@@ -25,7 +26,7 @@ class BodyBuffer:
     """The bytes of one message, destined for ``path`` (a name nobody reads yet)."""
 
     def __init__(
-        self, path: str, first: bytes = b"", *, limit: int = MEMORY_LIMIT, create: Callable = _create
+        self, path: str, first: bytes = b"", *, limit: int = MEMORY_LIMIT, create: Callable = create_file
     ) -> None:
         self.path = path
         self.limit = limit

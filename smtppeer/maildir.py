@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
 
-from .bodybuffer import MEMORY_LIMIT, BodyBuffer
+from .bodybuffer import MEMORY_LIMIT, BodyBuffer, create_file
 from .commits import Commit
 from .committer import CommitError, Committer
 from .engine import reply
@@ -108,10 +108,10 @@ class MaildirMessage(MessageSink):
 
     def _create(self, path: str):
         try:
-            return open(path, "xb", buffering=0)  # noqa: SIM115
+            return create_file(path)
         except FileNotFoundError:  # an administrator removed the Maildir while we ran
             self._make_again()
-            return open(path, "xb", buffering=0)  # noqa: SIM115
+            return create_file(path)
 
     def _make_again(self) -> None:
         for maildir in self.maildirs:

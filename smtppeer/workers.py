@@ -5,8 +5,8 @@ that must take in more than that may be shared: the service opens the
 socket and N - 1 workers accept on it too (the kernel spreads connections
 among them).  Before the disk process (``committer.py``) each reactor also
 waited for the disk, and two processes measured 1.57x one; since, on the
-2-core benchmark machine (load generator included) two are no faster than
-one, so this pays off only with cores to spare.
+2-core benchmark machine (load generator included), two gave no clear gain
+over one, so this pays off only with cores to spare.
 
 Each process accepts on a socket of its own, all bound to the same address
 with ``SO_REUSEPORT``, so the kernel spreads connections evenly among them
