@@ -386,7 +386,7 @@ def run_smtppeer(args: argparse.Namespace, root: Path, rnd: Round) -> None:
         if note:
             rnd.problems.append(note)
     log = relay.log_text()
-    batches = [int(n) for n in re.findall(r"delivered to \S+: (\d+) messages", log)]
+    batches = [int(n) for n in re.findall(r"session with .*?: (\d+) of \d+ messages delivered", log)]
     rnd.detail = f"{len(batches)} connections, {sum(batches)} messages reported sent"
     for pattern in ("Traceback", "failed:", "Unhandled"):
         if pattern in log:
