@@ -359,8 +359,9 @@ class IncomingMessage(MessageSink):
 
     def finish(self) -> defer.Deferred | Reply:
         self._head_done = True
-        if self.hops() > self.policy.max_received:
-            self.abort(f"refused: {self.hops()} Received: headers, a mail loop")
+        hops = self.hops()
+        if hops > self.policy.max_received:
+            self.abort(f"refused: {hops} Received: headers, a mail loop")
             return reply(554, "5.4.6", "Too many hops (Received: headers): routing loop detected")
         if len(self.sinks) == 1:  # the common case, without the cost of gathering
             d = defer.maybeDeferred(self.sinks[0].finish)
