@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.internet import defer, endpoints, protocol, reactor, task
 
-from smtppeer.engine import Limits
+from smtppeer.engine import Limits, reply
 from smtppeer.hooks import SenderJob
 
 from .peerutil import Listener, MemoryHooks, connect_line_client, connect_sender, message
@@ -113,3 +113,45 @@ def test_sender_gives_up_on_a_silent_server_and_defers_its_messages():
         yield _Silent.closed
     finally:
         yield port.stopListening()
+
+
+class SlowHooks(MemoryHooks):
+    """RCPT is decided later, when the test fires ``pending``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: defer.Deferred | None = None
+
+    def rcpt_to(self, peer, path, params):
+        self.pending = defer.Deferred()
+        return self.pending
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_slow_decision_is_not_the_clients_timeout_and_the_timer_runs_again_after():
+    clock = task.Clock()
+    hooks = SlowHooks()
+    listener = Listener("b.test", hooks, clock=clock)
+    port = yield listener.start()
+    try:
+        client = yield connect_line_client(port)
+        yield client.wait_lines(1)
+        client.send(b"HELO a\r\nMAIL FROM:<a@a.test>\r\nRCPT TO:<u@b.test>\r\n")
+        yield client.wait_lines(3)
+        for _ in range(30):  # a decision pending for ten minutes and more
+            yield task.deferLater(reactor, 0, lambda: None)
+            if hooks.pending is not None:
+                break
+        clock.advance(700)
+        assert not client.closed.called, "timed out while the client waited for us"
+        hooks.pending.callback(reply(250, "2.1.5", "OK"))
+        lines = yield client.wait_lines(4)
+        assert lines[3].startswith(b"250 2.1.5")
+        clock.advance(299)  # now it is the client's turn: five minutes from the reply
+        assert not client.closed.called
+        clock.advance(2)
+        lines = yield client.closed
+        assert lines[-1].startswith(b"421 4.4.2 ")
+        yield hooks.peers[0].done
+    finally:
+        yield listener.stop()
