@@ -12,9 +12,9 @@ from .peerutil import Listener, MemoryHooks, connect_line_client, connect_sender
 
 
 @defer.inlineCallbacks
-def _listen_with_clock(limits: Limits | None = None):
+def _listen_with_clock(limits: Limits | None = None, hooks: MemoryHooks | None = None):
     clock = task.Clock()
-    hooks = MemoryHooks()
+    hooks = hooks or MemoryHooks()
     listener = Listener("b.test", hooks, clock=clock, limits=limits)
     port = yield listener.start()
     client = yield connect_line_client(port)
@@ -129,13 +129,8 @@ class SlowHooks(MemoryHooks):
 
 @pytest_twisted.inlineCallbacks
 def test_a_slow_decision_is_not_the_clients_timeout_and_the_timer_runs_again_after():
-    clock = task.Clock()
-    hooks = SlowHooks()
-    listener = Listener("b.test", hooks, clock=clock)
-    port = yield listener.start()
+    clock, hooks, listener, client = yield _listen_with_clock(hooks=SlowHooks())
     try:
-        client = yield connect_line_client(port)
-        yield client.wait_lines(1)
         client.send(b"HELO a\r\nMAIL FROM:<a@a.test>\r\nRCPT TO:<u@b.test>\r\n")
         yield client.wait_lines(3)
         for _ in range(30):  # a decision pending for ten minutes and more
