@@ -77,11 +77,13 @@ class Committer(service.Service):
         self.batches = 0
         self.commits = 0
 
-    def submit(self, commit: Commit, *, large: bool = False) -> defer.Deferred:
+    def submit(self, commit: Commit) -> defer.Deferred:
         """A Deferred that fires (on the reactor thread) once ``commit`` is durable,
-        or fails with :class:`CommitError`."""
+        or fails with :class:`CommitError`.  A commit that syncs a file written
+        already (a body streamed to disk because it is large) goes to the worker
+        thread; every other one to the next batch."""
         d: defer.Deferred = defer.Deferred()
-        if large:
+        if commit.syncs:
             self._start_worker()
             self._queue.put((commit, d))
             return d

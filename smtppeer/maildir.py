@@ -118,7 +118,7 @@ class MaildirMessage(MessageSink):
             self.store.ensure(maildir, again=True)
 
     def finish(self) -> Deferred:
-        large = self.body.large  # streamed to disk already: synced off the reactor
+        large = self.body.large  # streamed to its file already, which a failure removes
         if large and not all(os.path.isdir(os.path.join(m, "new")) for m in self.maildirs):
             self._make_again()
         writes, syncs = self.body.commit_parts()
@@ -126,7 +126,7 @@ class MaildirMessage(MessageSink):
         steps = [("link", self.tmp_path, os.path.join(m, "new", self.name)) for m in others]
         steps.append(("rename", self.tmp_path, os.path.join(first, "new", self.name)))
         commit = Commit(writes, syncs, tuple(steps))
-        d = self.store.committer.submit(commit, large=large)
+        d = self.store.committer.submit(commit)
 
         def again(failure):  # a small message is still in the commit: make the Maildirs, retry once
             failure.trap(CommitError)

@@ -202,7 +202,6 @@ class SpoolMessage:
 
     def finish(self) -> defer.Deferred:
         self.envelope.size = self.body.size
-        large = self.body.large
         writes, syncs = self.body.commit_parts()
         queue_id = self.envelope.id
         envelope = self.spool.envelope_path(queue_id)
@@ -214,7 +213,7 @@ class SpoolMessage:
                 ("rename", envelope + ".tmp", envelope),
             ),
         )
-        d = self.spool.committer.submit(commit, large=large)
+        d = self.spool.committer.submit(commit)
         d.addCallback(lambda _: reply(250, "2.0.0", f"Ok: queued as {queue_id}"))
         return d
 

@@ -14,10 +14,21 @@ from smtppeer.commits import Commit, run_batch, settle
 from smtppeer.committer import CommitError, Committer
 
 
-def file_commit(root, name: str, data: bytes, target: str | None = None) -> Commit:
+def body(path, data: bytes, streamed: bool) -> dict:
+    """A commit's file: written by the commit, or (``streamed``, as a large body is)
+    written here first so that the commit only syncs it; then it runs on the worker."""
+    if not streamed:
+        return {"writes": ((str(path), data),)}
+    if path.parent.is_dir():
+        path.write_bytes(data)
+    return {"syncs": (str(path),)}
+
+
+def file_commit(root, name: str, data: bytes, target: str | None = None, streamed: bool = False) -> Commit:
     """Write ``tmp/name``, then rename it to ``new/name`` (or ``target``)."""
-    tmp = str(root / "tmp" / name)
-    return Commit(writes=((tmp, data),), steps=(("rename", tmp, target or str(root / "new" / name)),))
+    tmp = root / "tmp" / name
+    steps = (("rename", str(tmp), target or str(root / "new" / name)),)
+    return Commit(steps=steps, **body(tmp, data, streamed))
 
 
 @pytest.fixture
@@ -29,8 +40,14 @@ def root(tmp_path):
 
 @pytest.fixture(params=["inline", "process", "worker"])
 def mode(request):
-    """Every place a batch can run: the reactor thread, the disk process, the worker thread."""
+    """Every place a batch can run: the reactor thread, the disk process, the worker thread
+    (for commits of streamed bodies)."""
     return request.param
+
+
+@pytest.fixture
+def streamed(mode):
+    return mode == "worker"
 
 
 @pytest.fixture
@@ -42,39 +59,34 @@ def committer(mode):
         pytest_twisted.blockon(committer.stopService())
 
 
-def submit(committer, mode, commit):
-    return committer.submit(commit, large=mode == "worker")
-
-
 @pytest_twisted.inlineCallbacks
-def test_many_commits_are_batched_and_all_land(root, committer, mode):
-    ds = [submit(committer, mode, file_commit(root, f"m{i}", b"x" * i)) for i in range(200)]
+def test_many_commits_are_batched_and_all_land(root, committer, streamed):
+    ds = [committer.submit(file_commit(root, f"m{i}", b"x" * i, streamed=streamed)) for i in range(200)]
     yield defer.gatherResults(ds)
     assert sorted(os.listdir(root / "new")) == sorted(f"m{i}" for i in range(200))
     assert all((root / "new" / f"m{i}").read_bytes() == b"x" * i for i in range(200))
     assert os.listdir(root / "tmp") == []
     assert committer.commits == 200
     assert committer.batches < 200  # at least some commits shared a batch
+    assert (committer._thread is not None) == streamed  # streamed bodies, and only they, on the worker
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_failing_commit_fails_alone_and_leaves_nothing(root, committer, mode):
+def test_a_failing_commit_fails_alone_and_leaves_nothing(root, committer, streamed):
     missing = root / "missing"
     tmp_c = str(root / "tmp" / "c")
     half_linked = Commit(
-        writes=((tmp_c, b"3"),),
         steps=(("link", tmp_c, str(root / "new" / "c-copy")), ("link", tmp_c, str(missing / "c"))),
+        **body(root / "tmp" / "c", b"3", streamed),
     )
-    results = yield defer.DeferredList(
-        [
-            submit(committer, mode, file_commit(root, "ok1", b"1")),
-            submit(committer, mode, Commit(writes=((str(missing / "x"), b"2"),))),
-            submit(committer, mode, file_commit(root, "b", b"2", target=str(missing / "b"))),
-            submit(committer, mode, half_linked),
-            submit(committer, mode, file_commit(root, "ok2", b"5")),
-        ],
-        consumeErrors=True,
-    )
+    commits = [
+        file_commit(root, "ok1", b"1", streamed=streamed),
+        Commit(**body(missing / "x", b"2", streamed)),
+        file_commit(root, "b", b"2", target=str(missing / "b"), streamed=streamed),
+        half_linked,
+        file_commit(root, "ok2", b"5", streamed=streamed),
+    ]
+    results = yield defer.DeferredList([committer.submit(c) for c in commits], consumeErrors=True)
     assert [ok for ok, _ in results] == [True, False, False, False, True]
     for _, failure in results[1:4]:
         assert isinstance(failure.value, CommitError)
@@ -85,8 +97,8 @@ def test_a_failing_commit_fails_alone_and_leaves_nothing(root, committer, mode):
 
 
 @pytest_twisted.inlineCallbacks
-def test_stop_finishes_what_was_queued(root, committer, mode):
-    ds = [submit(committer, mode, file_commit(root, f"m{i}", b"x")) for i in range(50)]
+def test_stop_finishes_what_was_queued(root, committer, streamed):
+    ds = [committer.submit(file_commit(root, f"m{i}", b"x", streamed=streamed)) for i in range(50)]
     yield committer.stopService()
     yield defer.gatherResults(ds)
     assert len(os.listdir(root / "new")) == 50
