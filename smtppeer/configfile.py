@@ -64,7 +64,8 @@ The schema (``examples/`` has annotated files for each use)::
 
     [users.alice]                       # may AUTH to submit (and so relay) mail; owns no domains
     password = "..."                    # or password_hash = "SCRAM-SHA-256$4096:..." (smtppeer hash-password)
-                                        # a login name is one user's or one peer's username, never both
+                                        # a login name is one user's or one peer's username, never both;
+                                        # it may be an address: [users."alice@example.org"]
 
     [[polls]]                           # repeatable
     peer = "provider"                   # a peer with an endpoint
@@ -158,6 +159,9 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _PEER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# A user's login: a name like a peer's (with "+"), or an address, as many mail setups use.
+# Nothing SASL would have to escape (SCRAM's "," and "="), no spaces (CRAM-MD5).
+_LOGIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*(@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)?")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhdw])", re.IGNORECASE)
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZE = re.compile(r"(\d+)\s*(?:([KMG])(?:i?B)?|B)?", re.IGNORECASE)
@@ -782,8 +786,9 @@ class _Reader:
         logins = {p.username: p.name for p in config.peers.values() if p.username is not None}
         for name, spec in value.items():
             key: Key = ("users", name)
-            if not _PEER_NAME.fullmatch(name):
-                raise self.error(key, f"{_show(name)} is not a user name (letters, digits, '.', '_', '-')")
+            if not _LOGIN_NAME.fullmatch(name):
+                rule = "letters, digits, '.', '_', '+', '-'; or an address"
+                raise self.error(key, f"{_show(name)} is not a login name ({rule})")
             if name in logins:
                 raise self.error(
                     key,

@@ -299,6 +299,9 @@ password = "wonderland"
 [users."bob.smith"]
 password_hash = "{HASH}"
 
+[users."carol+mail@example.org"]
+password = "looking-glass"
+
 [peers.customer]
 domains = ["customer.example"]
 username = "customer"
@@ -347,6 +350,7 @@ def test_trust_schema_round_trip(pem_files):
     assert config.users == {
         "alice": User("alice", password="wonderland"),
         "bob.smith": User("bob.smith", password_hash=HASH),
+        "carol+mail@example.org": User("carol+mail@example.org", password="looking-glass"),
     }
     assert config.peers == {
         "customer": Peer("customer", domains=["customer.example"], username="customer", password_hash=HASH),
@@ -765,7 +769,9 @@ BROKEN = [
     # users
     ("users-not-table", 'users = ["alice"]', "users: expected a table of users ([users.NAME]), got an array"),
     ("user-not-table", 'users = { alice = "secret" }', 'users.alice: expected a table, got a string ("secret")'),
-    ("bad-user-name", '[users."al ice"]\npassword = "x"', 'users."al ice": "al ice" is not a user name (letters, digits, \'.\', \'_\', \'-\')'),
+    ("bad-user-name", '[users."al ice"]\npassword = "x"', 'users."al ice": "al ice" is not a login name (letters, digits, \'.\', \'_\', \'+\', \'-\'; or an address)'),
+    ("user-name-two-ats", '[users."a@b@c.test"]\npassword = "x"', 'users."a@b@c.test": "a@b@c.test" is not a login name (letters, digits, \'.\', \'_\', \'+\', \'-\'; or an address)'),
+    ("user-name-scram-comma", '[users."a,b"]\npassword = "x"', 'users."a,b": "a,b" is not a login name (letters, digits, \'.\', \'_\', \'+\', \'-\'; or an address)'),
     ("user-unknown-key", '[users.alice]\npasword = "x"', 'users.alice.pasword: unknown key (did you mean "password"?)'),
     ("user-no-password", "[users.alice]", 'users.alice: missing "password" (or "password_hash", from smtppeer hash-password)'),
     ("user-empty-password", '[users.alice]\npassword = ""', "users.alice.password: must not be empty"),

@@ -25,7 +25,7 @@ import pytest
 
 from .conftest import IN_CI, TwistdProcess, free_port, require_tool, wait_until
 from .postfix import PrivatePostfix, require_postfix
-from .trustlab import ALICE_PASSWORD, insecure_context, make_cert, start_provider
+from .trustlab import ALICE_PASSWORD, CAROL, CAROL_PASSWORD, insecure_context, make_cert, start_provider
 
 pytestmark = pytest.mark.interop
 
@@ -156,17 +156,26 @@ def test_swaks_without_auth_may_not_relay(lab):
     assert lab.arrived("noauth") == []
 
 
-@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN", "CRAM-MD5"])
-def test_swaks_starttls_auth_relays(lab, mechanism):
-    user = "swaks-" + mechanism.lower()
-    subject = f"swaks {mechanism}"
+@pytest.mark.parametrize(
+    ("mechanism", "login", "password"),
+    [
+        ("PLAIN", "alice", ALICE_PASSWORD),
+        ("LOGIN", "alice", ALICE_PASSWORD),
+        ("CRAM-MD5", "alice", ALICE_PASSWORD),
+        ("PLAIN", CAROL, CAROL_PASSWORD),
+        ("CRAM-MD5", CAROL, CAROL_PASSWORD),
+    ],
+)
+def test_swaks_starttls_auth_relays(lab, mechanism, login, password):
+    user = f"swaks-{mechanism.lower()}-{login.split('@')[0].replace('+', '-')}"
+    subject = f"swaks {mechanism} {login}"
     done = swaks(
         lab.provider.smtp_port,
         "--to", f"{user}@far.test",
         "--tls",
         "--auth", mechanism,
-        "--auth-user", "alice",
-        "--auth-password", ALICE_PASSWORD,
+        "--auth-user", login,
+        "--auth-password", password,
         "--header", f"Subject: {subject}",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -175,7 +184,7 @@ def test_swaks_starttls_auth_relays(lab, mechanism):
     [raw] = wait_until(lambda: lab.arrived(user), what="the relayed message at far.test")
     assert f"Subject: {subject}".encode() in raw
     assert b"by provider.test (smtppeer) with ESMTPSA" in raw and b"by far.test (smtppeer)" in raw
-    assert f"AUTH {mechanism} as alice from 127.0.0.1" in lab.provider.log()
+    assert f"AUTH {mechanism} as {login} from 127.0.0.1" in lab.provider.log()
 
 
 def test_swaks_will_not_send_plain_in_clear(lab):
@@ -294,9 +303,12 @@ tls_name = "wrong.test"
     assert spooled(sender)["misnamed@cust.test"]["state"] == "pending"  # still queued on disk
 
 
-def test_client_auth_against_smtppeer(lab, twistd_config):
-    """A peer entry with a provider login: the provider lets it relay to the world."""
+@pytest.mark.parametrize(("login", "password"), [("alice", ALICE_PASSWORD), (CAROL, CAROL_PASSWORD)])
+def test_client_auth_against_smtppeer(lab, twistd_config, login, password):
+    """A peer entry with a provider login (a name, or an address): the provider lets it
+    relay to the world."""
     provider = lab.provider
+    token = "client-auth-" + login.split("@")[0].replace("+", "-")
     sender = start_sender(
         twistd_config,
         f"""
@@ -306,18 +318,18 @@ def test_client_auth_against_smtppeer(lab, twistd_config):
 [peers.provider]
 endpoint = "tcp:host=127.0.0.1:port={provider.smtp_port}"
 tls = "required"
-username = "alice"
-password = "{ALICE_PASSWORD}"
+username = "{login}"
+password = "{password}"
 """,
     )
-    inject(sender, "client-auth@far.test", "logged in")
-    [raw] = wait_until(lambda: lab.arrived("client-auth"), what="the message relayed by the provider")
+    inject(sender, f"{token}@far.test", "logged in")
+    [raw] = wait_until(lambda: lab.arrived(token), what="the message relayed by the provider")
     assert b"Subject: logged in" in raw
     hops = raw.split(b"\r\n\r\n", 1)[0]
     assert b"by provider.test (smtppeer)" in hops and b"by sender.test (smtppeer)" in hops
     # smtppeer prefers SCRAM-SHA-256 when offered
     wait_until(
-        lambda: "AUTH SCRAM-SHA-256 as alice from 127.0.0.1" in provider.log(),
+        lambda: f"AUTH SCRAM-SHA-256 as {login} from 127.0.0.1" in provider.log(),
         what="the provider's AUTH line",
     )
     wait_until(lambda: not spooled(sender), what="the sender's spool to empty")

@@ -23,6 +23,8 @@ from .conftest import free_port
 CUSTOMER_PASSWORD = "s3cret"
 OTHER_PASSWORD = "0ther"
 ALICE_PASSWORD = "wonder"
+CAROL = "carol+mail@provider.test"  # a login that is an address
+CAROL_PASSWORD = "looking-glass"
 
 PROVIDER = """
 hostname = "provider.test"
@@ -60,6 +62,9 @@ password = "{other_password}"
 
 [users.alice]
 password = "{alice_password}"
+
+[users."{carol}"]
+password = "{carol_password}"
 {extra}
 """
 
@@ -125,6 +130,8 @@ def start_provider(
         cust_password=CUSTOMER_PASSWORD,
         other_password=OTHER_PASSWORD,
         alice_password=ALICE_PASSWORD,
+        carol=CAROL,
+        carol_password=CAROL_PASSWORD,
     )
     proc = twistd_config(text, smtp_port, name="provider")
     return Provider(proc, smtp_port, odmr_port, customer_port, cert)
