@@ -74,7 +74,8 @@ The schema (``examples/`` has annotated files for each use)::
     method = "turn"                     # or "atrn" (RFC 2645: the peer needs username and password)
                                         #   or "etrn" (RFC 1985)
     domains = ["dialup.example"]        # atrn and etrn only: what to ask for (default: atrn without an
-                                        #   argument, etrn for each local domain)
+                                        #   argument, etrn for each local domain); etrn also takes
+                                        #   "@dialup.example" (and subdomains) and "#provider" (a queue)
     max_backoff = "1h"                  # after failures, wait at most this long
 
     [limits]
@@ -682,6 +683,18 @@ class _Reader:
             raise self.error(key, f"{_show(value)} is not an address (local@domain) or a local part")
         return value.strip()
 
+    def etrn_node(self, text: str, key: Key) -> str:
+        """What ETRN may ask for (RFC 1985): ``domain``, ``@domain`` (it and its
+        subdomains) or ``#queue`` (a queue by name: here, a peer's)."""
+        text = text.strip()
+        if text.startswith("#"):
+            if not _PEER_NAME.fullmatch(text[1:]):
+                raise self.error(key, f"{_show(text)} is not a queue (#NAME, NAME like a peer's)")
+            return text
+        if text.startswith("@"):
+            return "@" + self.domain(text[1:], key)
+        return self.domain(text, key)
+
     def peers(self, value: Any) -> dict[str, Peer]:
         self.check(value, ("peers",), dict, "a table of peers ([peers.NAME])")
         peers: dict[str, Peer] = {}
@@ -949,8 +962,9 @@ class _Reader:
                     raise self.error(
                         dkey, f'only for method = "atrn" or "etrn" ({poll.method} names no domains)'
                     )
+                node = self.etrn_node if poll.method == "etrn" else self.domain
                 poll.domains = self.array(
-                    spec["domains"], dkey, lambda v, k: self.domain(self.string(v, k), k)
+                    spec["domains"], dkey, lambda v, k, node=node: node(self.string(v, k), k)
                 )
                 for j, domain in enumerate(poll.domains):
                     if domain in poll.domains[:j]:

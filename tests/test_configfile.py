@@ -335,7 +335,7 @@ method = "ETRN"
 [[polls]]
 peer = "relay"
 method = "etrn"
-domains = ["dialup.example"]
+domains = ["dialup.example", "@Lab.Dialup.Example", " #relay"]
 """
 
 
@@ -369,7 +369,7 @@ def test_trust_schema_round_trip(pem_files):
     assert config.polls == [
         Poll("provider", method="atrn", domains=["dialup.example", "other.example"]),
         Poll("backup", method="etrn"),
-        Poll("relay", method="etrn", domains=["dialup.example"]),
+        Poll("relay", method="etrn", domains=["dialup.example", "@lab.dialup.example", "#relay"]),
     ]
 
 
@@ -875,6 +875,16 @@ BROKEN = [
         "poll-bad-domain",
         f'{PEER}[[polls]]\npeer = "upstream"\nmethod = "etrn"\ndomains = ["a example"]',
         'polls[0].domains[0]: "a example" is not a domain name',
+    ),
+    (
+        "etrn-bad-queue",
+        f'{PEER}[[polls]]\npeer = "upstream"\nmethod = "etrn"\ndomains = ["#a b"]',
+        'polls[0].domains[0]: "#a b" is not a queue (#NAME, NAME like a peer\'s)',
+    ),
+    (
+        "atrn-takes-plain-domains-only",
+        f'{PEER}username = "u"\npassword = "p"\n[[polls]]\npeer = "upstream"\nmethod = "atrn"\ndomains = ["@a.example"]',
+        'polls[0].domains[0]: "@a.example" is not a domain name',
     ),
     (
         "poll-domain-twice",

@@ -219,3 +219,51 @@ def test_etrn_after_starttls_and_auth(tmp_path, twistd_config):
     wait_until(lambda: "cust" not in provider.held(), what="cust's hold queue to empty")
     assert provider.held() == {"other": ["zed@other.test"]}
     assert "AUTH " in provider.log() and " as cust from 127.0.0.1" in provider.log()
+
+
+CUSTOMER_POLLING = """
+hostname = "cust.test"
+data_dir = "{data_dir}"
+
+[[listen]]
+endpoint = "tcp:%(port)d:interface=127.0.0.1"
+
+[domains."cust.test"]
+
+[peers.provider]
+endpoint = "tcp:host=127.0.0.1:port=%(provider_port)d"
+tls = "required"
+username = "cust"
+password = "%(password)s"
+
+[[polls]]
+peer = "provider"
+interval = "1h"
+jitter = 0                  # the first poll at start-up
+method = "etrn"
+domains = ["%(node)s"]
+"""
+
+
+@pytest.mark.parametrize("node", ["#cust", "@cust.test"], ids=["queue", "domain-and-subdomains"])
+def test_smtppeer_etrn_poll_with_the_other_node_forms(tmp_path, twistd_config, node):
+    """smtppeer polls smtppeer: ETRN ``#queue`` and ``@domain`` from the configuration,
+    after STARTTLS and AUTH; the provider connects back with the held mail."""
+    provider = start_provider(twistd_config, tmp_path)
+    hold_mail(provider, "joe@cust.test", "zed@other.test")
+    customer = twistd_config(
+        CUSTOMER_POLLING
+        % {
+            "port": provider.customer_port,
+            "provider_port": provider.smtp_port,
+            "password": CUSTOMER_PASSWORD,
+            "node": node,
+        },
+        provider.customer_port,
+        name="customer",
+    )
+    [joe] = wait_until(lambda: delivered(customer, "cust.test"), what="joe's message at the customer")
+    assert mailbox_of(joe) == "joe"
+    wait_until(lambda: f"ETRN {node}: 253" in customer.log(), what="the poll's log line")
+    wait_until(lambda: "cust" not in provider.held(), what="cust's hold queue to empty")
+    assert provider.held() == {"other": ["zed@other.test"]}
