@@ -221,15 +221,9 @@ def test_etrn_after_starttls_and_auth(tmp_path, twistd_config):
     assert "AUTH " in provider.log() and " as cust from 127.0.0.1" in provider.log()
 
 
-CUSTOMER_POLLING = """
-hostname = "cust.test"
-data_dir = "{data_dir}"
-
-[[listen]]
-endpoint = "tcp:%(port)d:interface=127.0.0.1"
-
-[domains."cust.test"]
-
+CUSTOMER_POLLING = (
+    CUSTOMER
+    + """
 [peers.provider]
 endpoint = "tcp:host=127.0.0.1:port=%(provider_port)d"
 tls = "required"
@@ -243,6 +237,7 @@ jitter = 0                  # the first poll at start-up
 method = "etrn"
 domains = ["%(node)s"]
 """
+)
 
 
 @pytest.mark.parametrize("node", ["#cust", "@cust.test"], ids=["queue", "domain-and-subdomains"])
