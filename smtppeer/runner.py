@@ -40,6 +40,7 @@ from .mx import DNSLookupError, MXResolver, endpoint_description
 from .peer import SessionSummary, SMTPPeerFactory
 from .routing import HOLD, LOCAL, MX, RELAY, Router
 from .spool import DELIVERED, FAILED, HELD, PENDING, Envelope, Recipient, Spool
+from .tls import endpoint_host
 
 log = Logger()
 
@@ -664,7 +665,7 @@ class QueueRunner(service.Service):
                 bounce.FailedRecipient(
                     address=r.address,
                     status=_status_of(r.last_reply),
-                    remote_mta=r.route.get("relay"),
+                    remote_mta=_remote_host(r.route.get("relay")),
                     diagnostic=r.last_reply,
                 )
                 for r in failed
@@ -724,6 +725,14 @@ def _status_of(last_reply: str | None) -> str:
     if len(parts) > 1 and parts[1][:1] in "245" and parts[1].count(".") == 2:
         return parts[1]
     return f"{parts[0][:1]}.0.0" if parts and parts[0][:1] in "45" else "5.0.0"
+
+
+def _remote_host(relay: str | None) -> str | None:
+    """The host a DSN names as the Remote-MTA (RFC 3464: a host name): a relay
+    endpoint's host.  None for an MX route, whose answering host is not kept."""
+    if not relay or relay == MX or relay.startswith("peer:"):
+        return None
+    return endpoint_host(relay) or None
 
 
 def _datetime(ts: float) -> datetime:

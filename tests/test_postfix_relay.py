@@ -53,6 +53,7 @@ def test_postfix_refusal_becomes_a_bounce_to_the_local_sender(tmp_path, twistd_p
         status = [p for p in dsn.walk() if p.get_content_type() == "message/delivery-status"][0].as_string()
         assert "Final-Recipient: rfc822; nobody@pf.test" in status
         assert "Status: 5.1.1" in status and "Action: failed" in status
+        assert "Remote-MTA: dns; 127.0.0.1" in status
 
 
 def test_postfix_as_a_client_relaying_into_smtppeer(tmp_path, twistd_peer):

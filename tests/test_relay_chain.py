@@ -174,6 +174,7 @@ def test_a_refused_recipient_is_bounced_and_a_failed_bounce_is_not(twistd_peer):
     text = status.as_string()
     assert "Final-Recipient: rfc822; u@nowhere.test" in text
     assert "Status: 5.7.1" in text and "Action: failed" in text
+    assert "Remote-MTA: dns; 127.0.0.1" in text  # the relay's host, not its endpoint description
     # the remote sender's bounce is refused as well: it is dropped, not bounced again
     deadline = time.monotonic() + 20
     while list((a.data_dir / "spool" / "queue").glob("*.json")):

@@ -6,12 +6,13 @@ import email
 import email.policy
 import json
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 
 from smtppeer.engine import reply
 from smtppeer.routing import Router
-from smtppeer.runner import QueueRunner, RunnerSettings
+from smtppeer.runner import QueueRunner, RunnerSettings, _remote_host
 from smtppeer.spool import DELIVERED, FAILED, PENDING, Envelope, Recipient, Spool
 
 from .conftest import free_port
@@ -204,3 +205,17 @@ def test_a_failure_not_yet_bounced_when_the_process_died_is_bounced_at_start(spo
         assert spool.ids() == []
     finally:
         h.runner.stopService()
+
+
+@pytest.mark.parametrize(
+    ("relay", "host"),
+    [
+        ("tcp:host=smarthost.example:port=25", "smarthost.example"),
+        ("tcp:127.0.0.1:2526", "127.0.0.1"),
+        ("mx", None),  # which MX host answered is not kept: no Remote-MTA rather than a wrong one
+        ("unix:/run/relay.sock", None),
+        (None, None),
+    ],
+)
+def test_a_bounce_names_the_relays_host_as_remote_mta(relay, host):
+    assert _remote_host(relay) == host
