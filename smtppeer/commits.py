@@ -26,7 +26,7 @@ import os
 import pickle
 import struct
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # A step: ("link", source, target), ("rename", source, target) or ("unlink", path, "").
 Step = tuple[str, str, str]
@@ -106,19 +106,10 @@ def _run(commits: Sequence[Commit], dir_fds: dict[str, int]) -> list[Failure | N
                 failed[i] = error
     for path, members in dirs.items():
         try:
-            fd = dir_fds.get(path)
-            if fd is None:
-                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                if len(dir_fds) >= 256:  # a bounded cache of open directories
-                    os.close(dir_fds.pop(next(iter(dir_fds))))
-                dir_fds[path] = fd
-            os.fsync(fd)
+            _sync_directory(path, dir_fds)
         except OSError as e:
             for i in members:
                 failed.setdefault(i, _failure(e))
-            stale = dir_fds.pop(path, None)
-            if stale is not None:
-                os.close(stale)
     for i in failed:
         _take_back(commits[i], linked.get(i, []))
     return [failed.get(i) for i in range(len(commits))]
@@ -166,18 +157,34 @@ def settle(commit: Commit) -> Failure | None:
     """
     targets = [target for op, _, target in commit.steps if op in ("link", "rename")]
     if targets and all(os.path.lexists(target) for target in targets):
+        opened: dict[str, int] = {}
         try:
             for directory in dict.fromkeys(os.path.dirname(target) for target in targets):
-                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _sync_directory(directory, opened)
         except OSError as e:
             return _failure(e)
+        finally:
+            for fd in opened.values():
+                os.close(fd)
         return None
     _take_back(commit, [t for op, _, t in commit.steps if op == "link" and os.path.lexists(t)])
     return (0, "the disk process ended before finishing")
+
+
+def _sync_directory(path: str, dir_fds: dict[str, int]) -> None:
+    """``fsync`` a directory, through ``dir_fds``, a bounded cache of open ones
+    (an entry that failed is dropped from it)."""
+    fd = dir_fds.get(path)
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if len(dir_fds) >= 256:
+            os.close(dir_fds.pop(next(iter(dir_fds))))
+        dir_fds[path] = fd
+    try:
+        os.fsync(fd)
+    except OSError:
+        os.close(dir_fds.pop(path))
+        raise
 
 
 def _failure(e: Exception) -> Failure:
@@ -212,7 +219,7 @@ def frame(value: object) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-def unframe(buffer: bytearray) -> Iterator[object]:
+def unframe(buffer: bytearray) -> Iterator[Any]:
     """Take every complete frame off the front of ``buffer``."""
     offset = 0
     while len(buffer) - offset >= HEADER.size:
@@ -235,7 +242,7 @@ def serve(requests: int = 0, answers: int = 1) -> None:
         if not data:
             return
         buffer += data
-        frames = [[Commit(*c) for c in batch] for batch in unframe(buffer)]  # type: ignore[attr-defined]
+        frames = [[Commit(*c) for c in batch] for batch in unframe(buffer)]
         if not frames:
             continue
         results = run_batch([c for batch in frames for c in batch], dir_fds)

@@ -213,7 +213,7 @@ class _DiskProcess(protocol.ProcessProtocol):
             return
         self.answers += data
         for results in unframe(self.answers):
-            _report(self.waiting.popleft(), results)  # type: ignore[arg-type]
+            _report(self.waiting.popleft(), results)
 
     def processEnded(self, reason) -> None:
         self.committer._ended(self, str(reason.value))

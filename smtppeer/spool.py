@@ -204,15 +204,9 @@ class SpoolMessage:
         self.envelope.size = self.body.size
         writes, syncs = self.body.commit_parts()
         queue_id = self.envelope.id
-        envelope = self.spool.envelope_path(queue_id)
-        commit = Commit(
-            writes + ((envelope + ".tmp", self.envelope.to_json()),),
-            syncs,
-            (
-                ("rename", self.body.path, self.spool.body_path(queue_id)),
-                ("rename", envelope + ".tmp", envelope),
-            ),
-        )
+        envelope = _envelope_write(self.spool, self.envelope)  # the commit point: after the body
+        body = ("rename", self.body.path, self.spool.body_path(queue_id))
+        commit = Commit(writes + envelope.writes, syncs, (body, *envelope.steps))
         d = self.spool.committer.submit(commit)
         d.addCallback(lambda _: reply(250, "2.0.0", f"Ok: queued as {queue_id}"))
         return d
