@@ -26,12 +26,12 @@ from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
-from smtppeer.delivery import ReceivingPolicy  # noqa: E402
 from smtppeer.engine import Receiver, reply  # noqa: E402
 from smtppeer.engine import events as ev  # noqa: E402
-from smtppeer.hooks import MessageSink  # noqa: E402
-from smtppeer.peer import SMTPPeerFactory  # noqa: E402
-from smtppeer.routing import Router  # noqa: E402
+from smtppeer.peer.hooks import MessageSink  # noqa: E402
+from smtppeer.peer.protocol import SMTPPeerFactory  # noqa: E402
+from smtppeer.policy.receiving import ReceivingPolicy  # noqa: E402
+from smtppeer.policy.routing import Router  # noqa: E402
 
 BODY = (b"x" * 76 + b"\r\n") * 13 + b".\r\n"
 COMMANDS = [b"MAIL FROM:<a@x.test>\r\n", b"RCPT TO:<b@localhost>\r\n", b"DATA\r\n", BODY]

@@ -15,7 +15,7 @@ What, per round and per target (fresh directories, a fresh sink each time):
        included), then it is stopped;
     2. the held recipients are turned into relay recipients for the sink
        (``state`` "pending", ``route`` {"relay": "tcp:host=127.0.0.1:port=SINK",
-       "domain": "relay.test"}, ``next_attempt`` 0) through ``smtppeer.spool.Envelope``
+       "domain": "relay.test"}, ``next_attempt`` 0) through ``smtppeer.store.spool.Envelope``
        -- exactly what smtppeer writes when it receives mail for a routed domain;
     3. timed: from starting ``twistd -n smtppeer ... --route
        relay.test=tcp:host=127.0.0.1:port=SINK`` (interpreter start-up and the
@@ -309,7 +309,7 @@ def sink_endpoint(port: int | str) -> str:
 
 def release_held(queue_dir: Path, endpoint: str) -> int:
     """Turn every held recipient into a due relay recipient for ``endpoint``; entries changed."""
-    from smtppeer.spool import PENDING, Envelope  # noqa: PLC0415 (needs the repo on sys.path)
+    from smtppeer.store.spool import PENDING, Envelope  # noqa: PLC0415 (needs the repo on sys.path)
 
     changed = 0
     for name in os.listdir(queue_dir):

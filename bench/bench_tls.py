@@ -27,7 +27,7 @@ ok when every step got the expected reply.  The servers, each started afresh
     (file and directory) in the default executor before ``250``.
 
 The certificate is one self-signed P-256 certificate for ``127.0.0.1`` made
-by ``smtppeer.tls.make_self_signed`` (what ``smtppeer make-cert`` does); the
+by ``smtppeer.peer.tls.make_self_signed`` (what ``smtppeer make-cert`` does); the
 client verifies it (it is its only trust root) and its host name.
 
 The client: ``--workers`` processes (multiprocessing, fork), each running
@@ -111,7 +111,7 @@ class TLSFiles:
 
 def make_tls_files(directory: Path) -> TLSFiles:
     sys.path.insert(0, str(REPO_ROOT))
-    from smtppeer.tls import make_self_signed  # noqa: PLC0415 - the repo is only on sys.path now
+    from smtppeer.peer.tls import make_self_signed  # noqa: PLC0415 - the repo is only on sys.path now
 
     cert, key = directory / "cert.pem", directory / "key.pem"
     make_self_signed(HOST, str(cert), str(key))

@@ -179,7 +179,7 @@ def twistd_config(tmp_path):
 def example_certs(tmp_path, monkeypatch):
     """The lab certificate the examples name (``smtppeer make-cert``), in a working
     directory of their own, as the examples' header says to make it."""
-    from smtppeer.tls import make_self_signed
+    from smtppeer.peer.tls import make_self_signed
 
     make_self_signed(
         "provider.example.org", str(tmp_path / "provider-cert.pem"), str(tmp_path / "provider-key.pem")
@@ -193,8 +193,8 @@ def spool(tmp_path):
     """A real spool under tmp_path with its committer, stopped afterwards."""
     import pytest_twisted
 
-    from smtppeer.committer import Committer
-    from smtppeer.spool import Spool
+    from smtppeer.store.committer import Committer
+    from smtppeer.store.spool import Spool
 
     committer = Committer()
     yield Spool(str(tmp_path / "spool"), committer)

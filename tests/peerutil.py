@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from twisted.internet import defer, endpoints, protocol, reactor
 
 from smtppeer.engine import Envelope, reply
-from smtppeer.hooks import MessageSink, ReceiverHooks, SenderJob
-from smtppeer.peer import SMTPPeerFactory
+from smtppeer.peer.hooks import MessageSink, ReceiverHooks, SenderJob
+from smtppeer.peer.protocol import SMTPPeerFactory
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""DSN generation (smtppeer.bounce): structure, RFC 3464 fields, and robustness against bad input.
+"""DSN generation (smtppeer.relay.bounce): structure, RFC 3464 fields, and robustness against bad input.
 
 Every DSN is parsed back with the email package's modern parser, as a
 receiving mail client would, rather than compared as text.
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smtppeer.bounce import FailedRecipient, bounce_allowed, build_dsn
+from smtppeer.relay.bounce import FailedRecipient, bounce_allowed, build_dsn
 
 ARRIVAL = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
 NOW = datetime(2024, 3, 6, 12, 30, 0, tzinfo=UTC)

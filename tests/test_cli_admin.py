@@ -12,7 +12,7 @@ from .conftest import REPO, TWISTD, free_port, wait_for_port, wait_until
 
 def smtppeer(*args: str, stdin: bytes = b"", cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "smtppeer.cli", *args],
+        [sys.executable, "-m", "smtppeer", *args],
         input=stdin,
         capture_output=True,
         cwd=cwd,
@@ -110,7 +110,7 @@ def test_twistd_logger_option_gives_json_lines(tmp_path):
         [
             *TWISTD,
             "--logger",
-            "smtppeer.logs.json_lines",
+            "smtppeer.service.logs.json_lines",
             "-n",
             "--pidfile=",
             "smtppeer",

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from smtppeer import __version__
-from smtppeer.cli import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, main
 from smtppeer.engine.sasl import hash_password
-from smtppeer.tls import make_self_signed
+from smtppeer.peer.tls import make_self_signed
+from smtppeer.service.cli import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, main
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -22,7 +22,7 @@ EXAMPLES = REPO / "examples"
 def smtppeer(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(
-        [sys.executable, "-m", "smtppeer.cli", *args],
+        [sys.executable, "-m", "smtppeer", *args],
         cwd=cwd or REPO,
         env=env,
         capture_output=True,

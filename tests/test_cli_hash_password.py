@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from smtppeer import cli
-from smtppeer.configfile import loads_config
 from smtppeer.engine.sasl import Credentials, parse_secret
+from smtppeer.service import cli
+from smtppeer.service.configfile import loads_config
 
 from .conftest import REPO
 
@@ -23,7 +23,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 def smtppeer(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "smtppeer.cli", *args],
+        [sys.executable, "-m", "smtppeer", *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -133,7 +133,7 @@ def _on_a_terminal(*answers: str) -> tuple[int, str]:
     pid, fd = pty.fork()
     if pid == 0:  # the child: stdin, stdout and /dev/tty are the terminal
         try:
-            os.execve(sys.executable, [sys.executable, "-m", "smtppeer.cli", "hash-password"], ENV)
+            os.execve(sys.executable, [sys.executable, "-m", "smtppeer", "hash-password"], ENV)
         finally:
             os._exit(127)
     try:

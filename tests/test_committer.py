@@ -10,8 +10,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from smtppeer.commits import Commit, run_batch, settle
-from smtppeer.committer import CommitError, Committer
+from smtppeer.store.commits import Commit, run_batch, settle
+from smtppeer.store.committer import CommitError, Committer
 
 
 def body(path, data: bytes, streamed: bool) -> dict:

@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.python import usage
 
-from smtppeer.config import Config, Listener, Mailbox, Peer, Poll, TLSFiles, User
-from smtppeer.configfile import ConfigError, load_config, loads_config
 from smtppeer.engine import Limits
 from smtppeer.engine.sasl import hash_password
-from smtppeer.options import DEFAULT_LISTEN, Options
-from smtppeer.tls import make_self_signed
+from smtppeer.peer.tls import make_self_signed
+from smtppeer.service.config import Config, Listener, Mailbox, Peer, Poll, TLSFiles, User
+from smtppeer.service.configfile import ConfigError, load_config, loads_config
+from smtppeer.service.options import DEFAULT_LISTEN, Options
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

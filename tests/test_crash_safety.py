@@ -226,8 +226,8 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(twistd_peer, proces
             t.start()
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.7, 2.5))
-            workers = children(a.proc.pid, "smtppeer.workers")
-            disks = [pid for p in [a.proc.pid, *workers] for pid in children(p, "smtppeer.commits")]
+            workers = children(a.proc.pid, "smtppeer.service.workers")
+            disks = [pid for p in [a.proc.pid, *workers] for pid in children(p, "smtppeer.store.commits")]
             choice = rng.random()
             if disks and choice < 0.3:
                 os.kill(rng.choice(disks), signal.SIGKILL)  # its committer starts it again

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from smtppeer.tls import make_self_signed
+from smtppeer.peer.tls import make_self_signed
 
 from .conftest import REPO, wait_until
 from .test_exchange_examples import Proc

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from smtppeer.tls import make_self_signed
+from smtppeer.peer.tls import make_self_signed
 
 from .conftest import REPO, TWISTD, free_port, wait_for_port, wait_until
 
@@ -177,7 +177,7 @@ def test_smtppeer_poll_runs_one_cycle_now_and_prints_the_summary(pair, tmp_path)
     with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:
         s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: now\r\n\r\nx\r\n")
     done = subprocess.run(
-        [sys.executable, "-m", "smtppeer.cli", "poll", "--config", str(dialup.config), "provider"],
+        [sys.executable, "-m", "smtppeer", "poll", "--config", str(dialup.config), "provider"],
         cwd=tmp_path,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
         capture_output=True,

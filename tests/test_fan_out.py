@@ -26,7 +26,7 @@ RECIPIENTS = ["u@a.test", "v@b.test"]
 
 def disk_processes(parent: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True, text=True)
-    return [int(line.split()[0]) for line in out.stdout.splitlines() if "-m smtppeer.commits" in line]
+    return [int(line.split()[0]) for line in out.stdout.splitlines() if "-m smtppeer.store.commits" in line]
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ endpoint = "tcp:%(port)d:interface=127.0.0.1"
 
 def smtppeer_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "smtppeer.cli", *args],
+        [sys.executable, "-m", "smtppeer", *args],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -19,7 +19,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from smtppeer.engine.sender import Envelope
-from smtppeer.hooks import ReceiverHooks, SenderJob
+from smtppeer.peer.hooks import ReceiverHooks, SenderJob
 
 from .conftest import free_port, require_tool, wait_for_port
 from .peerutil import connect_sender

@@ -10,9 +10,9 @@ import time
 import pytest
 import pytest_twisted
 
-from smtppeer import maildir
-from smtppeer.committer import Committer
-from smtppeer.maildir import MaildirStore, mailbox_dirname
+from smtppeer.store import maildir
+from smtppeer.store.committer import Committer
+from smtppeer.store.maildir import MaildirStore, mailbox_dirname
 
 
 @pytest.fixture

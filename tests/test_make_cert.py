@@ -16,7 +16,7 @@ from .conftest import REPO
 def test_make_cert_writes_a_usable_certificate_and_a_private_key(tmp_path):
     cert, key = tmp_path / "peer.pem", tmp_path / "peer.key"
     done = subprocess.run(
-        [sys.executable, "-m", "smtppeer.cli", "make-cert", "--hostname", "peer.test", str(cert), str(key)],
+        [sys.executable, "-m", "smtppeer", "make-cert", "--hostname", "peer.test", str(cert), str(key)],
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         timeout=60,
@@ -31,7 +31,7 @@ def test_make_cert_writes_a_usable_certificate_and_a_private_key(tmp_path):
 
 
 def test_make_cert_for_an_ip_address(tmp_path):
-    from smtppeer.tls import make_self_signed
+    from smtppeer.peer.tls import make_self_signed
 
     make_self_signed("127.0.0.1", str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
     parsed = x509.load_pem_x509_certificate((tmp_path / "c.pem").read_bytes())

@@ -12,7 +12,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, clientFromString
 from twisted.names import authority, common, dns, server
 from twisted.names import error as dns_error
 
-from smtppeer.mx import (
+from smtppeer.relay.mx import (
     ClientResolver,
     MXResolver,
     NextHop,

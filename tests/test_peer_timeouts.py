@@ -6,7 +6,7 @@ import pytest_twisted
 from twisted.internet import defer, endpoints, protocol, reactor, task
 
 from smtppeer.engine import Limits, reply
-from smtppeer.hooks import SenderJob
+from smtppeer.peer.hooks import SenderJob
 
 from .peerutil import Listener, MemoryHooks, connect_line_client, connect_sender, message
 

@@ -7,7 +7,7 @@ import socket
 import pytest_twisted
 from twisted.internet import defer, threads
 
-from smtppeer.hooks import SenderJob
+from smtppeer.peer.hooks import SenderJob
 
 from .peerutil import Listener, MemoryHooks, connect_sender, message
 

@@ -14,13 +14,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, reactor, task
 
-from smtppeer.committer import Committer
-from smtppeer.delivery import ReceivingPolicy
-from smtppeer.maildir import MaildirStore
-from smtppeer.peer import SMTPPeerFactory
-from smtppeer.routing import Router
-from smtppeer.runner import QueueRunner, RunnerSettings
-from smtppeer.spool import HELD, PENDING, Envelope, Recipient, Spool
+from smtppeer.peer.protocol import SMTPPeerFactory
+from smtppeer.policy.receiving import ReceivingPolicy
+from smtppeer.policy.routing import Router
+from smtppeer.relay.runner import QueueRunner, RunnerSettings
+from smtppeer.store.committer import Committer
+from smtppeer.store.maildir import MaildirStore
+from smtppeer.store.spool import HELD, PENDING, Envelope, Recipient, Spool
 
 
 class Host:

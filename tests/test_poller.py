@@ -7,7 +7,7 @@ import random
 import pytest_twisted
 from twisted.internet import defer, task
 
-from smtppeer.poller import Poller, Schedule
+from smtppeer.relay.poller import Poller, Schedule
 
 
 class Outcome:

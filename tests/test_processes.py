@@ -14,9 +14,9 @@ from .trustlab import RawSession, insecure_context, make_cert
 
 
 def workers_of(pid: int) -> set[int]:
-    """The worker processes the service started (its ``smtppeer.workers`` children)."""
+    """The worker processes the service started (its ``smtppeer.service.workers`` children)."""
     out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True)
-    return {int(line.split()[0]) for line in out.stdout.splitlines() if "smtppeer.workers" in line}
+    return {int(line.split()[0]) for line in out.stdout.splitlines() if "smtppeer.service.workers" in line}
 
 
 def queue_id_pids(maildir: Path) -> set[str]:

@@ -6,7 +6,7 @@ import pytest
 from twisted.internet import endpoints, reactor
 
 from smtppeer.engine import parse_path
-from smtppeer.routing import HOLD, LOCAL, MX, REFUSE, RELAY, Router
+from smtppeer.policy.routing import HOLD, LOCAL, MX, REFUSE, RELAY, Router
 
 
 def router(**kw) -> Router:

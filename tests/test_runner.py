@@ -11,9 +11,9 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from smtppeer.engine import reply
-from smtppeer.routing import Router
-from smtppeer.runner import QueueRunner, RunnerSettings, _remote_host
-from smtppeer.spool import DELIVERED, FAILED, PENDING, Envelope, Recipient, Spool
+from smtppeer.policy.routing import Router
+from smtppeer.relay.runner import QueueRunner, RunnerSettings, _remote_host
+from smtppeer.store.spool import DELIVERED, FAILED, PENDING, Envelope, Recipient, Spool
 
 from .conftest import free_port
 from .peerutil import Listener, MemoryHooks

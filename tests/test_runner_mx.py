@@ -6,9 +6,9 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.names import dns
 
-from smtppeer.mx import MXResolver, resolver_from_address
-from smtppeer.routing import MX
-from smtppeer.spool import PENDING, Envelope, Recipient
+from smtppeer.policy.routing import MX
+from smtppeer.relay.mx import MXResolver, resolver_from_address
+from smtppeer.store.spool import PENDING, Envelope, Recipient
 
 from .peerutil import Listener, MemoryHooks
 from .test_mx import MemoryAuthority, RecordingServerFactory, mx

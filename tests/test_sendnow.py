@@ -10,8 +10,8 @@ import time
 import pytest_twisted
 from twisted.internet import threads
 
-from smtppeer import peer
-from smtppeer.sendnow import send_now
+from smtppeer.peer import protocol as peer
+from smtppeer.peer.sendnow import send_now
 
 from .peerutil import Listener, MemoryHooks, connect_line_client
 

@@ -7,7 +7,7 @@ import os
 
 import pytest_twisted
 
-from smtppeer.spool import DELIVERED, FAILED, HELD, PENDING, Envelope, Recipient, Spool
+from smtppeer.store.spool import DELIVERED, FAILED, HELD, PENDING, Envelope, Recipient, Spool
 
 
 def envelope(queue_id: str, *rcpts: Recipient) -> Envelope:

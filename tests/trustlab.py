@@ -16,7 +16,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from smtppeer.tls import make_self_signed
+from smtppeer.peer.tls import make_self_signed
 
 from .conftest import free_port
 

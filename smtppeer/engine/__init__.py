@@ -1,7 +1,7 @@
 """The sans-IO SMTP engine: state machines that take bytes and return events.
 
 Nothing here does I/O, reads a clock or imports Twisted, so every protocol
-rule can be tested with plain bytes.  ``smtppeer.peer`` drives it over a
+rule can be tested with plain bytes.  ``smtppeer.peer.protocol`` drives it over a
 real connection.
 """
 

@@ -217,3 +217,12 @@ def split_mail_argument(arg: str, prefix: str) -> tuple[str, dict[str, str | Non
 def is_domain(text: str) -> bool:
     """A plain (ASCII, not literal) domain, as ETRN and ATRN name them."""
     return bool(_ASCII[1].fullmatch(text)) and len(text) <= MAX_DOMAIN
+
+
+def address_literal(host: str) -> str:
+    """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` for an IP; the name otherwise."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"

@@ -8,15 +8,10 @@ adapter's decision (450, 451, 453 or 250 and turn).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from . import events as ev
 from .address import is_domain
-from .extensions import Extension
+from .extensions import Extension, ExtensionHost
 from .replies import Reply, reply
-
-if TYPE_CHECKING:
-    from .receiver import Receiver
 
 # RFC 2645 §4: the provider may answer anything else with 502 on the ODMR port.
 ODMR_COMMANDS = frozenset({"EHLO", "AUTH", "ATRN", "QUIT", "STARTTLS", "NOOP", "RSET", "HELP"})
@@ -34,10 +29,10 @@ class Atrn(Extension):
     keyword = "ATRN"
 
     @staticmethod
-    def _atrn(receiver: Receiver, arg: str) -> Reply | ev.Event:
+    def _atrn(receiver: ExtensionHost, arg: str) -> Reply | ev.Event:
         if receiver.helo_name is None or not receiver.esmtp:
             return reply(503, "5.5.1", "Send EHLO first")
-        if receiver.transaction is not None:
+        if receiver.in_transaction:
             return reply(503, "5.5.1", "ATRN is not allowed inside a mail transaction")
         if receiver.authenticated is None:
             return reply(530, "5.7.0", "Authentication required")

@@ -14,10 +14,9 @@ import base64
 import binascii
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from . import events as ev
-from .extensions import Extension
+from .extensions import Extension, ExtensionHost
 from .replies import Reply, reply
 from .sasl import (
     CLEAR_ONLY,
@@ -29,9 +28,6 @@ from .sasl import (
     Success,
     server_exchange,
 )
-
-if TYPE_CHECKING:
-    from .receiver import Receiver
 
 
 def decode(text: str) -> bytes | None:
@@ -53,7 +49,7 @@ def encode(data: bytes) -> str:
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-Fa-f]{2})+")
 
 
-def _mail_auth(receiver: Receiver, value: str | None) -> Reply | None:
+def _mail_auth(receiver: ExtensionHost, value: str | None) -> Reply | None:
     """RFC 4954 §5: a server that offers AUTH MUST accept ``MAIL ... AUTH=<mailbox>`` (xtext)
     even from an unauthenticated client.  Only its syntax is checked; nothing trusts it, which
     §5 allows (every client treated as insufficiently trusted, as if it had sent ``AUTH=<>``)."""
@@ -82,25 +78,25 @@ class Auth(Extension):
         self.nonce = nonce
         self.commands = {"AUTH": self._auth}
 
-    def offered(self, receiver: Receiver) -> tuple[str, ...]:
+    def offered(self, receiver: ExtensionHost) -> tuple[str, ...]:
         if receiver.secure or self.allow_clear:
             return self.mechanisms
         return tuple(m for m in self.mechanisms if m not in CLEAR_ONLY)
 
-    def ehlo_line(self, receiver: Receiver) -> str | None:
+    def ehlo_line(self, receiver: ExtensionHost) -> str | None:
         offered = self.offered(receiver)
         return f"AUTH {' '.join(offered)}" if offered else None
 
-    def available(self, receiver: Receiver) -> bool:
+    def available(self, receiver: ExtensionHost) -> bool:
         """Even when nothing can be offered in clear, AUTH PLAIN gets its 538, not a 503."""
         return bool(self.mechanisms)
 
-    def _auth(self, receiver: Receiver, arg: str) -> Reply | None:
+    def _auth(self, receiver: ExtensionHost, arg: str) -> Reply | None:
         if receiver.helo_name is None or not receiver.esmtp:
             return reply(503, "5.5.1", "Send EHLO first")
         if receiver.authenticated is not None:
             return reply(503, "5.5.1", "Already authenticated")
-        if receiver.transaction is not None:
+        if receiver.in_transaction:
             return reply(503, "5.5.1", "AUTH is not allowed inside a mail transaction")
         mechanism, _, initial_text = arg.strip().partition(" ")
         mechanism = mechanism.upper()
@@ -122,7 +118,7 @@ class Auth(Extension):
         self._advance(receiver, mechanism, exchange, lambda: exchange.start(initial))
         return None
 
-    def _advance(self, receiver: Receiver, mechanism: str, exchange: ServerExchange, step) -> None:
+    def _advance(self, receiver: ExtensionHost, mechanism: str, exchange: ServerExchange, step) -> None:
         """A failing credentials store is our problem, not the client's: 454, not 535."""
         try:
             result = step()
@@ -132,7 +128,7 @@ class Auth(Extension):
             return
         self._step(receiver, mechanism, exchange, result)
 
-    def _step(self, receiver: Receiver, mechanism: str, exchange: ServerExchange, step) -> None:
+    def _step(self, receiver: ExtensionHost, mechanism: str, exchange: ServerExchange, step) -> None:
         if isinstance(step, Challenge):
             receiver.send_reply(reply(334, None, encode(step.data)))
             receiver.continuation = lambda line: self._continue(receiver, mechanism, exchange, line)
@@ -143,7 +139,7 @@ class Auth(Extension):
         else:
             self._failed(receiver, mechanism, step.reason)
 
-    def _continue(self, receiver: Receiver, mechanism: str, exchange: ServerExchange, line: str) -> None:
+    def _continue(self, receiver: ExtensionHost, mechanism: str, exchange: ServerExchange, line: str) -> None:
         if line.strip() == "*":
             receiver.reject(reply(501, "5.0.0", "Authentication cancelled"))
             receiver.emit(ev.AuthFailed(mechanism, "cancelled by the client"))
@@ -155,7 +151,7 @@ class Auth(Extension):
             return
         self._advance(receiver, mechanism, exchange, lambda: exchange.respond(data))
 
-    def _failed(self, receiver: Receiver, mechanism: str, reason: str) -> None:
+    def _failed(self, receiver: ExtensionHost, mechanism: str, reason: str) -> None:
         receiver.auth_failures += 1
         receiver.send_reply(reply(535, "5.7.8", "Authentication credentials invalid"))
         receiver.emit(ev.AuthFailed(mechanism, reason))

@@ -4,15 +4,10 @@ may ask and what gets started is the adapter's decision."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from . import events as ev
 from .address import is_domain
-from .extensions import Extension
+from .extensions import Extension, ExtensionHost
 from .replies import Reply, reply
-
-if TYPE_CHECKING:
-    from .receiver import Receiver
 
 _QUEUE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -33,10 +28,10 @@ class Etrn(Extension):
     keyword = "ETRN"
 
     @staticmethod
-    def _etrn(receiver: Receiver, arg: str) -> Reply | ev.Event:
+    def _etrn(receiver: ExtensionHost, arg: str) -> Reply | ev.Event:
         if receiver.helo_name is None:
             return reply(503, "5.5.1", "Send EHLO first")
-        if receiver.transaction is not None:
+        if receiver.in_transaction:
             return reply(503, "5.5.1", "ETRN is not allowed inside a mail transaction")
         node = parse_node(arg.strip())
         if node is None:

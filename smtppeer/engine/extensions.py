@@ -8,18 +8,46 @@ ATRN) plug in here; the receiver's core only consults the registry.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from .events import Event
+from .limits import Limits
 from .replies import Reply, reply
 
-if TYPE_CHECKING:
-    from .events import Event
-    from .receiver import Receiver
+
+class ExtensionHost(Protocol):
+    """What an extension sees of the receiver it is plugged into, and may do to it.
+
+    ``Receiver`` is the one implementation.  Extensions are written against
+    this, not against the receiver module, so the registry sits below the
+    state machine that consults it.
+    """
+
+    hostname: str
+    limits: Limits
+    helo_name: str | None
+    esmtp: bool
+    secure: bool
+    authenticated: str | None
+    auth_failures: int
+    continuation: Callable[[str], None] | None  # an extension in mid-exchange takes the next line
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def send_reply(self, response: Reply) -> None: ...
+
+    def reject(self, response: Reply) -> None: ...
+
+    def emit(self, event: Event) -> None: ...
+
+    def close(self, response: Reply) -> None: ...
+
 
 # A parameter check returns None when the value is fine, or the reply to refuse with.
-ParamCheck = Callable[["Receiver", "str | None"], "Reply | None"]
+ParamCheck = Callable[[ExtensionHost, "str | None"], "Reply | None"]
 # A command handler returns a reply (sent at once) or an event for the adapter.
-CommandHandler = Callable[["Receiver", str], "Reply | Event"]
+CommandHandler = Callable[[ExtensionHost, str], "Reply | Event"]
 
 
 class Extension:
@@ -28,11 +56,11 @@ class Extension:
     rcpt_params: dict[str, ParamCheck] = {}
     commands: dict[str, CommandHandler] = {}
 
-    def ehlo_line(self, receiver: Receiver) -> str | None:
+    def ehlo_line(self, receiver: ExtensionHost) -> str | None:
         """The EHLO keyword line, or None when not offered in this state."""
         return self.keyword
 
-    def available(self, receiver: Receiver) -> bool:
+    def available(self, receiver: ExtensionHost) -> bool:
         """May its commands be used now?  (Otherwise 503.)  By default: when offered."""
         return self.ehlo_line(receiver) is not None
 
@@ -49,7 +77,7 @@ class EightBitMime(Extension):
     keyword = "8BITMIME"
 
     @staticmethod
-    def _body(receiver: Receiver, value: str | None) -> Reply | None:
+    def _body(receiver: ExtensionHost, value: str | None) -> Reply | None:
         if value is None or value.upper() not in ("7BIT", "8BITMIME"):
             return reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
         return None
@@ -62,11 +90,11 @@ class Size(Extension):
 
     keyword = "SIZE"
 
-    def ehlo_line(self, receiver: Receiver) -> str:
+    def ehlo_line(self, receiver: ExtensionHost) -> str:
         return f"SIZE {receiver.limits.message_size}"
 
     @staticmethod
-    def _size(receiver: Receiver, value: str | None) -> Reply | None:
+    def _size(receiver: ExtensionHost, value: str | None) -> Reply | None:
         if value is None or not value.isdigit() or len(value) > 20:
             return reply(501, "5.5.4", "SIZE needs a number of octets")
         if int(value) > receiver.limits.message_size:
@@ -82,7 +110,7 @@ class SmtpUtf8(Extension):
     keyword = "SMTPUTF8"
 
     @staticmethod
-    def _flag(receiver: Receiver, value: str | None) -> Reply | None:
+    def _flag(receiver: ExtensionHost, value: str | None) -> Reply | None:
         if value is not None:
             return reply(501, "5.5.4", "SMTPUTF8 takes no value")
         return None

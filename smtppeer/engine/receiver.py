@@ -198,6 +198,11 @@ class Receiver:
             self.closed = True
 
     @property
+    def in_transaction(self) -> bool:
+        """Between an accepted MAIL and the end of its DATA."""
+        return self.transaction is not None
+
+    @property
     def in_data(self) -> bool:
         return self._decoder is not None
 

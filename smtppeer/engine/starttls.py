@@ -8,29 +8,24 @@ command — the plaintext command injection of CVE-2011-0411 cannot happen.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from . import events as ev
-from .extensions import Extension
+from .extensions import Extension, ExtensionHost
 from .replies import Reply, reply
-
-if TYPE_CHECKING:
-    from .receiver import Receiver
 
 
 class StartTls(Extension):
     keyword = "STARTTLS"
 
-    def ehlo_line(self, receiver: Receiver) -> str | None:
+    def ehlo_line(self, receiver: ExtensionHost) -> str | None:
         return None if receiver.secure else self.keyword
 
     @staticmethod
-    def _starttls(receiver: Receiver, arg: str) -> Reply | ev.Event:
+    def _starttls(receiver: ExtensionHost, arg: str) -> Reply | ev.Event:
         if arg.strip():
             return reply(501, "5.5.4", "Syntax error (no parameters allowed)")
         if receiver.helo_name is None:
             return reply(503, "5.5.1", "Send EHLO first")
-        if receiver.transaction is not None:
+        if receiver.in_transaction:
             return reply(503, "5.5.1", "STARTTLS is not allowed inside a mail transaction")
         return ev.StartTLSRequested()
 

@@ -5,7 +5,7 @@ from twisted.application.service import ServiceMaker
 
 smtppeer = ServiceMaker(
     "smtppeer",
-    "smtppeer.service",
+    "smtppeer.service.assembly",
     "A bidirectional SMTP peer for hosts that are not always online (TURN, ATRN, ETRN)",
     "smtppeer",
 )

@@ -28,10 +28,11 @@ from dataclasses import asdict, dataclass, field
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from smtppeer.engine import reply
+
 from .bodybuffer import BodyBuffer
 from .commits import Commit, unlink
 from .committer import Committer
-from .engine import reply
 
 log = Logger()
 

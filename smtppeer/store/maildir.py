@@ -21,11 +21,12 @@ from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
 
+from smtppeer.engine import reply
+from smtppeer.peer.hooks import MessageSink
+
 from .bodybuffer import MEMORY_LIMIT, BodyBuffer, create_file
 from .commits import Commit
 from .committer import CommitError, Committer
-from .engine import reply
-from .hooks import MessageSink
 
 _SAFE = "!#$&'*+-=?^_`{|}~.@"
 _counter = itertools.count()

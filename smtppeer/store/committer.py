@@ -9,7 +9,7 @@ whose message ended in that iteration) and runs them as one batch, in one
 of three places:
 
 * **The disk process** (``disk_process=True``; the service's Maildir
-  deliveries).  A child process, ``python -m smtppeer.commits``, does the
+  deliveries).  A child process, ``python -m smtppeer.store.commits``, does the
   whole batch while the reactor goes on with other sessions; one pipe write
   out and one read back per batch.  It is a process, not a thread, because
   of what was measured: syncing in worker threads made things *slower*
@@ -122,7 +122,7 @@ class Committer(service.Service):
                     self.reactor.spawnProcess(
                         process,
                         sys.executable,
-                        [sys.executable, "-m", "smtppeer.commits"],
+                        [sys.executable, "-m", "smtppeer.store.commits"],
                         env=os.environ.copy(),
                         childFDs={0: "w", 1: "r", 2: "r"},
                     )

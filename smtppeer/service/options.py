@@ -9,9 +9,10 @@ import sys
 from twisted.internet.endpoints import _parseServer, clientFromString
 from twisted.python import usage
 
+from smtppeer.engine import Limits
+
 from .config import DEFAULT_LISTEN, Config
 from .configfile import ConfigError, parse_config, read_document
-from .engine import Limits
 
 
 class Options(usage.Options):

@@ -5,7 +5,7 @@ nobody reads, then linked or renamed to where readers look, then those
 directories synced.  A :class:`Commit` describes that work as data, so that
 it can be done wherever it costs least: on the reactor thread, on a thread
 (a large message, whose sync takes long), or in the disk process, which is
-this module run as ``python -m smtppeer.commits`` (``committer.py`` says
+this module run as ``python -m smtppeer.store.commits`` (``committer.py`` says
 which and why).
 
 :func:`run_batch` does many commits together: every write, then every sync

@@ -26,7 +26,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .engine import Path, Reply, reply
+from smtppeer.engine import Path, Reply, reply
 
 LOCAL, RELAY, HOLD, REFUSE = "local", "relay", "hold", "refuse"
 MX = "mx"  # a relay target meaning "look up the domain's MX records"

@@ -29,10 +29,13 @@ from typing import TextIO
 
 from twisted.python import usage
 
-from . import __version__, control, tls
+from smtppeer import __version__
+from smtppeer.peer import tls
+from smtppeer.store.spool import Spool
+
+from . import control
 from .config import Config, Listener, Mailbox, Peer, Poll, TLSFiles
 from .configfile import ConfigError, load_config
-from .spool import Spool
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -426,7 +429,7 @@ class HashPasswordOptions(CommandOptions):
 
 
 def hash_password(options: HashPasswordOptions, out: TextIO, err: TextIO, stdin: TextIO | None = None) -> int:
-    from .engine.sasl import hash_password as scram_hash  # noqa: PLC0415 -- scramp only here
+    from smtppeer.engine.sasl import hash_password as scram_hash  # noqa: PLC0415 -- scramp only here
 
     stdin = sys.stdin if stdin is None else stdin
     if stdin.isatty():

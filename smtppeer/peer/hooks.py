@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 
-from .engine import Envelope, Path, Reply, reply
-from .engine.sender import MessageResult
+from smtppeer.engine import Envelope, Path, Reply, reply
+from smtppeer.engine.sender import MessageResult
 
 if TYPE_CHECKING:
-    from .peer import SMTPPeer
+    from .protocol import SMTPPeer
 
 ReplyOrDeferred = Reply | Deferred
 

@@ -3,17 +3,7 @@
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import time
-
-
-def address_literal(host: str) -> str:
-    """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` for an IP; the name otherwise."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
 
 
 def protocol_name(esmtp: bool, utf8: bool = False, tls: bool = False, auth: bool = False) -> str:

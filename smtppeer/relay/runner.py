@@ -29,18 +29,19 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, interfaces
 from twisted.logger import Logger
 
+from smtppeer.engine import Limits, Reply, reply
+from smtppeer.engine.address import AddressError, parse_path
+from smtppeer.engine.sender import TLS_OPPORTUNISTIC, ClientSecurity, MessageResult
+from smtppeer.engine.sender import Envelope as SendEnvelope
+from smtppeer.peer.hooks import ReceiverHooks, SenderJob
+from smtppeer.peer.protocol import SessionSummary, SMTPPeerFactory
+from smtppeer.peer.tls import endpoint_host
+from smtppeer.policy.routing import HOLD, LOCAL, MX, RELAY, Router
+from smtppeer.store.ids import new_queue_id
+from smtppeer.store.spool import DELIVERED, FAILED, HELD, PENDING, Envelope, Recipient, Spool
+
 from . import bounce
-from .engine import Limits, Reply, reply
-from .engine.address import AddressError, parse_path
-from .engine.sender import TLS_OPPORTUNISTIC, ClientSecurity, MessageResult
-from .engine.sender import Envelope as SendEnvelope
-from .hooks import ReceiverHooks, SenderJob
-from .ids import new_queue_id
 from .mx import DNSLookupError, MXResolver, endpoint_description
-from .peer import SessionSummary, SMTPPeerFactory
-from .routing import HOLD, LOCAL, MX, RELAY, Router
-from .spool import DELIVERED, FAILED, HELD, PENDING, Envelope, Recipient, Spool
-from .tls import endpoint_host
 
 log = Logger()
 

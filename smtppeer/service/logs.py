@@ -4,7 +4,7 @@ Two ways to get it:
 
 * ``json_log = true`` in the configuration: the service also writes every
   event to ``<data-dir>/smtppeer.log.jsonl`` (the usual text log goes on);
-* ``twistd --logger smtppeer.logs.json_lines -n smtppeer ...``: JSON lines on
+* ``twistd --logger smtppeer.service.logs.json_lines -n smtppeer ...``: JSON lines on
   standard output instead of text (twistd's own choice of log observer).
 
 Message events carry their fields (``queue_id``, ``peer``...) beside the

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .engine import Limits
+from smtppeer.engine import Limits
+from smtppeer.policy.mailboxes import Mailbox
 
 DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
 
@@ -58,15 +59,6 @@ class User:
     name: str
     password: str | None = None  # clear text: every mechanism, CRAM-MD5 included
     password_hash: str | None = None  # RFC 5803 SCRAM-SHA-256: PLAIN, LOGIN, SCRAM-SHA-256 only
-
-
-@dataclass
-class Mailbox:
-    """A local domain's mailboxes: a catch-all, or an explicit list with aliases."""
-
-    catch_all: bool = True
-    users: list[str] = field(default_factory=list)
-    aliases: dict[str, list[str]] = field(default_factory=dict)  # local part -> local parts or addresses
 
 
 @dataclass

@@ -21,14 +21,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .engine import Limits, Receiver, Reply, Sender, reply
-from .engine import events as ev
-from .engine import sender as sev
-from .engine.extensions import Extension
-from .engine.sender import ClientSecurity
+from smtppeer.engine import Limits, Receiver, Reply, Sender, reply
+from smtppeer.engine import events as ev
+from smtppeer.engine import sender as sev
+from smtppeer.engine.address import address_literal
+from smtppeer.engine.extensions import Extension
+from smtppeer.engine.sender import ClientSecurity
+
 from .hooks import MessageSink, ReceiverHooks, SenderJob
 from .sendnow import send_now
-from .trace import address_literal
 
 log = Logger()
 

@@ -25,19 +25,20 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from smtppeer.engine import Path, Reply, reply
+from smtppeer.engine.address import parse_mailbox
+from smtppeer.peer.hooks import MessageSink, ReceiverHooks
+from smtppeer.store.ids import new_queue_id
+from smtppeer.store.maildir import MaildirStore
+from smtppeer.store.spool import HELD, PENDING, Envelope, Recipient, Spool
+
 from .accounts import Accounts
-from .config import Mailbox
-from .engine import Path, Reply, reply
-from .engine.address import parse_mailbox
-from .hooks import MessageSink, ReceiverHooks
-from .ids import new_queue_id
-from .maildir import MaildirStore
+from .mailboxes import Mailbox, Mailboxes
 from .routing import HOLD, LOCAL, RELAY, Decision, Router, matches
-from .spool import HELD, PENDING, Envelope, Recipient, Spool
 from .trace import protocol_name, received_header
 
 if TYPE_CHECKING:
-    from .peer import SMTPPeer
+    from smtppeer.peer.protocol import SMTPPeer
 
 log = Logger()
 
@@ -68,15 +69,13 @@ class ReceivingPolicy(ReceiverHooks):
         self.max_received = max_received
         self.runner = runner  # the queue runner: new spooled mail, and held mail released on TURN
         self.turn_peers = turn_peers or {}  # peer name -> the client addresses that identify it
-        self.mailboxes = {d.lower(): box for d, box in (mailboxes or {}).items()}  # absent: catch-all
         self.accounts = accounts or Accounts()
         self.owned = {name: [d.lower() for d in ds] for name, ds in (owned or {}).items()}  # peer -> domains
         self.peer_endpoints = peer_endpoints or {}  # peer -> where ETRN sends its mail
         self._atrn_sessions: dict[str, object] = {}  # domain -> the session serving it (RFC 2645 §4)
         # where <postmaster> without a domain goes: the host's own domain if local
-        self.primary_domain = (
-            router.hostname if router.hostname in router.local_domains else min(router.local_domains)
-        )
+        primary = router.hostname if router.hostname in router.local_domains else min(router.local_domains)
+        self.mailboxes = Mailboxes(mailboxes, primary, router.is_me)
 
     def decide(self, peer: SMTPPeer, path: Path) -> Decision:
         decision = self.router.decide(path, peer.client_address, getattr(peer, "authenticated", None))
@@ -84,38 +83,12 @@ class ReceivingPolicy(ReceiverHooks):
             return Decision("refuse", reply=reply(550, "5.7.1", "Relaying denied"))
         return decision
 
-    def local_targets(self, path: Path) -> list[tuple[str, str]]:
-        """``(domain, local part)`` of every Maildir a local recipient delivers to, after
-        aliases; an empty list for a user that does not exist.  A target may
-        also be a remote address, returned as ``("", address)``."""
-        box = path.mailbox
-        domain = box.domain_key or self.primary_domain
-        local = "postmaster" if box.is_postmaster else box.local_unquoted.lower()
-        settings = self.mailboxes.get(domain)
-        if settings is None or (settings.catch_all and local not in settings.aliases):
-            return [(domain, local)]
-        targets = settings.aliases.get(local)
-        if targets is None:
-            if local in settings.users or local == "postmaster":  # postmaster always exists
-                return [(domain, local)]
-            return []
-        out = []
-        for target in [targets] if isinstance(targets, str) else targets:
-            t_local, at, t_domain = target.rpartition("@")
-            if not at:
-                out.append((domain, target.lower()))
-            elif self.router.is_me(t_domain):
-                out.append((t_domain.lower(), t_local.lower()))
-            else:
-                out.append(("", target))
-        return out
-
     def rcpt_to(self, peer: SMTPPeer, path: Path, params: dict[str, str | None]) -> Reply:
         decision = self.decide(peer, path)
         if not decision.accepted:
             log.info("refused {rcpt} from {client}", rcpt=str(path), client=peer.client_address)
             return decision.reply
-        if decision.kind == LOCAL and not self.local_targets(path):
+        if decision.kind == LOCAL and not self.mailboxes.targets(path):
             return reply(550, "5.1.1", "No such user here")
         return reply(250, "2.1.5", "Recipient OK")
 
@@ -241,7 +214,7 @@ class ReceivingPolicy(ReceiverHooks):
         decisions = []
         for path in recipients:
             decision = self.router.decide(path, "127.0.0.1", authenticated="local")
-            if decision.kind == LOCAL and not self.local_targets(path):
+            if decision.kind == LOCAL and not self.mailboxes.targets(path):
                 decision = Decision("refuse", reply=reply(550, "5.1.1", "No such user here"))
             if not decision.accepted:
                 return defer.fail(ValueError(f"{path}: {decision.reply}"))
@@ -273,7 +246,7 @@ class ReceivingPolicy(ReceiverHooks):
         for path, decision in decisions:
             source_routed = source_routed or (bool(path.route) and decision.kind == RELAY)
             if decision.kind == LOCAL:
-                for domain, target in self.local_targets(path):
+                for domain, target in self.mailboxes.targets(path):
                     if domain:
                         local.append(self.maildirs.path_for(domain, target))
                     else:  # an alias to a remote address: relayed on our own authority

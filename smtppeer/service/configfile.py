@@ -110,6 +110,9 @@ import tomllib
 from collections.abc import Callable
 from typing import Any
 
+from smtppeer.engine import Limits
+from smtppeer.peer.tls import endpoint_host as _endpoint_host
+
 from .config import (
     DEFAULT_LISTEN,
     ODMR,
@@ -125,8 +128,6 @@ from .config import (
     TLSFiles,
     User,
 )
-from .engine import Limits
-from .tls import endpoint_host as _endpoint_host
 
 __all__ = ["ConfigError", "load_config", "loads_config", "parse_config"]
 
@@ -756,7 +757,7 @@ class _Reader:
         if "password" in spec:
             who.password = self.string(spec["password"], (*key, "password"), empty=isinstance(who, Peer))
         if "password_hash" in spec:
-            from .engine.sasl import parse_secret  # noqa: PLC0415 -- scramp only when a hash is given
+            from smtppeer.engine.sasl import parse_secret  # noqa: PLC0415 -- scramp only when a hash is given
 
             hkey: Key = (*key, "password_hash")
             who.password_hash = self.string(spec["password_hash"], hkey).strip()

@@ -119,7 +119,7 @@ class SharedListener(service.Service):
         self.reactor.spawnProcess(
             worker,
             sys.executable,
-            [sys.executable, "-m", "smtppeer.workers"],
+            [sys.executable, "-m", "smtppeer.service.workers"],
             env=os.environ.copy(),
             childFDs={0: "w", 1: "r", 2: "r", LISTEN_FD: self._sockets[number].fileno(), ANNOUNCE_FD: "r"},
         )
@@ -247,7 +247,7 @@ def _read_exactly(fd: int, n: int) -> bytes:
 def main() -> None:
     from twisted.internet import reactor  # noqa: PLC0415
 
-    from .service import Receiving  # noqa: PLC0415
+    from .receiving import Receiving  # noqa: PLC0415
 
     (size,) = struct.unpack("!Q", _read_exactly(0, 8))
     config, index, number = pickle.loads(_read_exactly(0, size))

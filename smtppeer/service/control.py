@@ -25,7 +25,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
-from .engine.address import AddressError, parse_path
+from smtppeer.engine.address import AddressError, parse_path
 
 log = Logger()
 

@@ -9,24 +9,31 @@ engine's AUTH extension only sees ``lookup``; the receiving policy asks
 
 from __future__ import annotations
 
-from .config import Peer, User
-from .engine.sasl import SERVER_MECHANISMS, Credentials, parse_secret
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from smtppeer.engine.sasl import SERVER_MECHANISMS, Credentials, parse_secret
+
+
+@dataclass(frozen=True)
+class Login:
+    """One login: a user's, or a peer's (``peer`` names it: that login is the peer)."""
+
+    name: str
+    password: str | None = None
+    password_hash: str | None = None  # RFC 5803
+    peer: str | None = None
 
 
 class Accounts:
-    def __init__(self, peers: dict[str, Peer] | None = None, users: dict[str, User] | None = None) -> None:
+    def __init__(self, logins: Iterable[Login] = ()) -> None:
         self._credentials: dict[str, Credentials] = {}
         self._peers: dict[str, str] = {}  # login -> peer name
-        for peer in (peers or {}).values():
-            if peer.username is not None:
-                self._add(peer.username, peer.password, peer.password_hash)
-                self._peers[peer.username] = peer.name
-        for user in (users or {}).values():
-            self._add(user.name, user.password, user.password_hash)
-
-    def _add(self, username: str, password: str | None, password_hash: str | None) -> None:
-        secret = parse_secret(password_hash) if password_hash else None
-        self._credentials[username] = Credentials(username, password=password, secret=secret)
+        for login in logins:
+            secret = parse_secret(login.password_hash) if login.password_hash else None
+            self._credentials[login.name] = Credentials(login.name, password=login.password, secret=secret)
+            if login.peer is not None:
+                self._peers[login.name] = login.peer
 
     def __bool__(self) -> bool:
         return bool(self._credentials)

@@ -9,28 +9,22 @@ from twisted.application import service, strports
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .accounts import Accounts
-from .committer import Committer
-from .config import ODMR, TLS_NONE, TLS_VERIFY, Config, Listener, Peer
+from smtppeer.engine.sender import TLS_OPPORTUNISTIC, ClientSecurity
+from smtppeer.peer.protocol import SMTPPeerFactory
+from smtppeer.peer.tls import client_options, endpoint_host
+from smtppeer.policy.receiving import ReceivingPolicy
+from smtppeer.policy.routing import Router
+from smtppeer.relay.mx import MXResolver, resolver_from_address
+from smtppeer.relay.poller import Poller, Schedule
+from smtppeer.relay.runner import QueueRunner, RunnerSettings
+from smtppeer.store.maildir import MaildirStore
+
+from .config import TLS_NONE, TLS_VERIFY, Config, Peer
 from .control import ControlFactory
 from .control import endpoint_description as control_endpoint
-from .delivery import ReceivingPolicy
-from .engine.atrn import ODMR_COMMANDS, Atrn
-from .engine.auth import Auth
-from .engine.etrn import Etrn
-from .engine.extensions import EnhancedStatusCodes, Extension, default_extensions
-from .engine.sender import TLS_OPPORTUNISTIC, ClientSecurity
-from .engine.starttls import StartTls
 from .logs import JSONLogFile, json_log_path
-from .maildir import MaildirStore
-from .mx import MXResolver, resolver_from_address
 from .options import Options
-from .peer import SMTPPeerFactory
-from .poller import Poller, Schedule
-from .routing import Router
-from .runner import QueueRunner, RunnerSettings
-from .spool import Spool
-from .tls import client_options, endpoint_host, server_options
+from .receiving import Receiving
 
 log = Logger()
 
@@ -92,106 +86,6 @@ def build_service(config: Config) -> service.MultiService:
         listen=", ".join(listener.endpoint for listener in config.listeners),
     )
     return top
-
-
-class Receiving:
-    """The receiving side, as the service and its worker processes both build it:
-    storage (committers, Maildirs, spool), routing, logins, and the factory
-    for a listener.
-
-    Maildir deliveries are committed in the disk process, the spool's inline
-    (``committer.py``): a disk process can outlive its parent by one batch,
-    which is harmless in a Maildir (each file appears whole or not at all)
-    but could race with the spool's clean-up after a dead process."""
-
-    def __init__(self, config: Config, parent: service.MultiService) -> None:
-        self.config = config
-        data_dir = os.path.abspath(config.data_dir)
-        deliveries = Committer(disk_process=True)
-        deliveries.setServiceParent(parent)
-        spooling = Committer()
-        spooling.setServiceParent(parent)
-        self.store = MaildirStore(os.path.join(data_dir, "mail"), deliveries)
-        self.spool = Spool(os.path.join(data_dir, "spool"), spooling)
-        self.endpoints = {name: peer.endpoint for name, peer in config.peers.items()}
-        routes = {
-            domain: self.endpoints[target[5:]] if target.startswith("peer:") else target
-            for domain, target in config.routes.items()
-        }
-        self.router = Router(
-            config.hostname,
-            config.domains,
-            routes=routes,
-            holds=config.holds,
-            relay_from=config.relay_from,
-            honour_source_routes=config.honour_source_routes,
-        )
-        self.accounts = Accounts(config.peers, config.users)
-        self.server_tls = server_options(config.tls.certificate, config.tls.key) if config.tls else None
-
-    def policy(self, runner) -> ReceivingPolicy:
-        """``runner``: the queue runner, or what tells it about new spool entries."""
-        config = self.config
-        return ReceivingPolicy(
-            config.hostname,
-            self.router,
-            self.store,
-            self.spool,
-            max_received=config.max_received,
-            runner=runner,
-            turn_peers={name: peer.addresses for name, peer in config.peers.items()},
-            mailboxes=config.domains,
-            accounts=self.accounts,
-            owned=_owned_domains(config),
-            peer_endpoints=self.endpoints,
-        )
-
-    def factory(self, listener: Listener, hooks: ReceivingPolicy) -> SMTPPeerFactory:
-        config = self.config
-        tls = self.server_tls if listener.starttls else None
-        return SMTPPeerFactory(
-            config.hostname,
-            hooks,
-            limits=config.limits,
-            max_connections=config.max_connections,
-            accepts_turn=listener.turn,
-            turns=listener.processes == 1,
-            extensions=_extensions(listener, self.accounts, tls is not None),
-            server_tls=tls,
-            require_tls=listener.require_tls,
-            only_commands=ODMR_COMMANDS if listener.mode == ODMR else None,
-        )
-
-
-def _extensions(listener: Listener, accounts: Accounts, tls: bool) -> list[Extension]:
-    """What a listener offers: the ODMR port only what RFC 2645 needs; an SMTP
-    port everything, with AUTH when there are logins and STARTTLS when there
-    is a certificate."""
-    auth = Auth(
-        accounts.lookup,
-        mechanisms=accounts.mechanisms,
-        allow_clear=listener.auth_in_clear,
-        max_failures=listener.max_auth_failures,
-    )
-    extensions: list[Extension] = [EnhancedStatusCodes()] if listener.mode == ODMR else default_extensions()
-    if tls:
-        extensions.append(StartTls())
-    if accounts or listener.mode == ODMR:
-        extensions.append(auth)
-    if listener.mode == ODMR:
-        extensions.append(Atrn())
-    elif listener.processes == 1:  # a multi-process listener only receives
-        extensions.append(Etrn())
-    return extensions
-
-
-def _owned_domains(config: Config) -> dict[str, list[str]]:
-    """A peer owns its domains and every domain held for it."""
-    owned = {name: list(peer.domains) for name, peer in config.peers.items()}
-    for domain, name in config.holds.items():
-        if domain not in owned.setdefault(name, []):
-            owned[name].append(domain)
-    return owned
 
 
 def _client_security(config: Config):

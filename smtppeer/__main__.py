@@ -1,0 +1,7 @@
+"""``python -m smtppeer``: the admin command, where the ``smtppeer`` script is not on PATH."""
+
+import sys
+
+from smtppeer.service.cli import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+"""The running product: configuration (model, file, options), the
+``twisted.application`` services built from it, worker processes, the
+control socket, logs and the ``smtppeer`` admin command."""
