@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from twisted.internet import defer, endpoints, protocol, reactor
 
 from smtppeer.engine import Envelope, reply
-from smtppeer.peer.hooks import MessageSink, ReceiverHooks, SenderJob
-from smtppeer.peer.protocol import SMTPPeerFactory
+from smtppeer.peer.hooks import MessageSink, ReceiverHooks, SenderJob, Session, Transaction
+from smtppeer.peer.protocol import SMTPPeer, SMTPPeerFactory
 
 
 @dataclass
@@ -19,9 +19,8 @@ class Stored:
 
 
 class MemorySink(MessageSink):
-    def __init__(self, hooks: MemoryHooks, peer) -> None:
+    def __init__(self, hooks: MemoryHooks, tx: Transaction) -> None:
         self.hooks = hooks
-        tx = peer.receiver.transaction
         self.reverse_path = str(tx.reverse_path)
         self.recipients = [str(p.mailbox) for p in tx.recipients]
         self.chunks: list[bytes] = []
@@ -41,19 +40,19 @@ class MemoryHooks(ReceiverHooks):
     stored: list[Stored] = field(default_factory=list)
     turn_job: SenderJob | None = None
     turn_asked: int = 0
-    peers: list = field(default_factory=list)
+    sessions: list[Session] = field(default_factory=list)  # as each greeting saw it
 
-    def greeting(self, peer):
-        self.peers.append(peer)
+    def greeting(self, session):
+        self.sessions.append(session)
         return None
 
-    def rcpt_to(self, peer, path, params):
+    def rcpt_to(self, session, path, params):
         return reply(250, "2.1.5", "OK")
 
-    def begin_message(self, peer) -> MessageSink:
-        return MemorySink(self, peer)
+    def begin_message(self, session, transaction) -> MessageSink:
+        return MemorySink(self, transaction)
 
-    def turn(self, peer, verb="TURN", domains=None):
+    def turn(self, session, verb="TURN", domains=None):
         self.turn_asked += 1
         return self.turn_job
 
@@ -66,11 +65,28 @@ def message(n: int, frm: str = "a@a.test", to: str = "u@b.test") -> Envelope:
     return Envelope(frm, [to], body)
 
 
-class Listener:
-    """A receiver-first SMTPPeer listening on a loopback port, closed by ``stop``."""
+class RecordingFactory(SMTPPeerFactory):
+    """Keeps every peer it builds (``factory.peers`` forgets them when they close)."""
 
-    def __init__(self, hostname: str, hooks: ReceiverHooks, **kwargs) -> None:
-        self.factory = SMTPPeerFactory(hostname, hooks, **kwargs)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.built: list[SMTPPeer] = []
+
+    def buildProtocol(self, addr) -> SMTPPeer:
+        peer = super().buildProtocol(addr)
+        self.built.append(peer)
+        return peer
+
+
+class Listener:
+    """A receiver-first SMTPPeer listening on a loopback port, closed by ``stop``;
+    ``peers`` are the connections it accepted, in order."""
+
+    def __init__(self, hostname: str, hooks: ReceiverHooks, *, protocol=None, **kwargs) -> None:
+        self.factory = RecordingFactory(hostname, hooks, **kwargs)
+        if protocol is not None:
+            self.factory.protocol = protocol
+        self.peers = self.factory.built
         self.port = None
 
     @defer.inlineCallbacks

@@ -11,14 +11,14 @@ from .peerutil import Listener, MemoryHooks, connect_line_client
 
 
 class BrokenHooks(MemoryHooks):
-    def rcpt_to(self, peer, path, params):
+    def rcpt_to(self, session, path, params):
         if path.mailbox.local == "boom":
             raise RuntimeError("policy lookup failed")
         if path.mailbox.local == "later":
             return defer.fail(RuntimeError("asynchronous lookup failed"))
         return reply(250, "2.1.5", "OK")
 
-    def reset(self, peer):
+    def reset(self, session):
         raise RuntimeError("bug in reset")
 
 
@@ -47,7 +47,7 @@ def test_hook_exceptions_become_451_and_the_session_continues():
             b"221 2.0.0",
         ]
         assert hooks.stored[0].recipients == ["ok@b.test"]
-        yield hooks.peers[0].done
+        yield listener.peers[0].done
     finally:
         yield listener.stop()
 
@@ -62,13 +62,13 @@ def test_internal_error_gives_421_and_the_listener_keeps_serving():
         client.send(b"HELO a\r\nMAIL FROM:<a@a.test>\r\nRSET\r\n")
         lines = yield client.closed
         assert lines[-1].startswith(b"421 4.3.0 ")
-        summary = yield hooks.peers[0].done
+        summary = yield listener.peers[0].done
         assert summary.error
         second = yield connect_line_client(port)
         second.send(b"QUIT\r\n")
         lines = yield second.closed
         assert lines[-1].startswith(b"221 ")
-        yield hooks.peers[1].done
+        yield listener.peers[1].done
     finally:
         yield listener.stop()
 
@@ -88,14 +88,14 @@ def test_connections_over_the_limit_get_421_and_a_freed_slot_is_reused():
         assert lines == [b"421 4.7.0 b.test Too many connections, try again later"]
         first.send(b"QUIT\r\n")
         yield first.closed
-        yield hooks.peers[0].done
+        yield listener.peers[0].done
         fourth = yield connect_line_client(port)
         yield fourth.wait_lines(1)
         assert fourth.lines[0].startswith(b"220 ")
         for client in (second, fourth):
             client.send(b"QUIT\r\n")
             yield client.closed
-        for peer in hooks.peers:
+        for peer in listener.peers:
             yield peer.done
         assert listener.factory.active == 0
     finally:

@@ -31,7 +31,7 @@ def test_idle_client_gets_421_after_five_minutes():
         clock.advance(2)
         lines = yield client.closed
         assert lines[-1].startswith(b"421 4.4.2 ")
-        summary = yield hooks.peers[0].done
+        summary = yield listener.peers[0].done
         assert summary.error == "timeout"
     finally:
         yield listener.stop()
@@ -49,7 +49,7 @@ def test_each_command_restarts_the_timer():
         client.send(b"QUIT\r\n")
         lines = yield client.closed
         assert lines[-1].startswith(b"221 ")
-        yield hooks.peers[0].done
+        yield listener.peers[0].done
     finally:
         yield listener.stop()
 
@@ -66,7 +66,7 @@ def test_silence_inside_data_times_out_after_ten_minutes_and_stores_nothing():
         clock.advance(2)
         lines = yield client.closed
         assert lines[-1].startswith(b"421 4.4.2 ")
-        yield hooks.peers[0].done
+        yield listener.peers[0].done
         assert hooks.stored == []
     finally:
         yield listener.stop()
@@ -79,7 +79,7 @@ def test_limits_set_the_timeouts():
         clock.advance(5.5)
         lines = yield client.closed
         assert lines[-1].startswith(b"421 ")
-        yield hooks.peers[0].done
+        yield listener.peers[0].done
     finally:
         yield listener.stop()
 
@@ -122,7 +122,7 @@ class SlowHooks(MemoryHooks):
         super().__init__()
         self.pending: defer.Deferred | None = None
 
-    def rcpt_to(self, peer, path, params):
+    def rcpt_to(self, session, path, params):
         self.pending = defer.Deferred()
         return self.pending
 
@@ -147,6 +147,6 @@ def test_a_slow_decision_is_not_the_clients_timeout_and_the_timer_runs_again_aft
         clock.advance(2)
         lines = yield client.closed
         assert lines[-1].startswith(b"421 4.4.2 ")
-        yield hooks.peers[0].done
+        yield listener.peers[0].done
     finally:
         yield listener.stop()

@@ -9,7 +9,7 @@ from twisted.internet import defer, threads
 
 from smtppeer.peer.hooks import SenderJob
 
-from .peerutil import Listener, MemoryHooks, connect_sender, message
+from .peerutil import Listener, MemoryHooks, connect_line_client, connect_sender, message
 
 
 @defer.inlineCallbacks
@@ -20,7 +20,7 @@ def _exchange(a_hooks, b_hooks, a_job):
     try:
         a_peer = yield connect_sender("a.test", a_hooks, a_job, port)
         a_summary = yield a_peer.done
-        b_summary = yield b_hooks.peers[0].done
+        b_summary = yield listener.peers[0].done
     finally:
         yield listener.stop()
     return a_summary, b_summary
@@ -105,7 +105,7 @@ def test_turn_pipelined_behind_the_last_message_and_bytes_past_it_go_to_the_new_
     )
     try:
         lines = yield threads.deferToThread(_raw_session, port, [(packet, 7 + 6)])
-        yield b_hooks.peers[0].done
+        yield listener.peers[0].done
     finally:
         yield listener.stop()
     replies = [line for line in lines if line[:3].isdigit()]
@@ -131,10 +131,50 @@ def test_turn_inside_a_transaction_is_503_and_the_session_goes_on():
     ]
     try:
         lines = yield threads.deferToThread(_raw_session, port, script)
-        yield b_hooks.peers[0].done
+        yield listener.peers[0].done
     finally:
         yield listener.stop()
     assert lines[3].startswith(b"503 5.5.1 ")
     assert lines[4].startswith(b"250 2.0.0")
     assert lines[5].startswith(b"221 2.0.0")
     assert b_hooks.turn_asked == 0
+
+
+class SlowTurn(MemoryHooks):
+    """Decides TURN later, when the test fires ``decision``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decision: defer.Deferred = defer.Deferred()
+
+    def turn(self, session, verb="TURN", domains=None):
+        self.turn_asked += 1
+        return self.decision
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_job_whose_connection_went_before_the_turn_is_given_back():
+    """The client hangs up while TURN is being decided: the job the decision
+    brings is never sent, so each of its messages is reported deferred (the
+    hold queue gets them back) and its ``on_end`` runs, exactly once."""
+    hooks = SlowTurn()
+    listener = Listener("b.test", hooks)
+    port = yield listener.start()
+    try:
+        client = yield connect_line_client(port)
+        client.send(b"EHLO a.test\r\nTURN\r\n")
+        yield client.wait_lines(2)  # the greeting and the EHLO reply; TURN is pending
+        client.transport.loseConnection()
+        yield listener.peers[0].done
+    finally:
+        yield listener.stop()
+    assert hooks.turn_asked == 1
+    ended = []
+    job = SenderJob([message(1, "b@b.test", "a@a.test")], on_end=lambda: ended.append(True))
+    hooks.decision.callback(job)
+    assert [{rcpt: r.code for rcpt, r in result.results.items()} for result in job.results] == [
+        {"a@a.test": 451}
+    ]
+    assert ended == [True]
+    job.end()
+    assert ended == [True]

@@ -38,9 +38,9 @@ class Host:
         self.port = None
 
     @defer.inlineCallbacks
-    def listen(self, accepts_turn: bool, turn_peers: dict[str, list[str]]):
+    def listen(self, turn_by_address: bool, turn_peers: dict[str, list[str]]):
         self.policy.turn_peers = turn_peers
-        factory = SMTPPeerFactory(self.hostname, self.policy, accepts_turn=accepts_turn)
+        factory = SMTPPeerFactory(self.hostname, self.policy, turn_by_address=turn_by_address)
         ep = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
         self.port = yield ep.listen(factory)
         self.factory = factory
@@ -91,9 +91,9 @@ def hosts(tmp_path):
 
 
 @defer.inlineCallbacks
-def prepare(provider: Host, dialup: Host, accepts_turn=True, turn_peers=None, held=2):
+def prepare(provider: Host, dialup: Host, turn_by_address=True, turn_peers=None, held=2):
     peers = {"dialup": ["127.0.0.1"]} if turn_peers is None else turn_peers
-    port = yield provider.listen(accepts_turn, peers)
+    port = yield provider.listen(turn_by_address, peers)
     endpoint = f"tcp:host=127.0.0.1:port={port}"
     for n in range(held):  # mail the provider holds for the dial-up host
         yield provider.queue(f"H{n}", f"user{n}@dialup.test", HELD, {"hold": "dialup"}, "x@provider.test")
@@ -122,7 +122,7 @@ def test_one_poll_sends_turns_and_receives_on_the_same_connection(hosts):
 @pytest_twisted.inlineCallbacks
 def test_turn_refused_the_mail_is_sent_and_nothing_received(hosts):
     provider, dialup = hosts
-    endpoint = yield prepare(provider, dialup, accepts_turn=False)
+    endpoint = yield prepare(provider, dialup, turn_by_address=False)
     outcome = yield defer.ensureDeferred(dialup.runner.poll("provider", endpoint, dialup.policy))
     yield provider.settle()
     assert (outcome.sent, outcome.received, outcome.turned) == (3, 0, False)

@@ -22,7 +22,7 @@ from .peerutil import Listener, MemoryHooks
 class PickyHooks(MemoryHooks):
     """A next hop that refuses some recipients permanently and some for now."""
 
-    def rcpt_to(self, peer, path, params):
+    def rcpt_to(self, session, path, params):
         local = path.mailbox.local
         if local.startswith("bad"):
             return reply(550, "5.1.1", "No such user")
@@ -40,7 +40,7 @@ async def next_hop():
     try:
         yield hooks, port
     finally:
-        for peer in hooks.peers:
+        for peer in listener.peers:
             await peer.done
         await listener.stop()
 
@@ -91,7 +91,7 @@ def test_messages_are_delivered_over_one_connection_and_leave_the_spool(spool, n
             yield h.queue(f"Q{n}", f"u{n}@next.test", "v@next.test")
         h.runner.startService()
         yield h.run()
-        assert len(hooks.stored) == 3 and len(hooks.peers) == 1  # one connection
+        assert len(hooks.stored) == 3 and len(hooks.sessions) == 1  # one connection
         assert hooks.stored[0].recipients == ["u0@next.test", "v@next.test"]
         assert hooks.stored[0].body.startswith(b"Received: by peer.test\r\nSubject: test Q0")
         assert spool.ids() == [] and h.runner.entries == {}
@@ -125,7 +125,7 @@ def test_next_hop_down_then_up_is_retried_after_the_backoff(spool):
             yield h.run(advance=1)
             assert len(hooks.stored) == 1
             assert spool.ids() == []
-            yield hooks.peers[0].done
+            yield listener.peers[0].done
         finally:
             yield listener.stop()
     finally:

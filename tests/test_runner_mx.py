@@ -56,7 +56,7 @@ def test_mx_route_tries_exchangers_in_order_and_null_mx_fails(spool):
         # the null MX domain failed for good (RFC 7505) and was bounced to the local sender
         [(rcpts, dsn)] = h.local
         assert b"5.1.10" in dsn
-        for peer in hooks.peers:
+        for peer in listener.peers:
             yield peer.done
     finally:
         h.runner.stopService()

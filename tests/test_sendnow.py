@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import threads
 
 from smtppeer.peer import protocol as peer
+from smtppeer.peer.protocol import SMTPPeer
 from smtppeer.peer.sendnow import send_now
 
 from .peerutil import Listener, MemoryHooks, connect_line_client
@@ -28,13 +29,13 @@ def test_a_plain_tcp_transport_takes_the_shortcut():
     try:
         client = yield connect_line_client(port)
         yield client.wait_lines(1)  # the greeting
-        transport = hooks.peers[0].transport
+        transport = listener.peers[0].transport
         assert send_now(transport, b"250 2.0.0 sent at once\r\n") == b""
         lines = yield client.wait_lines(2)
         assert lines[1] == b"250 2.0.0 sent at once"
         client.transport.loseConnection()
         yield client.closed
-        yield hooks.peers[0].done
+        yield listener.peers[0].done
     finally:
         yield listener.stop()
 
@@ -60,12 +61,12 @@ def test_anything_else_goes_the_usual_way():
         Closing.socket.close()
 
 
-class SmallSendBuffer(MemoryHooks):
+class SmallSendBuffer(SMTPPeer):
     """Gives each session a 4 KiB kernel send buffer, so that replies overflow it."""
 
-    def greeting(self, peer):
-        peer.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        return super().greeting(peer)
+    def connectionMade(self):
+        self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        super().connectionMade()
 
 
 def _pipeline(port: int, commands: list[bytes]) -> list[bytes]:
@@ -101,7 +102,7 @@ def test_replies_keep_their_order_when_the_socket_fills(monkeypatch):
     monkeypatch.setattr(peer, "send_now", watched)
     rng = random.Random(7)
     commands = [rng.choice(list(COMMANDS)) for _ in range(5000)]
-    listener = Listener("b.test", SmallSendBuffer())
+    listener = Listener("b.test", MemoryHooks(), protocol=SmallSendBuffer)
     port = yield listener.start()
     try:
         codes = yield threads.deferToThread(_pipeline, port, commands)

@@ -11,14 +11,14 @@ Sequencing and reply codes follow RFC 5321 §4.1 and §4.3.2 and RFC 821 §4.3.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from . import events as ev
-from .address import AddressError, Path, parse_path, split_mail_argument
+from .address import AddressError, parse_path, split_mail_argument
 from .extensions import Extension, default_extensions
 from .framing import BareLineEnd, DataDecoder, LineReader, LineTooLong
 from .limits import Limits
 from .replies import Reply, reply
+from .session import SessionState, Transaction
 
 HELP_TEXT = (
     "smtppeer: an SMTP peer that can TURN",
@@ -30,16 +30,6 @@ AUTH_LINE = 12288
 
 # What a client may say before STARTTLS on a listener that requires TLS (RFC 3207 §4).
 BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
-
-
-@dataclass
-class Transaction:
-    """The state between MAIL and the end of DATA."""
-
-    reverse_path: Path
-    params: dict[str, str | None]
-    recipients: list[Path] = field(default_factory=list)
-    utf8: bool = False
 
 
 class Receiver:
@@ -142,7 +132,7 @@ class Receiver:
                 self.transaction = Transaction(decision.path, params, utf8="SMTPUTF8" in params)
         elif isinstance(decision, ev.RcptTo):
             if response.is_positive and self.transaction is not None:
-                self.transaction.recipients.append(decision.path)
+                self.transaction = self.transaction.with_recipient(decision.path)
         elif isinstance(decision, ev.DataEnd):
             self.transaction = None
         elif isinstance(decision, ev.StartTLSRequested):
@@ -196,6 +186,11 @@ class Receiver:
         if not self.closed:
             self._send(response)
             self.closed = True
+
+    @property
+    def state(self) -> SessionState:
+        """What this session has established so far, as a value."""
+        return SessionState(self.secure, self.helo_name, self.esmtp, self.authenticated)
 
     @property
     def in_transaction(self) -> bool:

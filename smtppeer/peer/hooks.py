@@ -1,26 +1,48 @@
-"""What the connection adapter asks of the mail system, in both roles.
+"""What the connection asks of the mail system, in both roles, as plain values.
 
 ``SMTPPeer`` knows SMTP and the transport; everything it must decide (who may
 send, where mail goes, whether to turn) it asks a ``ReceiverHooks``, and
-everything it sends comes from a ``SenderJob``.  Service code implements
-these; tests can implement them with plain objects.
+everything it sends comes from a ``SenderJob``.  Hooks are given a
+``Session`` and a ``Transaction``, values rather than the protocol object, so
+a policy can be tested by calling it with values, and cannot reach into the
+connection it is deciding about.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 
 from smtppeer.engine import Envelope, Path, Reply, reply
 from smtppeer.engine.sender import MessageResult
-
-if TYPE_CHECKING:
-    from .protocol import SMTPPeer
+from smtppeer.engine.session import Transaction
 
 ReplyOrDeferred = Reply | Deferred
+
+__all__ = ["MessageSink", "ReceiverHooks", "ReplyOrDeferred", "SenderJob", "Session", "Transaction"]
+
+
+@dataclass(frozen=True)
+class Session:
+    """A receiving session as the mail system sees it.
+
+    A new value is made whenever the session changes (HELO/EHLO, STARTTLS,
+    AUTH, a turn), so a hook that keeps one keeps what was true when it was
+    asked.
+    """
+
+    client_address: str  # the IP address (or UNIX path) the client connects from
+    client_literal: str = ""  # the same as an SMTP address literal, for Received:
+    helo_name: str | None = None
+    esmtp: bool = False
+    secure: bool = False  # TLS is running on this connection
+    authenticated: str | None = None  # the client's AUTH identity
+    offers_auth: bool = False  # AUTH is offered here now (a refusal says 530 rather than 502)
+    turn_by_address: bool = False  # the listener trusts peers' addresses for TURN (RFC 821 model)
+    may_turn: bool = True  # False on a listener that never turns (shared with worker processes)
+    turned: bool = False  # this connection has changed roles before
 
 
 class MessageSink:
@@ -49,36 +71,36 @@ class ReceiverHooks:
     Methods may return a ``Reply`` or a ``Deferred`` firing with one.
     """
 
-    def greeting(self, peer: SMTPPeer) -> Reply | None:
+    def greeting(self, session: Session) -> Reply | None:
         """A 220 to greet with, a 554 to refuse the connection, or None (default 220)."""
         return None
 
-    def mail_from(self, peer: SMTPPeer, path: Path, params: dict[str, str | None]) -> ReplyOrDeferred:
+    def mail_from(self, session: Session, path: Path, params: dict[str, str | None]) -> ReplyOrDeferred:
         return reply(250, "2.1.0", "Sender OK")
 
-    def rcpt_to(self, peer: SMTPPeer, path: Path, params: dict[str, str | None]) -> ReplyOrDeferred:
+    def rcpt_to(self, session: Session, path: Path, params: dict[str, str | None]) -> ReplyOrDeferred:
         return reply(550, "5.7.1", "Relaying denied")
 
-    def begin_message(self, peer: SMTPPeer) -> MessageSink:
+    def begin_message(self, session: Session, transaction: Transaction) -> MessageSink:
         raise NotImplementedError
 
-    def reset(self, peer: SMTPPeer) -> None:
+    def reset(self, session: Session) -> None:
         """The transaction was abandoned before DATA completed."""
 
-    def verify(self, peer: SMTPPeer, verb: str, argument: str) -> ReplyOrDeferred:
+    def verify(self, session: Session, verb: str, argument: str) -> ReplyOrDeferred:
         """VRFY/EXPN: by default say nothing about who exists (RFC 5321 §3.5.3)."""
         return reply(252, "2.5.2", "Cannot verify, but will accept message and attempt delivery")
 
-    def turn(self, peer: SMTPPeer, verb: str = "TURN", domains: list[str] | None = None):
+    def turn(self, session: Session, verb: str = "TURN", domains: list[str] | None = None):
         """TURN, or ATRN with the domains asked for: a ``SenderJob`` to send after
         turning, a refusal ``Reply``, or None (502).  May return a Deferred."""
         return None
 
-    def start_queue(self, peer: SMTPPeer, node: str, kind: str) -> ReplyOrDeferred:
+    def start_queue(self, session: Session, node: str, kind: str) -> ReplyOrDeferred:
         """ETRN: start delivering what is held for ``node`` (see ``QueueStartRequested``)."""
         return reply(458, "4.3.0", f"Unable to queue messages for node {node}")
 
-    def extension_command(self, peer: SMTPPeer, verb: str, argument: str) -> ReplyOrDeferred:
+    def extension_command(self, session: Session, verb: str, argument: str) -> ReplyOrDeferred:
         return reply(502, "5.5.1", f"{verb} not implemented")
 
 
@@ -87,12 +109,16 @@ class SenderJob:
     """Messages to send in one sender session, and how the session ends.
 
     ``finish`` is ``QUIT`` or a turning command (``TURN``, ``ATRN dom``).
-    ``on_result`` is called with each ``MessageResult`` as soon as it is known.
+    ``on_result`` is called with each ``MessageResult`` as soon as it is known;
+    every envelope gets exactly one, even when the session never starts
+    (``abandon``).  ``on_end`` is called once when the job is over, however
+    it ended: whoever handed the job out may then release what it reserved.
     """
 
     envelopes: list[Envelope] = field(default_factory=list)
     finish: str = "QUIT"
     on_result: Callable[[MessageResult], object] | None = None
+    on_end: Callable[[], object] | None = None
     results: list[MessageResult] = field(default_factory=list)
     turned: bool = False
     turn_reply: Reply | None = None
@@ -103,3 +129,18 @@ class SenderJob:
         self.results.append(result)
         if self.on_result is not None:
             self.on_result(result)
+
+    def abandon(self, reason: str) -> None:
+        """The job will never be sent (its connection went first): every envelope
+        without a result is deferred with ``reason``, then the job ends."""
+        reported = {id(result.envelope) for result in self.results}
+        lost = reply(451, "4.4.2", reason)
+        for envelope in self.envelopes:
+            if id(envelope) not in reported:
+                self.record(MessageResult(envelope, dict.fromkeys(envelope.recipients, lost)))
+        self.end()
+
+    def end(self) -> None:
+        callback, self.on_end = self.on_end, None
+        if callback is not None:
+            callback()

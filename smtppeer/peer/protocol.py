@@ -27,8 +27,9 @@ from smtppeer.engine import sender as sev
 from smtppeer.engine.address import address_literal
 from smtppeer.engine.extensions import Extension
 from smtppeer.engine.sender import ClientSecurity
+from smtppeer.engine.session import SessionState
 
-from .hooks import MessageSink, ReceiverHooks, SenderJob
+from .hooks import MessageSink, ReceiverHooks, SenderJob, Session
 from .sendnow import send_now
 
 log = Logger()
@@ -85,8 +86,10 @@ class SMTPPeer(Protocol):
         self.only_commands = only_commands
         self.client_security = client_security
         self.client_tls = client_tls
-        self.secure = False  # TLS is running on this connection
-        self.authenticated: str | None = None  # the client's AUTH identity (receiver role)
+        # What the connection has established; the receiver keeps it up to date while it
+        # runs, and a turn hands on what survives (``SessionState.after_turn``).
+        self.state = SessionState()
+        self._session: Session | None = None  # what hooks are given; rebuilt when it changes
         self.summary = SessionSummary()
         self.done: defer.Deferred[SessionSummary] = defer.Deferred()
         self.receiver: Receiver | None = None
@@ -99,11 +102,42 @@ class SMTPPeer(Protocol):
         self._pump_again = False
         self._lost = False
         self.over_limit = False
-        self.receiver_turned = False  # we were sender and the other side accepted our TURN/ATRN
 
     @property
     def role(self) -> str:
         return "sender" if self.sender is not None else "receiver"
+
+    @property
+    def secure(self) -> bool:
+        return self.state.secure
+
+    @property
+    def session(self) -> Session:
+        """The receiving session as hooks see it (a value, made again only when it changes)."""
+        session = self._session
+        if session is None:
+            session = self._session = self._make_session()
+        return session
+
+    def _make_session(self) -> Session:
+        receiver = self.receiver
+        state = receiver.state if receiver is not None else self.state
+        offers_auth = receiver is not None and any(
+            x.keyword == "AUTH" and x.ehlo_line(receiver) for x in receiver.extensions
+        )
+        factory = self.factory
+        return Session(
+            self.client_address,
+            self.client_literal,
+            helo_name=state.helo_name,
+            esmtp=state.esmtp,
+            secure=state.secure,
+            authenticated=state.authenticated,
+            offers_auth=offers_auth,
+            turn_by_address=getattr(factory, "turn_by_address", False),
+            may_turn=getattr(factory, "may_turn", True),
+            turned=self.state.turned,
+        )
 
     # -- connection life ------------------------------------------------------------
 
@@ -142,6 +176,8 @@ class SMTPPeer(Protocol):
             self._pump_sender()
         if self.summary.error is None and not self.summary.clean:
             self.summary.error = reason.getErrorMessage() if reason else "connection lost"
+        if self.job is not None:
+            self.job.end()
         if not self.done.called:
             self.done.callback(self.summary)
 
@@ -164,14 +200,15 @@ class SMTPPeer(Protocol):
             self.hostname,
             self.limits,
             self.extensions,
-            secure=self.secure,
+            secure=self.state.secure,
             require_tls=self.require_tls,
             only_commands=self.only_commands,
         )
+        self._session = None
         if self.over_limit:
             self.receiver.start(reply(421, "4.7.0", f"{self.hostname} Too many connections, try again later"))
         else:
-            self.receiver.start(self.hooks.greeting(self))
+            self.receiver.start(self.hooks.greeting(self.session))
         if unread:
             self.receiver.receive_data(unread)
         self._arm(self.limits.command_timeout)
@@ -179,11 +216,11 @@ class SMTPPeer(Protocol):
 
     def _become_sender(self, job: SenderJob, unread: bytes) -> None:
         self.receiver = None
-        self.authenticated = None  # an identity is our client's; after a turn there is none
+        self._session = None
         self.job = job
         # A sender that took over a turned connection is already as secure as it will get.
-        security = None if self.summary.turned or self.receiver_turned else self.client_security
-        self.sender = Sender(self.hostname, self.limits, security=security, secure=self.secure)
+        security = None if self.state.turned else self.client_security
+        self.sender = Sender(self.hostname, self.limits, security=security, secure=self.state.secure)
         for command in job.requests:
             self.sender.request(command)
         for envelope in job.envelopes:
@@ -231,61 +268,75 @@ class SMTPPeer(Protocol):
             if event is ev.CLOSED:
                 self._close_after_flush()
                 return
-            self._dispatch_receiver_event(receiver, event)
+            handler = _RECEIVER_EVENTS.get(type(event))
+            if handler is not None:
+                handler(self, receiver, event)
 
-    def _dispatch_receiver_event(self, receiver: Receiver, event: ev.Event) -> None:
-        hooks = self.hooks
-        if isinstance(event, ev.MailFrom):
-            self._decide(receiver, lambda: hooks.mail_from(self, event.path, event.params))
-        elif isinstance(event, ev.RcptTo):
-            self._decide(receiver, lambda: hooks.rcpt_to(self, event.path, event.params))
-        elif isinstance(event, ev.DataStarted):
-            try:
-                self.sink = hooks.begin_message(self)
-            except Exception:
-                log.failure("could not start storing a message")
-        elif isinstance(event, ev.DataChunk):
-            if self.sink is not None:
-                self.sink.write(event.data)
-        elif isinstance(event, ev.DataEnd):
-            sink, self.sink = self.sink, None
-            if sink is None:
-                self._decide(receiver, lambda: reply(451, "4.3.0", "Could not store the message"))
-            else:
-                self._decide(receiver, sink.finish, received=True)
-        elif isinstance(event, ev.DataFailed):
-            log.info("message refused by the engine: {reason}", reason=event.reason)
-            self._drop_sink()
-        elif isinstance(event, ev.Reset):
-            self._drop_sink()
-            hooks.reset(self)
-        elif isinstance(event, ev.Verify):
-            self._decide(receiver, lambda: hooks.verify(self, event.verb, event.argument))
-        elif isinstance(event, ev.TurnRequested):
-            self._decide_turn(receiver, event)
-        elif isinstance(event, ev.StartTLSRequested):
-            self._start_tls_as_receiver(receiver)
-        elif isinstance(event, ev.Authenticated):
-            self.authenticated = event.identity
-            log.info(
-                "{line}",
-                line=f"AUTH {event.mechanism} as {event.identity} from {self.client_address}",
-                identity=event.identity,
-            )
-        elif isinstance(event, ev.AuthFailed):
-            log.info(
-                "{line}",
-                line=f"AUTH {event.mechanism} failed from {self.client_address}: {event.reason}",
-                client=self.client_address,
-            )
-        elif isinstance(event, ev.QueueStartRequested):
-            self._decide(receiver, lambda: hooks.start_queue(self, event.node, event.kind))
-        elif isinstance(event, ev.ExtensionCommand):
-            self._decide(receiver, lambda: hooks.extension_command(self, event.verb, event.argument))
-        elif isinstance(event, ev.Quit):
-            self.summary.clean = True
-        elif isinstance(event, ev.Close):
-            self.summary.error = event.reason
+    # What to do with each receiver event: a table, not a chain of isinstance checks.
+
+    def _on_mail_from(self, receiver: Receiver, event: ev.MailFrom) -> None:
+        self._decide(receiver, lambda: self.hooks.mail_from(self.session, event.path, event.params))
+
+    def _on_rcpt_to(self, receiver: Receiver, event: ev.RcptTo) -> None:
+        self._decide(receiver, lambda: self.hooks.rcpt_to(self.session, event.path, event.params))
+
+    def _on_data_started(self, receiver: Receiver, event: ev.DataStarted) -> None:
+        try:
+            self.sink = self.hooks.begin_message(self.session, receiver.transaction)
+        except Exception:
+            log.failure("could not start storing a message")
+
+    def _on_data_chunk(self, receiver: Receiver, event: ev.DataChunk) -> None:
+        if self.sink is not None:
+            self.sink.write(event.data)
+
+    def _on_data_end(self, receiver: Receiver, event: ev.DataEnd) -> None:
+        sink, self.sink = self.sink, None
+        if sink is None:
+            self._decide(receiver, lambda: reply(451, "4.3.0", "Could not store the message"))
+        else:
+            self._decide(receiver, sink.finish, received=True)
+
+    def _on_data_failed(self, receiver: Receiver, event: ev.DataFailed) -> None:
+        log.info("message refused by the engine: {reason}", reason=event.reason)
+        self._drop_sink()
+
+    def _on_reset(self, receiver: Receiver, event: ev.Reset) -> None:
+        self._drop_sink()
+        self.hooks.reset(self.session)
+
+    def _on_hello(self, receiver: Receiver, event: ev.Hello) -> None:
+        self._session = None
+
+    def _on_verify(self, receiver: Receiver, event: ev.Verify) -> None:
+        self._decide(receiver, lambda: self.hooks.verify(self.session, event.verb, event.argument))
+
+    def _on_authenticated(self, receiver: Receiver, event: ev.Authenticated) -> None:
+        self._session = None
+        log.info(
+            "{line}",
+            line=f"AUTH {event.mechanism} as {event.identity} from {self.client_address}",
+            identity=event.identity,
+        )
+
+    def _on_auth_failed(self, receiver: Receiver, event: ev.AuthFailed) -> None:
+        log.info(
+            "{line}",
+            line=f"AUTH {event.mechanism} failed from {self.client_address}: {event.reason}",
+            client=self.client_address,
+        )
+
+    def _on_queue_start(self, receiver: Receiver, event: ev.QueueStartRequested) -> None:
+        self._decide(receiver, lambda: self.hooks.start_queue(self.session, event.node, event.kind))
+
+    def _on_extension_command(self, receiver: Receiver, event: ev.ExtensionCommand) -> None:
+        self._decide(receiver, lambda: self.hooks.extension_command(self.session, event.verb, event.argument))
+
+    def _on_quit(self, receiver: Receiver, event: ev.Quit) -> None:
+        self.summary.clean = True
+
+    def _on_close(self, receiver: Receiver, event: ev.Close) -> None:
+        self.summary.error = event.reason
 
     def _decide(self, receiver: Receiver, ask, received: bool = False) -> None:
         """Ask a hook; answer the engine now, or when its Deferred fires."""
@@ -304,11 +355,13 @@ class SMTPPeer(Protocol):
 
         _call_hook(ask, answer, failed)
 
-    def _decide_turn(self, receiver: Receiver, event: ev.TurnRequested) -> None:
+    def _on_turn(self, receiver: Receiver, event: ev.TurnRequested) -> None:
         """The hook returns the job to send after turning, or a refusal (None: 502)."""
 
         def decided(job: SenderJob | Reply | None) -> None:
             if receiver is not self.receiver or self._lost:
+                if isinstance(job, SenderJob):  # it will never be sent: give it back
+                    job.abandon("connection lost before turning")
                 return
             if not isinstance(job, SenderJob):
                 receiver.answer(job or reply(502, "5.5.1", f"{event.verb} not allowed"))
@@ -317,15 +370,17 @@ class SMTPPeer(Protocol):
             receiver.answer(reply(250, "2.0.0", "OK, turning around"))
             self._flush()
             self.summary.turned = True
+            self.state = receiver.state.after_turn()
             self._become_sender(job, receiver.take_unread())
 
         def failed(failure: Failure) -> Reply:
             log.failure("turn hook failed; refusing", failure)
             return reply(451, "4.3.0", "Local error in processing; try again later")
 
-        _call_hook(lambda: self.hooks.turn(self, event.verb, event.domains), decided, failed)
+        session = self.session
+        _call_hook(lambda: self.hooks.turn(session, event.verb, event.domains), decided, failed)
 
-    def _start_tls_as_receiver(self, receiver: Receiver) -> None:
+    def _on_starttls(self, receiver: Receiver, event: ev.StartTLSRequested) -> None:
         """220, then the handshake; what the client sent behind STARTTLS in clear
         is dropped by the engine, never parsed."""
         if self.server_tls is None:
@@ -334,7 +389,7 @@ class SMTPPeer(Protocol):
         receiver.answer(reply(220, "2.0.0", "Ready to start TLS"))
         self._flush()
         dropped = receiver.tls_started()
-        self.authenticated = None  # RFC 3207 §4.2: nothing learnt in clear survives
+        self._session = None
         if dropped:
             log.info(
                 "{line}",
@@ -343,7 +398,7 @@ class SMTPPeer(Protocol):
         self._start_tls(self.server_tls)
 
     def _start_tls(self, creator: object) -> None:
-        self.secure = True
+        self.state = self.state.after_starttls()
         # startTLS re-registers the producer with the TLS layer, which wants a streaming one.
         self.transport.startTLS(creator)
 
@@ -356,33 +411,42 @@ class SMTPPeer(Protocol):
                     limits = self.limits
                     self._arm(limits.data_end_timeout if sender.awaiting_data_end else limits.reply_timeout)
                 return
-            job = self.job
-            if isinstance(event, sev.MessageResult):
-                self.summary.sent.append(event)
-                if job is not None:
-                    job.record(event)
-            elif isinstance(event, sev.StartTLS):
-                self._start_tls(self.client_tls or _any_certificate())
-                sender.tls_started()
-            elif isinstance(event, sev.Authenticated):
-                log.debug("authenticated with {mechanism}", mechanism=event.mechanism)
-            elif isinstance(event, sev.CommandResult):
-                if job is not None:
-                    job.request_results.append((event.command, event.reply))
-            elif isinstance(event, sev.Turned):
-                if job is not None:
-                    job.turned, job.turn_reply = True, event.reply
-                self.receiver_turned = True
-                self._become_receiver(sender.take_unread())
-            elif isinstance(event, sev.TurnRefused):
-                self.summary.turn_refused = event.reply
-                if job is not None:
-                    job.turn_reply = event.reply
-            elif isinstance(event, sev.Closed):
-                self.summary.clean = event.clean
-                if not event.clean and self.summary.error is None:
-                    self.summary.error = str(event.reply) if event.reply else "session failed"
-                self._close_after_flush()
+            handler = _SENDER_EVENTS.get(type(event))
+            if handler is not None:
+                handler(self, sender, event)
+
+    def _on_message_result(self, sender: Sender, event: sev.MessageResult) -> None:
+        self.summary.sent.append(event)
+        if self.job is not None:
+            self.job.record(event)
+
+    def _on_sender_starttls(self, sender: Sender, event: sev.StartTLS) -> None:
+        self._start_tls(self.client_tls or _any_certificate())
+        sender.tls_started()
+
+    def _on_logged_in(self, sender: Sender, event: sev.Authenticated) -> None:
+        log.debug("authenticated with {mechanism}", mechanism=event.mechanism)
+
+    def _on_command_result(self, sender: Sender, event: sev.CommandResult) -> None:
+        if self.job is not None:
+            self.job.request_results.append((event.command, event.reply))
+
+    def _on_turned(self, sender: Sender, event: sev.Turned) -> None:
+        if self.job is not None:
+            self.job.turned, self.job.turn_reply = True, event.reply
+        self.state = self.state.after_turn()
+        self._become_receiver(sender.take_unread())
+
+    def _on_turn_refused(self, sender: Sender, event: sev.TurnRefused) -> None:
+        self.summary.turn_refused = event.reply
+        if self.job is not None:
+            self.job.turn_reply = event.reply
+
+    def _on_finished(self, sender: Sender, event: sev.Closed) -> None:
+        self.summary.clean = event.clean
+        if not event.clean and self.summary.error is None:
+            self.summary.error = str(event.reply) if event.reply else "session failed"
+        self._close_after_flush()
 
     # -- output and timers -----------------------------------------------------------
 
@@ -467,6 +531,37 @@ class SMTPPeer(Protocol):
             sink.abort()
 
 
+_RECEIVER_EVENTS = {
+    ev.MailFrom: SMTPPeer._on_mail_from,
+    ev.RcptTo: SMTPPeer._on_rcpt_to,
+    ev.DataStarted: SMTPPeer._on_data_started,
+    ev.DataChunk: SMTPPeer._on_data_chunk,
+    ev.DataEnd: SMTPPeer._on_data_end,
+    ev.DataFailed: SMTPPeer._on_data_failed,
+    ev.Reset: SMTPPeer._on_reset,
+    ev.Hello: SMTPPeer._on_hello,
+    ev.Verify: SMTPPeer._on_verify,
+    ev.TurnRequested: SMTPPeer._on_turn,
+    ev.StartTLSRequested: SMTPPeer._on_starttls,
+    ev.Authenticated: SMTPPeer._on_authenticated,
+    ev.AuthFailed: SMTPPeer._on_auth_failed,
+    ev.QueueStartRequested: SMTPPeer._on_queue_start,
+    ev.ExtensionCommand: SMTPPeer._on_extension_command,
+    ev.Quit: SMTPPeer._on_quit,
+    ev.Close: SMTPPeer._on_close,
+}
+
+_SENDER_EVENTS = {
+    sev.MessageResult: SMTPPeer._on_message_result,
+    sev.StartTLS: SMTPPeer._on_sender_starttls,
+    sev.Authenticated: SMTPPeer._on_logged_in,
+    sev.CommandResult: SMTPPeer._on_command_result,
+    sev.Turned: SMTPPeer._on_turned,
+    sev.TurnRefused: SMTPPeer._on_turn_refused,
+    sev.Closed: SMTPPeer._on_finished,
+}
+
+
 @functools.cache
 def _any_certificate() -> object:
     """Opportunistic TLS: encryption against passive eavesdroppers, no authentication.
@@ -499,6 +594,7 @@ class SMTPPeerFactory(Factory):
     """
 
     noisy = False
+    protocol = SMTPPeer
 
     def __init__(
         self,
@@ -506,16 +602,16 @@ class SMTPPeerFactory(Factory):
         hooks: ReceiverHooks,
         *,
         max_connections: int | None = None,
-        accepts_turn: bool = False,
-        turns: bool = True,
+        turn_by_address: bool = False,
+        may_turn: bool = True,
         **peer_options,
     ) -> None:
         self.hostname = hostname
         self.hooks = hooks
         self.peer_options = peer_options
         self.max_connections = max_connections
-        self.accepts_turn = accepts_turn  # a listener's setting, for the TURN policy
-        self.turns = turns  # False: this listener never turns (it is shared with workers)
+        self.turn_by_address = turn_by_address  # a listener's ``turn = true``, for the TURN policy
+        self.may_turn = may_turn  # False: this listener never turns (it is shared with workers)
         self.peers: set[SMTPPeer] = set()
 
     @property
@@ -536,7 +632,7 @@ class SMTPPeerFactory(Factory):
     def buildProtocol(self, addr) -> SMTPPeer:
         """Over ``max_connections`` the peer still answers, with 421, so the
         client knows to retry later instead of seeing a reset."""
-        peer = SMTPPeer(self.hostname, self.hooks, **self.peer_options)
+        peer = self.protocol(self.hostname, self.hooks, **self.peer_options)
         peer.factory = self
         peer.over_limit = self.max_connections is not None and self.active >= self.max_connections
         return peer

@@ -18,16 +18,17 @@ RFC 5321 §6.3) rather than passed round again.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from smtppeer.engine import Path, Reply, reply
 from smtppeer.engine.address import parse_mailbox
-from smtppeer.peer.hooks import MessageSink, ReceiverHooks
+from smtppeer.peer.hooks import MessageSink, ReceiverHooks, SenderJob, Session, Transaction
 from smtppeer.store.ids import new_queue_id
 from smtppeer.store.maildir import MaildirStore
 from smtppeer.store.spool import HELD, PENDING, Envelope, Recipient, Spool
@@ -36,9 +37,6 @@ from .accounts import Accounts
 from .mailboxes import Mailbox, Mailboxes
 from .routing import HOLD, LOCAL, RELAY, Decision, Router, matches
 from .trace import protocol_name, received_header
-
-if TYPE_CHECKING:
-    from smtppeer.peer.protocol import SMTPPeer
 
 log = Logger()
 
@@ -72,27 +70,27 @@ class ReceivingPolicy(ReceiverHooks):
         self.accounts = accounts or Accounts()
         self.owned = {name: [d.lower() for d in ds] for name, ds in (owned or {}).items()}  # peer -> domains
         self.peer_endpoints = peer_endpoints or {}  # peer -> where ETRN sends its mail
-        self._atrn_sessions: dict[str, object] = {}  # domain -> the session serving it (RFC 2645 §4)
+        self._atrn_sessions: dict[str, SenderJob] = {}  # domain -> the job serving it (RFC 2645 §4)
         # where <postmaster> without a domain goes: the host's own domain if local
         primary = router.hostname if router.hostname in router.local_domains else min(router.local_domains)
         self.mailboxes = Mailboxes(mailboxes, primary, router.is_me)
 
-    def decide(self, peer: SMTPPeer, path: Path) -> Decision:
-        decision = self.router.decide(path, peer.client_address, getattr(peer, "authenticated", None))
+    def decide(self, session: Session, path: Path) -> Decision:
+        decision = self.router.decide(path, session.client_address, session.authenticated)
         if decision.kind in (RELAY, HOLD) and self.spool is None:
             return Decision("refuse", reply=reply(550, "5.7.1", "Relaying denied"))
         return decision
 
-    def rcpt_to(self, peer: SMTPPeer, path: Path, params: dict[str, str | None]) -> Reply:
-        decision = self.decide(peer, path)
+    def rcpt_to(self, session: Session, path: Path, params: dict[str, str | None]) -> Reply:
+        decision = self.decide(session, path)
         if not decision.accepted:
-            log.info("refused {rcpt} from {client}", rcpt=str(path), client=peer.client_address)
+            log.info("refused {rcpt} from {client}", rcpt=str(path), client=session.client_address)
             return decision.reply
         if decision.kind == LOCAL and not self.mailboxes.targets(path):
             return reply(550, "5.1.1", "No such user here")
         return reply(250, "2.1.5", "Recipient OK")
 
-    def turn_identity(self, peer: SMTPPeer) -> str | None:
+    def turn_identity(self, session: Session) -> str | None:
         """Which configured peer is asking to TURN, if any.
 
         A login that belongs to a peer (AUTH) is that peer, wherever it
@@ -100,41 +98,41 @@ class ReceivingPolicy(ReceiverHooks):
         is known by its client address, but only on listeners configured with
         ``turn = true`` — the RFC 821 trust model, for closed networks.
         """
-        authenticated = getattr(peer, "authenticated", None)
-        if authenticated is not None:
-            return self.accounts.peer_for(authenticated)
-        if not getattr(peer.factory, "accepts_turn", False):
+        if session.authenticated is not None:
+            return self.accounts.peer_for(session.authenticated)
+        if not session.turn_by_address:
             return None
         for name, addresses in self.turn_peers.items():
-            if peer.client_address in addresses:
+            if session.client_address in addresses:
                 return name
         return None
 
-    def turn(self, peer: SMTPPeer, verb: str = "TURN", domains: list[str] | None = None):
-        if not getattr(peer.factory, "turns", True):
+    def turn(self, session: Session, verb: str = "TURN", domains: list[str] | None = None):
+        if not session.may_turn:
             return reply(502, "5.5.1", f"{verb} is not available on this port")
         if verb == "ATRN":
-            return self.atrn(peer, domains or [])
-        name = self.turn_identity(peer)
+            return self.atrn(session, domains or [])
+        name = self.turn_identity(session)
         if name is None or self.runner is None:
-            log.info("TURN refused to {client}", client=peer.client_address)
-            if getattr(peer, "authenticated", None) is None and _offers_auth(peer):
+            log.info("TURN refused to {client}", client=session.client_address)
+            if session.authenticated is None and session.offers_auth:
                 return reply(530, "5.7.0", "Authentication required")
             return None
-        log.info("TURN from {client}: peer {name}", client=peer.client_address, name=name)
+        log.info("TURN from {client}: peer {name}", client=session.client_address, name=name)
         return self.runner.release(name)
 
-    def atrn(self, peer: SMTPPeer, domains: list[str]):
+    def atrn(self, session: Session, domains: list[str]):
         """RFC 2645 §5: 450 for domains that are not the identity's, 451 while another
         session serves one of them, 453 with nothing to send, else the job (250)."""
-        name = self.accounts.peer_for(peer.authenticated)
+        name = self.accounts.peer_for(session.authenticated)
         owned = self.owned.get(name, []) if name is not None else []
         asked = domains or owned
         foreign = [d for d in asked if not matches(owned, d)]
         if name is None or not asked or foreign or self.runner is None:
             log.info(
                 "{line}",
-                line=f"ATRN {','.join(domains)} refused to {peer.authenticated} from {peer.client_address}",
+                line=f"ATRN {','.join(domains)} refused to {session.authenticated} "
+                f"from {session.client_address}",
             )
             what = f"{foreign[0]} is not yours" if foreign else "no domains of yours are held here"
             return reply(450, "4.7.1", f"ATRN request refused: {what}")
@@ -145,23 +143,24 @@ class ReceivingPolicy(ReceiverHooks):
         if not job.envelopes:
             return reply(453, "4.3.0", "You have no mail")
         for domain in asked:
-            self._atrn_sessions[domain] = peer
-        peer.done.addBoth(self._atrn_finished, asked, peer)
-        log.info("{line}", line=f"ATRN {','.join(asked)} from {peer.authenticated}: peer {name}")
+            self._atrn_sessions[domain] = job
+        job.on_end = functools.partial(self._atrn_finished, asked, job, job.on_end)
+        log.info("{line}", line=f"ATRN {','.join(asked)} from {session.authenticated}: peer {name}")
         return job
 
-    def _atrn_finished(self, result, domains: list[str], peer: SMTPPeer):
+    def _atrn_finished(self, domains: list[str], job: SenderJob, then: Callable[[], object] | None) -> None:
         for domain in domains:
-            if self._atrn_sessions.get(domain) is peer:
+            if self._atrn_sessions.get(domain) is job:
                 del self._atrn_sessions[domain]
-        return result
+        if then is not None:
+            then()
 
-    def start_queue(self, peer: SMTPPeer, node: str, kind: str) -> Reply:
+    def start_queue(self, session: Session, node: str, kind: str) -> Reply:
         """ETRN: only the peer that owns the node may start it — by AUTH identity
         or by its configured client addresses — and only to its own endpoint."""
         name, domains = self._etrn_target(node, kind)
-        if name is None or not self._may_ask_for(peer, name):
-            log.info("{line}", line=f"ETRN {node} refused to {peer.client_address}")
+        if name is None or not self._may_ask_for(session, name):
+            log.info("{line}", line=f"ETRN {node} refused to {session.client_address}")
             return reply(459, "5.7.1", f"Node {node} not allowed")
         endpoint = self.peer_endpoints.get(name)
         if endpoint is None or self.runner is None:
@@ -180,29 +179,26 @@ class ReceivingPolicy(ReceiverHooks):
                 return name, [node]
         return None, None
 
-    def _may_ask_for(self, peer: SMTPPeer, name: str) -> bool:
-        authenticated = getattr(peer, "authenticated", None)
-        if authenticated is not None:
-            return self.accounts.peer_for(authenticated) == name
-        return peer.client_address in self.turn_peers.get(name, ())
+    def _may_ask_for(self, session: Session, name: str) -> bool:
+        if session.authenticated is not None:
+            return self.accounts.peer_for(session.authenticated) == name
+        return session.client_address in self.turn_peers.get(name, ())
 
-    def begin_message(self, peer: SMTPPeer) -> MessageSink:
-        receiver = peer.receiver
-        tx = receiver.transaction
+    def begin_message(self, session: Session, tx: Transaction) -> MessageSink:
         queue_id = new_queue_id()
         header = received_header(
-            helo=receiver.helo_name,
-            client_literal=peer.client_literal,
+            helo=session.helo_name,
+            client_literal=session.client_literal,
             by=self.hostname,
             protocol=protocol_name(
-                receiver.esmtp, utf8=tx.utf8, tls=receiver.secure, auth=receiver.authenticated is not None
+                session.esmtp, utf8=tx.utf8, tls=session.secure, auth=session.authenticated is not None
             ),
             queue_id=queue_id,
             recipient=str(tx.recipients[0].mailbox) if len(tx.recipients) == 1 else None,
         )
-        client = {"helo": receiver.helo_name or "", "address": peer.client_address}
+        client = {"helo": session.helo_name or "", "address": session.client_address}
         params = {k: v for k, v in tx.params.items() if k in ("BODY", "SMTPUTF8")}
-        decisions = [(path, self.decide(peer, path)) for path in tx.recipients]
+        decisions = [(path, self.decide(session, path)) for path in tx.recipients]
         return self.new_message(queue_id, tx.reverse_path, decisions, header, client, params)
 
     def inject(self, reverse_path: Path, recipients: list[Path], message: bytes) -> defer.Deferred:
@@ -283,13 +279,6 @@ class ReceivingPolicy(ReceiverHooks):
         rcpts = ", ".join(str(path) for path, _ in decisions)
         summary = f"from {reverse_path} via {client['helo']} [{client['address']}] to {rcpts}"
         return IncomingMessage(self, sinks, queue_id, summary, envelope)
-
-
-def _offers_auth(peer: SMTPPeer) -> bool:
-    receiver = peer.receiver
-    if receiver is None:
-        return False
-    return any(x.keyword == "AUTH" and x.ehlo_line(receiver) for x in receiver.extensions)
 
 
 class IncomingMessage(MessageSink):
