@@ -16,7 +16,7 @@ from smtppeer.peer.hooks import SenderJob, Session
 from smtppeer.policy.accounts import Accounts, Login
 from smtppeer.policy.receiving import ReceivingPolicy
 from smtppeer.policy.routing import Router
-from smtppeer.relay.runner import QueueRunner
+from smtppeer.relay.scheduler import QueueRunner
 from smtppeer.store.committer import Committer
 from smtppeer.store.maildir import MaildirStore
 from smtppeer.store.spool import HELD, Envelope, Recipient

@@ -17,7 +17,8 @@ from twisted.internet import defer, endpoints, reactor, task
 from smtppeer.peer.protocol import SMTPPeerFactory
 from smtppeer.policy.receiving import ReceivingPolicy
 from smtppeer.policy.routing import Router
-from smtppeer.relay.runner import QueueRunner, RunnerSettings
+from smtppeer.relay.queue import RunnerSettings
+from smtppeer.relay.scheduler import QueueRunner
 from smtppeer.store.committer import Committer
 from smtppeer.store.maildir import MaildirStore
 from smtppeer.store.spool import HELD, PENDING, Envelope, Recipient, Spool

@@ -12,7 +12,9 @@ from twisted.internet import defer, task
 
 from smtppeer.engine import reply
 from smtppeer.policy.routing import Router
-from smtppeer.relay.runner import QueueRunner, RunnerSettings, _remote_host
+from smtppeer.relay.queue import RunnerSettings
+from smtppeer.relay.results import _remote_host
+from smtppeer.relay.scheduler import QueueRunner
 from smtppeer.store.spool import DELIVERED, FAILED, PENDING, Envelope, Recipient, Spool
 
 from .conftest import free_port
@@ -46,11 +48,10 @@ async def next_hop():
 
 
 class Harness:
-    def __init__(self, spool: Spool, port: int, **settings) -> None:
+    def __init__(self, spool: Spool, port: int, resolver=None, **settings) -> None:
         self.spool = spool
         self.port = port
         self.clock = task.Clock()
-        self.clock.advance(1_800_000_000)
         self.local: list[tuple[list[str], bytes]] = []
         router = Router("peer.test", ["peer.test"], routes={"next.test": f"tcp:host=127.0.0.1:port={port}"})
         self.runner = QueueRunner(
@@ -60,6 +61,7 @@ class Harness:
             deliver_locally=self._local,
             settings=RunnerSettings(**settings),
             clock=self.clock,
+            resolver=resolver,
         )
 
     def _local(self, rcpts, message, queue_id):

@@ -34,8 +34,7 @@ def test_mx_route_tries_exchangers_in_order_and_null_mx_fails(spool):
     listener = Listener("dest.mx.test", hooks)
     port = yield listener.start()
     resolver = resolver_from_address("127.0.0.1", udp.getHost().port)
-    h = Harness(spool, port)
-    h.runner.resolver = MXResolver(resolver, port=port)
+    h = Harness(spool, port, resolver=MXResolver(resolver, port=port))
     try:
         for queue_id, address in (("M1", "u@dest.mx.test"), ("M2", "u@nullmx.mx.test")):
             domain = address.split("@")[1]

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import BinaryIO
 
 from .auth import decode, encode
@@ -49,8 +50,16 @@ class Envelope:
     tag: object = None
 
 
-# ClientSecurity.tls
-TLS_NONE, TLS_OPPORTUNISTIC, TLS_REQUIRED, TLS_VERIFY = "none", "opportunistic", "required", "verify"
+class TlsPolicy(StrEnum):
+    """What a session we open insists on (``ClientSecurity.tls``, a peer's ``tls``)."""
+
+    NONE = "none"  # never STARTTLS
+    OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered, any certificate
+    REQUIRED = "required"  # STARTTLS or nothing is sent; any certificate
+    VERIFY = "verify"  # STARTTLS with a certificate the adapter verifies
+
+
+TLS_NONE, TLS_OPPORTUNISTIC, TLS_REQUIRED, TLS_VERIFY = TlsPolicy
 
 
 @dataclass
@@ -58,7 +67,7 @@ class ClientSecurity:
     """How to secure a session we open.  ``verify`` differs from ``required``
     only in the adapter (which checks the certificate during the handshake)."""
 
-    tls: str = TLS_NONE
+    tls: TlsPolicy = TLS_NONE
     username: str | None = None
     password: str | None = None
     allow_clear: bool = False  # AUTH PLAIN/LOGIN without TLS

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import functools
 import re
-import time
 from collections.abc import Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, interfaces
 from twisted.logger import Logger
 
 from smtppeer.engine import Path, Reply, reply
@@ -35,7 +34,7 @@ from smtppeer.store.spool import HELD, PENDING, Envelope, Recipient, Spool
 
 from .accounts import Accounts
 from .mailboxes import Mailbox, Mailboxes
-from .routing import HOLD, LOCAL, RELAY, Decision, Router, matches
+from .routing import HOLD, LOCAL, REFUSE, RELAY, Decision, Router, matches
 from .trace import protocol_name, received_header
 
 log = Logger()
@@ -59,7 +58,13 @@ class ReceivingPolicy(ReceiverHooks):
         accounts: Accounts | None = None,
         owned: dict[str, list[str]] | None = None,
         peer_endpoints: dict[str, str | None] | None = None,
+        clock: interfaces.IReactorTime | None = None,
     ) -> None:
+        """``clock`` stamps each spooled message's arrival; it must be the queue
+        runner's, which measures the queue lifetime from it."""
+        if clock is None:
+            from twisted.internet import reactor as clock  # noqa: PLC0415
+        self.clock = clock
         self.hostname = hostname
         self.router = router
         self.maildirs = maildirs
@@ -78,7 +83,7 @@ class ReceivingPolicy(ReceiverHooks):
     def decide(self, session: Session, path: Path) -> Decision:
         decision = self.router.decide(path, session.client_address, session.authenticated)
         if decision.kind in (RELAY, HOLD) and self.spool is None:
-            return Decision("refuse", reply=reply(550, "5.7.1", "Relaying denied"))
+            return Decision(REFUSE, reply=reply(550, "5.7.1", "Relaying denied"))
         return decision
 
     def rcpt_to(self, session: Session, path: Path, params: dict[str, str | None]) -> Reply:
@@ -211,7 +216,7 @@ class ReceivingPolicy(ReceiverHooks):
         for path in recipients:
             decision = self.router.decide(path, "127.0.0.1", authenticated="local")
             if decision.kind == LOCAL and not self.mailboxes.targets(path):
-                decision = Decision("refuse", reply=reply(550, "5.1.1", "No such user here"))
+                decision = Decision(REFUSE, reply=reply(550, "5.1.1", "No such user here"))
             if not decision.accepted:
                 return defer.fail(ValueError(f"{path}: {decision.reply}"))
             decisions.append((path, decision))
@@ -271,7 +276,7 @@ class ReceivingPolicy(ReceiverHooks):
                 id=queue_id,
                 reverse_path=str(reverse)[1:-1],
                 recipients=spooled,
-                arrival=time.time(),
+                arrival=self.clock.seconds(),
                 params=params,
                 client=client,
             )

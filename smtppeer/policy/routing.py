@@ -25,16 +25,27 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from smtppeer.engine import Path, Reply, reply
 
-LOCAL, RELAY, HOLD, REFUSE = "local", "relay", "hold", "refuse"
+
+class RouteKind(StrEnum):
+    """What happens to one recipient."""
+
+    LOCAL = "local"  # into a Maildir here
+    RELAY = "relay"  # to a next hop (an endpoint, or the domain's MX hosts)
+    HOLD = "hold"  # kept for a peer until it calls in
+    REFUSE = "refuse"
+
+
+LOCAL, RELAY, HOLD, REFUSE = RouteKind
 MX = "mx"  # a relay target meaning "look up the domain's MX records"
 
 
 @dataclass(frozen=True)
 class Decision:
-    kind: str
+    kind: RouteKind
     target: str | None = None  # RELAY: endpoint string or "mx"; HOLD: peer name
     domain: str | None = None  # the domain the next hop is for (MX lookups, source routes)
     path: Path | None = None  # the forward-path to use onward (a source route shortened)

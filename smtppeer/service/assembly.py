@@ -14,9 +14,11 @@ from smtppeer.peer.protocol import SMTPPeerFactory
 from smtppeer.peer.tls import client_options, endpoint_host
 from smtppeer.policy.receiving import ReceivingPolicy
 from smtppeer.policy.routing import Router
+from smtppeer.relay.holds import PollMethod
 from smtppeer.relay.mx import MXResolver, resolver_from_address
 from smtppeer.relay.poller import Poller, Schedule
-from smtppeer.relay.runner import QueueRunner, RunnerSettings
+from smtppeer.relay.queue import RunnerSettings
+from smtppeer.relay.scheduler import QueueRunner
 from smtppeer.store.maildir import MaildirStore
 
 from .config import TLS_NONE, TLS_VERIFY, Config, Peer
@@ -114,12 +116,12 @@ def _poll(runner: QueueRunner, hooks: ReceivingPolicy, config: Config, poll, end
     """One poll of ``poll.peer`` by its method: TURN (send, then receive on the same
     connection), ATRN (log in and receive; RFC 2645 sends nothing the other way)
     or ETRN (send, then ask the peer to connect back)."""
-    if poll.method == "atrn":
+    if poll.method == PollMethod.ATRN:
         command = "ATRN " + ",".join(poll.domains) if poll.domains else "ATRN"
-        return runner.poll(poll.peer, endpoint, hooks, command, send_queued=False, method="atrn")
-    if poll.method == "etrn":
+        return runner.poll(poll.peer, endpoint, hooks, command, send_queued=False, method=PollMethod.ATRN)
+    if poll.method == PollMethod.ETRN:
         requests = [f"ETRN {d}" for d in poll.domains or config.domains]
-        return runner.poll(poll.peer, endpoint, hooks, "QUIT", requests=requests, method="etrn")
+        return runner.poll(poll.peer, endpoint, hooks, "QUIT", requests=requests, method=PollMethod.ETRN)
     return runner.poll(poll.peer, endpoint, hooks)
 
 

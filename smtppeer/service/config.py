@@ -9,23 +9,28 @@ anything.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from smtppeer.engine import Limits
+from smtppeer.engine.sender import TLS_NONE as TLS_NONE  # re-exported: the file's names for them
+from smtppeer.engine.sender import TLS_OPPORTUNISTIC as TLS_OPPORTUNISTIC
+from smtppeer.engine.sender import TLS_REQUIRED as TLS_REQUIRED
+from smtppeer.engine.sender import TLS_VERIFY as TLS_VERIFY
+from smtppeer.engine.sender import TlsPolicy
 from smtppeer.policy.mailboxes import Mailbox
 
 DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
 
-# Listener modes
-SMTP = "smtp"  # ordinary SMTP; TURN only for peers that the listener admits
-ODMR = "odmr"  # RFC 2645 On-Demand Mail Relay (the trust issue)
+
+class ListenerMode(StrEnum):
+    SMTP = "smtp"  # ordinary SMTP; TURN only for peers that the listener admits
+    ODMR = "odmr"  # RFC 2645 On-Demand Mail Relay (the trust issue)
 
 
-# Client-side TLS policies for a peer (``Peer.tls``)
-TLS_NONE = "none"  # never STARTTLS
-TLS_OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered, any certificate
-TLS_REQUIRED = "required"  # STARTTLS or nothing is sent; any certificate
-TLS_VERIFY = "verify"  # STARTTLS with a certificate valid for tls_name under ca_file
-TLS_POLICIES = (TLS_NONE, TLS_OPPORTUNISTIC, TLS_REQUIRED, TLS_VERIFY)
+SMTP, ODMR = ListenerMode
+
+# Client-side TLS policies for a peer (``Peer.tls``): the engine's, defined there once.
+TLS_POLICIES = tuple(TlsPolicy)
 
 ODMR_PORT = 366  # RFC 2645
 
@@ -33,7 +38,7 @@ ODMR_PORT = 366  # RFC 2645
 @dataclass
 class Listener:
     endpoint: str  # a Twisted server endpoint description
-    mode: str = SMTP
+    mode: ListenerMode = SMTP
     turn: bool = False  # may a configured peer say TURN here? (AUTH as that peer always may)
     starttls: bool = True  # offer STARTTLS (when the service has a certificate)
     require_tls: bool = False  # nothing but EHLO/HELO/STARTTLS/NOOP/RSET/QUIT before STARTTLS
@@ -84,7 +89,7 @@ class Peer:
     username: str | None = None
     password: str | None = None
     password_hash: str | None = None
-    tls: str = TLS_OPPORTUNISTIC  # when we connect to it
+    tls: TlsPolicy = TLS_OPPORTUNISTIC  # when we connect to it
     ca_file: str | None = None  # trust roots for tls = "verify"
     tls_name: str | None = None  # the name its certificate must carry; default: the endpoint's host
 

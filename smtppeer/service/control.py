@@ -84,7 +84,7 @@ class ControlFactory(Factory):
         return queue_id
 
     async def do_status(self, request: dict) -> dict:
-        return {"ok": True, "queued": len(self.runner.entries), "sending": len(self.runner._inflight)}
+        return {"ok": True, "queued": len(self.runner.entries), "sending": self.runner.queue.sending}
 
     async def do_rescan(self, request: dict) -> dict:
         return {"ok": True, "count": self.runner.rescan()}

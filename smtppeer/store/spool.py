@@ -24,6 +24,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -36,22 +37,43 @@ from .committer import Committer
 
 log = Logger()
 
-# States of one recipient of a spooled message.
-PENDING = "pending"  # to be relayed, now or at next_attempt
-HELD = "held"  # waiting for its peer to call in (TURN, ATRN, ETRN)
-DELIVERED = "delivered"
-FAILED = "failed"  # permanently; a bounce is due (unless the reverse-path is null)
+
+class RecipientState(StrEnum):
+    """Where one recipient of a spooled message stands; the value is what the
+    envelope file says."""
+
+    PENDING = "pending"  # to be relayed, now or at next_attempt
+    HELD = "held"  # waiting for its peer to call in (TURN, ATRN, ETRN)
+    DELIVERED = "delivered"
+    FAILED = "failed"  # permanently; a bounce is due (unless the reverse-path is null)
+
+
+PENDING, HELD, DELIVERED, FAILED = RecipientState
 
 
 @dataclass
 class Recipient:
     address: str
-    state: str = PENDING
-    route: dict[str, str] = field(default_factory=dict)  # e.g. {"relay": "tcp:host=...:port=25"}
+    state: RecipientState = PENDING
+    # {"relay": ENDPOINT or "mx", "domain": D} for mail to send, {"hold": PEER} for held mail
+    route: dict[str, str] = field(default_factory=dict)
     attempts: int = 0
     last_reply: str | None = None
     next_attempt: float = 0.0
     notified: bool = False  # FAILED: the sender has been told (a bounce is queued), or cannot be
+
+    def __post_init__(self) -> None:
+        self.state = RecipientState(self.state)  # as read from an envelope file: a plain string
+
+    @property
+    def relay(self) -> str | None:
+        """The next hop to send to: an endpoint description or "mx"; None when held."""
+        return self.route.get("relay")
+
+    @property
+    def hold(self) -> str | None:
+        """The peer whose hold queue keeps this recipient; None when it is to be sent."""
+        return self.route.get("hold")
 
 
 @dataclass
@@ -92,7 +114,7 @@ class Envelope:
         return [r for r in self.recipients if r.state == FAILED and not r.notified]
 
     def held_for(self, peer: str) -> list[Recipient]:
-        return [r for r in self.recipients if r.state == HELD and r.route.get("hold") == peer]
+        return [r for r in self.recipients if r.state == HELD and r.hold == peer]
 
 
 class Spool:

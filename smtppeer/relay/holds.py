@@ -1,0 +1,179 @@
+"""Mail held for peers that call in, and the calls this host makes.
+
+A peer's hold queue goes to that peer only: over its own connection when
+it says TURN or ATRN (``release``), over a new connection to its endpoint
+when it says ETRN (``start_held``).  A poll is the other side of the same
+exchange: connect, send what is queued for the peer, then TURN, ATRN or
+ETRN, receive, QUIT (``poll``).  Held mail that waits longer than the queue
+lifetime is returned to its sender (``expire``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from twisted.internet import defer, endpoints, interfaces
+from twisted.logger import Logger
+
+from smtppeer.engine import reply
+from smtppeer.peer.hooks import ReceiverHooks, SenderJob
+
+from .attempt import Attempts
+from .queue import Queue, RunnerSettings
+from .results import Results
+
+log = Logger()
+
+
+class PollMethod(StrEnum):
+    TURN = "turn"  # send, then TURN and receive on the same connection (RFC 821)
+    ATRN = "atrn"  # log in, ATRN and receive; send nothing (RFC 2645)
+    ETRN = "etrn"  # send, then ask the peer to connect back (RFC 1985)
+
+
+@dataclass
+class PollOutcome:
+    """One poll cycle, for the log line and for ``smtppeer poll``."""
+
+    peer: str
+    sent: int = 0
+    received: int = 0
+    turned: bool = False
+    turn_reply: str | None = None
+    duration: float = 0.0
+    error: str | None = None
+    method: PollMethod = PollMethod.TURN
+    requests: list[str] = field(default_factory=list)  # "ETRN node: reply" for etrn polls
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def line(self) -> str:
+        if self.method == PollMethod.ETRN:
+            turn = "; ".join(self.requests) or "no ETRN answered"
+        else:
+            turn = "turned" if self.turned else f"not turned ({self.turn_reply or 'no reply'})"
+        outcome = "ok" if self.ok else f"failed: {self.error}"
+        return (
+            f"poll {self.peer}: sent {self.sent}, received {self.received}, {turn}, "
+            f"{self.duration:.2f}s, {outcome}"
+        )
+
+
+class Holds:
+    def __init__(
+        self,
+        queue: Queue,
+        attempts: Attempts,
+        results: Results,
+        settings: RunnerSettings,
+        clock: interfaces.IReactorTime,
+        track: Callable[[defer.Deferred], None],
+    ) -> None:
+        self.queue = queue
+        self.attempts = attempts
+        self.results = results
+        self.settings = settings
+        self.clock = clock
+        self.track = track
+
+    def release(self, peer_name: str, domains: list[str] | None = None) -> SenderJob:
+        """The job that sends ``peer_name`` its held mail over a turned connection.
+
+        Recipients already being sent (another session of the same peer) are
+        left out, so two sessions never send the same message.  A failure to
+        deliver keeps the mail held; a permanent refusal bounces it.
+        """
+        items = self.queue.held(peer_name, domains)
+        self.queue.mark(items)
+        job, _ = self.attempts.job(items)
+        log.info("{line}", line=f"releasing {len(items)} held messages to {peer_name}")
+        return job
+
+    def start_held(
+        self, peer_name: str, endpoint: str, domains: list[str] | None = None, exact: bool = False
+    ) -> int:
+        """ETRN: send what is held for the peer over a new connection to ``endpoint``.
+
+        Returns the number of messages started; the delivery runs on its own
+        and, like a turned session, leaves undelivered mail held.
+        """
+        items = self.queue.held(peer_name, domains, exact)
+        if not items:
+            return 0
+        self.queue.mark(items)
+        job, pending = self.attempts.job(items)
+        log.info("{line}", line=f"ETRN: sending {len(items)} held messages to {peer_name} at {endpoint}")
+        d = defer.ensureDeferred(self.attempts.send(f"{peer_name} (ETRN)", endpoint, job, pending, items))
+        d.addErrback(lambda f: log.failure("ETRN delivery failed", f))
+        self.track(d)
+        return len(items)
+
+    async def poll(
+        self,
+        peer_name: str,
+        endpoint: str,
+        hooks: ReceiverHooks,
+        command: str = "TURN",
+        *,
+        requests: list[str] | None = None,
+        send_queued: bool = True,
+        method: PollMethod = PollMethod.TURN,
+    ) -> PollOutcome:
+        """One poll cycle: connect, send what is queued for the peer, then ``command``
+        (``TURN``/``ATRN``: receive what the peer held) after any ``requests``
+        (``ETRN node``), and QUIT."""
+        started = self.clock.seconds()
+        items = self.queue.pending_via({endpoint, f"peer:{peer_name}"}) if send_queued else []
+        self.queue.mark(items)
+        job, pending = self.attempts.job(items)
+        job.finish = command
+        job.requests = list(requests or [])
+        client_security, client_tls = self.attempts.security(endpoint)
+        if client_security is not None and client_security.username is not None and method != PollMethod.ETRN:
+            # Turning is what the login is for: without AUTH the peer would refuse anyway.
+            client_security = dataclasses.replace(client_security, require_auth=True)
+        factory = self.attempts.factory(hooks, job, (client_security, client_tls))
+        outcome = PollOutcome(peer_name, method=method)
+        try:
+            connect = endpoints.clientFromString(self.attempts.reactor, endpoint)
+            summary = await self.attempts.session(f"{peer_name} (poll)", connect, factory, pending)
+        except Exception as e:  # noqa: BLE001 - the peer is down: what we had stays queued
+            await self.results.record_all(items, reply(451, "4.4.1", f"Cannot connect to {peer_name}: {e}"))
+            outcome.error = f"cannot connect: {e}"
+        else:
+            outcome.sent = sum(len(r.delivered) for r in summary.sent)
+            outcome.received = summary.received
+            outcome.turned = job.turned
+            outcome.turn_reply = str(job.turn_reply) if job.turn_reply else None
+            outcome.requests = [f"{command}: {response}" for command, response in job.request_results]
+            outcome.error = None if summary.clean else summary.error
+            if outcome.error is None:
+                outcome.error = _refusal(command, job)
+        outcome.duration = self.clock.seconds() - started
+        log.info("{line}", line=outcome.line(), peer=peer_name)
+        return outcome
+
+    def expire(self, now: float) -> None:
+        """Return held mail older than the queue lifetime: the peer did not call in."""
+        why = reply(451, "4.4.7", "Held too long: the peer did not call in")
+        for envelope, rcpts in self.queue.expired_holds(now, self.settings.lifetime):
+            d = defer.ensureDeferred(self.results.expire(envelope, rcpts, why))
+            d.addErrback(lambda f: log.failure("could not expire held mail", f))
+            self.track(d)
+
+
+def _refusal(command: str, job: SenderJob) -> str | None:
+    """A poll whose point was refused failed, so it backs off and ``smtppeer poll``
+    says so; "453 you have no mail" is a success with nothing in it."""
+    response = job.turn_reply
+    if command.upper() != "QUIT" and not job.turned and response is not None and response.code != 453:
+        return f"{command.split()[0]} refused: {response}"
+    for request, response in job.request_results:
+        if not 250 <= response.code <= 253:
+            return f"{request} refused: {response}"
+    return None

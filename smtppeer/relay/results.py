@@ -1,0 +1,206 @@
+"""What follows from each recipient's result: written down first, then acted on.
+
+Every per-recipient result is written back to the spool (durably) as soon
+as it arrives, before anything else is done with it: a crash afterwards
+never sends to a recipient that already has the message.  A 2xx delivers,
+a 5xx fails (and bounces), a 4xx or a connection failure defers with
+exponential backoff and jitter, and a message older than the queue lifetime
+fails what is left of it with ``4.4.7``.  A failed message stays in the
+spool until its bounce is itself queued.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from twisted.internet import defer, interfaces
+from twisted.logger import Logger
+
+from smtppeer.engine import Reply, reply
+from smtppeer.engine.address import AddressError, parse_path
+from smtppeer.peer.tls import endpoint_host
+from smtppeer.policy.routing import HOLD, LOCAL, MX, RELAY, Router
+from smtppeer.store.ids import new_queue_id
+from smtppeer.store.spool import DELIVERED, FAILED, HELD, PENDING, Envelope, Recipient, Spool
+
+from . import bounce
+from .queue import Item, Queue, RunnerSettings
+
+log = Logger()
+
+BOUNCE_QUOTE = 256 * 1024  # how much of the original a bounce quotes at most
+
+# Where a bounce for a local sender goes: (recipients, message, queue ID) -> fired when stored
+LocalDelivery = Callable[[list[str], bytes, str], defer.Deferred]
+
+
+class Results:
+    def __init__(
+        self,
+        hostname: str,
+        queue: Queue,
+        spool: Spool,
+        router: Router,
+        settings: RunnerSettings,
+        clock: interfaces.IReactorTime,
+        rng: random.Random,
+        *,
+        deliver_locally: LocalDelivery | None,
+        look_again: Callable[[str], None],
+        added: Callable[[Envelope], None],
+    ) -> None:
+        """``look_again(queue_id)``: a message has recipients left to send; ``added``:
+        a new message (a bounce) is in the spool."""
+        self.hostname = hostname
+        self.queue = queue
+        self.spool = spool
+        self.router = router
+        self.settings = settings
+        self.clock = clock
+        self.rng = rng
+        self.deliver_locally = deliver_locally
+        self.look_again = look_again
+        self.added = added
+
+    async def record_all(self, items: list[Item], response: Reply) -> None:
+        """The same result for everything of a session that never got going; the
+        recipients are free for the next attempt afterwards."""
+        for envelope, rcpts in items:
+            await self.record(envelope, rcpts, {r.address: response for r in rcpts})
+            self.queue.unmark(envelope, rcpts)
+
+    async def record(self, envelope: Envelope, rcpts: list[Recipient], results: dict[str, Reply]) -> None:
+        """Write the results durably first; then bounce what failed."""
+        now = self.clock.seconds()
+        failed: list[tuple[Recipient, Reply]] = []
+        for rcpt in rcpts:
+            response = results.get(rcpt.address)
+            if response is None:
+                continue
+            rcpt.last_reply = str(response)
+            if response.code < 400:
+                rcpt.state = DELIVERED
+            elif response.code >= 500:
+                rcpt.state = FAILED
+                failed.append((rcpt, response))
+            else:
+                rcpt.attempts += 1
+                if rcpt.state == HELD:
+                    continue  # stays in the hold queue for the peer's next call
+                if now - envelope.arrival >= self.settings.lifetime:
+                    rcpt.state = FAILED
+                    expired = reply(451, "4.4.7", f"Delivery time expired; last error: {response}")
+                    rcpt.last_reply = str(expired)
+                    failed.append((rcpt, expired))
+                else:
+                    rcpt.next_attempt = now + self.backoff(rcpt.attempts)
+        await self.spool.update(envelope)
+        for rcpt in rcpts:
+            if rcpt.address in results and rcpt.state != FAILED:  # failures are logged below
+                outcome = "delivered" if rcpt.state == DELIVERED else f"deferred (attempt {rcpt.attempts})"
+                log.info(
+                    "{line}",
+                    line=f"{envelope.id}: {rcpt.address} {outcome}: {rcpt.last_reply}",
+                    queue_id=envelope.id,
+                )
+        if any(r.state == PENDING for r in envelope.recipients):
+            self.look_again(envelope.id)  # the next run files it under its retry time
+        for rcpt, response in failed:
+            log.info("{line}", line=f"{envelope.id}: {rcpt.address} failed: {response}", queue_id=envelope.id)
+        await self.report_failures(envelope)
+
+    async def expire(self, envelope: Envelope, rcpts: list[Recipient], why: Reply) -> None:
+        """Fail ``rcpts`` for good without an attempt (held too long), and bounce them."""
+        for rcpt in rcpts:
+            rcpt.state = FAILED
+            rcpt.last_reply = str(why)
+        await self.spool.update(envelope)
+        await self.report_failures(envelope)
+
+    async def report_failures(self, envelope: Envelope) -> None:
+        """Bounce the failed recipients not reported yet; then the entry may go.
+
+        The bounce is queued durably before the failures are marked reported,
+        and the entry is removed only after that: a crash in between makes a
+        second bounce at worst, never none.
+        """
+        unreported = envelope.unreported()
+        if unreported:
+            await self._bounce(envelope, unreported)
+            for rcpt in unreported:
+                rcpt.notified = True
+            await self.spool.update(envelope)
+        if envelope.done:
+            self.queue.entries.pop(envelope.id, None)
+
+    def backoff(self, attempts: int) -> float:
+        s = self.settings
+        delay = min(s.backoff_max, s.backoff_base * 2 ** (attempts - 1))
+        return delay * (1 + self.rng.uniform(-s.jitter, s.jitter))
+
+    async def _bounce(self, envelope: Envelope, failed: list[Recipient]) -> None:
+        if not bounce.bounce_allowed(envelope.reverse_path):
+            log.info("{line}", line=f"{envelope.id}: no bounce for a message from <>")
+            return
+        with open(self.spool.body_path(envelope.id), "rb") as f:
+            original = f.read(BOUNCE_QUOTE)
+        dsn = bounce.build_dsn(
+            reporting_mta=self.hostname,
+            sender=envelope.reverse_path,
+            recipients=[
+                bounce.FailedRecipient(
+                    address=r.address,
+                    status=_status_of(r.last_reply),
+                    remote_mta=_remote_host(r.relay),
+                    diagnostic=r.last_reply,
+                )
+                for r in failed
+            ],
+            original=original,
+            queue_id=envelope.id,
+            arrival=datetime.fromtimestamp(envelope.arrival, UTC),
+        )
+        await self.inject(new_queue_id(), envelope.reverse_path, dsn)
+
+    async def inject(self, queue_id: str, recipient: str, message: bytes) -> None:
+        """Queue a locally made message from ``<>`` (a bounce) for ``recipient``."""
+        try:
+            path, _ = parse_path(f"<{recipient}>", reverse=False, utf8=True)
+        except AddressError:
+            log.info("{line}", line=f"cannot return mail to malformed address <{recipient}>")
+            return
+        decision = self.router.decide(path, "127.0.0.1", authenticated="mailer-daemon")
+        if decision.kind == LOCAL and self.deliver_locally is not None:
+            await self.deliver_locally([recipient], message, queue_id)
+            return
+        if decision.kind == RELAY:
+            route = {"relay": decision.target, "domain": decision.domain or ""}
+            rcpt = Recipient(recipient, PENDING, route)
+        elif decision.kind == HOLD:
+            rcpt = Recipient(recipient, HELD, {"hold": decision.target})
+        else:
+            log.info("{line}", line=f"{queue_id}: no route to return mail to <{recipient}>")
+            return
+        envelope = Envelope(queue_id, "", [rcpt], self.clock.seconds())
+        sink = self.spool.new_message(envelope, b"")
+        sink.write(message)
+        await sink.finish()
+        self.added(envelope)
+
+
+def _status_of(last_reply: str | None) -> str:
+    """The RFC 3463 code in a recorded reply (``"550 5.1.1 text"``), or a generic one."""
+    parts = (last_reply or "").split()
+    if len(parts) > 1 and parts[1][:1] in "245" and parts[1].count(".") == 2:
+        return parts[1]
+    return f"{parts[0][:1]}.0.0" if parts and parts[0][:1] in "45" else "5.0.0"
+
+
+def _remote_host(relay: str | None) -> str | None:
+    """The host a DSN names as the Remote-MTA (RFC 3464: a host name): a relay
+    endpoint's host.  None for an MX route, whose answering host is not kept."""
+    if not relay or relay == MX or relay.startswith("peer:"):
+        return None
+    return endpoint_host(relay) or None
