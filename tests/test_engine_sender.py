@@ -12,11 +12,11 @@ from smtppeer.engine.receiver import Receiver
 from smtppeer.engine.replies import Reply, reply
 from smtppeer.engine.sender import (
     BODY_CHUNK,
-    Closed,
     Envelope,
     MessageResult,
     Ready,
     Sender,
+    SessionEnded,
     Turned,
     TurnRefused,
 )
@@ -110,7 +110,7 @@ def test_helo_refused_too():
     assert c.feed(b"554 5.7.1 no HELO either\r\n") == b"QUIT\r\n"
     [result, closed] = c.events()
     assert codes(result) == {"b@y.example": 451}
-    assert closed == Closed(Reply(554, ("no HELO either",), "5.7.1"), clean=False)
+    assert closed == SessionEnded(Reply(554, ("no HELO either",), "5.7.1"), clean=False)
 
 
 def test_use_helo_only():
@@ -126,7 +126,7 @@ def test_greeting_554():
     events = c.events()
     assert [codes(e) for e in events[:2]] == [{"b@y.example": 451}, {"c@y.example": 451}]
     assert all(rep.is_transient for e in events[:2] for rep in e.results.values())
-    assert events[2] == Closed(Reply(554, ("go away",), "5.7.1"), clean=False)
+    assert events[2] == SessionEnded(Reply(554, ("go away",), "5.7.1"), clean=False)
     assert c.tx.closed
     assert c.feed(b"221 bye\r\n") == b""
 
@@ -151,7 +151,7 @@ def test_lockstep_full_session():
     assert codes(result) == {"b@y.example": 250, "c@y.example": 250}
     assert result.delivered == ["b@y.example", "c@y.example"]
     assert c.feed(b"221 2.0.0 bye\r\n") == b""
-    assert c.events() == [Closed(Reply(221, ("bye",), "2.0.0"), clean=True)]
+    assert c.events() == [SessionEnded(Reply(221, ("bye",), "2.0.0"), clean=True)]
     assert c.tx.closed
 
 
@@ -415,7 +415,7 @@ def test_turn_refused_then_quit():
     assert c.feed(b"502 5.5.1 TURN not allowed\r\n") == b"QUIT\r\n"
     assert c.events() == [TurnRefused(Reply(502, ("TURN not allowed",), "5.5.1"))]
     c.feed(b"221 2.0.0 bye\r\n")
-    assert c.events() == [Closed(Reply(221, ("bye",), "2.0.0"), clean=True)]
+    assert c.events() == [SessionEnded(Reply(221, ("bye",), "2.0.0"), clean=True)]
 
 
 def test_finish_with_atrn():
@@ -440,7 +440,7 @@ def test_421_mid_session_defers_everything():
     events = c.events()
     assert codes(events[0]) == {"b@y.example": 550, "c@y.example": 421}
     assert codes(events[1]) == {"d@y.example": 421}
-    assert events[2] == Closed(Reply(421, ("shutting down",), "4.3.2"), clean=False)
+    assert events[2] == SessionEnded(Reply(421, ("shutting down",), "4.3.2"), clean=False)
     assert c.tx.closed
     assert c.feed(b"250 OK\r\n") == b""  # nothing more is read or sent
     c.tx.connection_lost()
@@ -463,7 +463,7 @@ def test_421_at_data_end():
 def test_unsolicited_421_while_idle():
     c = connected()
     assert c.feed(b"421 4.4.2 idle timeout\r\n") == b""
-    assert c.events() == [Closed(Reply(421, ("idle timeout",), "4.4.2"), clean=False)]
+    assert c.events() == [SessionEnded(Reply(421, ("idle timeout",), "4.4.2"), clean=False)]
     c.tx.send(env("b@y.example"))
     assert c.tx.data_to_send() == b""
     # a message handed over after the end is reported, not silently queued
@@ -505,7 +505,7 @@ def test_connection_lost_mid_data():
     assert codes(events[0]) == {"b@y.example": 451, "bad@y.example": 550}
     assert events[0].results["b@y.example"].enhanced == "4.4.2"
     assert codes(events[1]) == {"c@y.example": 451}
-    assert events[2] == Closed(None, clean=False)
+    assert events[2] == SessionEnded(None, clean=False)
     c.tx.connection_lost()
     assert c.events() == []
 
@@ -527,37 +527,87 @@ def test_malformed_reply_ends_session(garbage):
     c.feed(garbage)
     events = c.events()
     assert codes(events[0]) == {"b@y.example": 451}
-    assert events[1] == Closed(None, clean=False)
+    assert events[1] == SessionEnded(None, clean=False)
 
 
 def test_unexpected_reply_ends_session():
     c = connected()
     c.feed(b"250 what?\r\n")
-    assert c.events() == [Closed(None, clean=False)]
+    assert c.events() == [SessionEnded(None, clean=False)]
 
 
 # -- the body: file objects, chunking, dot-stuffing ----------------------------------------------------
 
 
-def test_body_from_file_streamed_in_chunks():
+def feed_body(c: Client, source: io.BytesIO, piece: int = BODY_CHUNK) -> list[bytes]:
+    """The adapter's part: read the body it is asked for and hand it over, piece by
+    piece, collecting what the sender writes."""
+    pieces = []
+    for _ in range(10_000):
+        data = c.tx.data_to_send(max_bytes=BODY_CHUNK)
+        if data:
+            assert len(data) <= 2 * BODY_CHUNK + 4
+            pieces.append(data)
+            continue
+        wanted = c.tx.body_wanted
+        if wanted is None:
+            return pieces
+        chunk = wanted.body.read(piece)
+        if chunk:
+            c.tx.send_body(chunk)
+        else:
+            c.tx.end_body()
+    raise AssertionError("the body never ended")
+
+
+def test_a_body_that_is_not_bytes_is_asked_for_and_streamed():
+    """The engine reads no files: it asks for the body after 354, and dot-stuffs
+    what it is given across the pieces' boundaries."""
     line = b"." + b"x" * 77 + b"\r\n"  # every line starts with a dot
     body = line * (3 * BODY_CHUNK // len(line) + 7) + b"tail without CRLF"
     c = connected()
-    c.tx.send(env("b@y.example", body=io.BytesIO(body)))
+    envelope = env("b@y.example", body=io.BytesIO(body))
+    c.tx.send(envelope)
     c.tx.data_to_send()
     c.feed(b"250 OK\r\n")
+    assert c.tx.body_wanted is None  # not before the server says 354
     c.feed(b"250 OK\r\n")
     c.tx.receive_data(GO)
-    pieces = []
-    while c.tx.has_output:
-        piece = c.tx.data_to_send(max_bytes=BODY_CHUNK)
-        assert len(piece) <= 2 * BODY_CHUNK
-        pieces.append(piece)
-    assert len(pieces) >= 3
+    assert c.tx.body_wanted is envelope
+    pieces = feed_body(c, envelope.body, piece=1000)  # boundaries inside lines and CRLFs
+    assert len(pieces) >= 3 and not c.tx.has_output
     decoder = DataDecoder()
     decoded = b"".join(decoder.feed(p) for p in pieces)
     assert decoder.done and not decoder.failed and decoder.rest == b""
     assert decoded == body + b"\r\n"
+    c.feed(b"250 2.0.0 queued\r\n")
+    [result] = c.events()
+    assert codes(result) == {"b@y.example": 250}
+
+
+def test_only_the_wanted_body_may_be_given():
+    c = connected()
+    with pytest.raises(RuntimeError):
+        c.tx.send_body(b"too early")
+
+
+def test_a_body_cut_short_is_never_finished_or_followed():
+    """The server gives up in the middle of a streamed body: the rest of it is not
+    sent, nor anything queued behind it (it would be read as message text), and
+    without the final dot nothing of it is delivered; the message is deferred."""
+    c = connected(EHLO_PIPELINING)
+    envelope = env("b@y.example", body=io.BytesIO(b"line\r\n" * 100_000))
+    c.tx.send(envelope)
+    c.tx.finish("QUIT")
+    c.tx.data_to_send()
+    c.tx.receive_data(b"250 OK\r\n250 OK\r\n" + GO)
+    c.tx.send_body(envelope.body.read(BODY_CHUNK))
+    assert c.tx.data_to_send().startswith(b"line\r\n")
+    c.tx.connection_lost("reset by peer")
+    assert c.tx.body_wanted is None and c.tx.data_to_send() == b""
+    result, ended = c.events()
+    assert codes(result) == {"b@y.example": 451}
+    assert ended == SessionEnded(None, clean=False)
 
 
 def test_body_bytes_dot_at_chunk_boundary():

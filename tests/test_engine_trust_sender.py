@@ -24,15 +24,15 @@ from smtppeer.engine.sender import (
     TLS_OPPORTUNISTIC,
     TLS_REQUIRED,
     TLS_VERIFY,
-    Authenticated,
     ClientSecurity,
-    Closed,
     CommandResult,
     Envelope,
+    LoggedIn,
     MessageResult,
     Ready,
     Sender,
-    StartTLS,
+    SessionEnded,
+    StartTlsAccepted,
     Turned,
 )
 from smtppeer.engine.starttls import StartTls
@@ -114,7 +114,7 @@ def deferred_for_security(events: list, envelopes: list[Envelope]) -> None:
         for rep in result.results.values():
             assert (rep.code, rep.enhanced) == (451, "4.7.0")
             assert rep.is_transient
-    assert events[-1] == Closed(None, clean=False)
+    assert events[-1] == SessionEnded(None, clean=False)
     assert len(events) == len(envelopes) + 1
 
 
@@ -127,7 +127,7 @@ def test_starttls_when_offered(tls):
     assert c.feed(ehlo("PIPELINING", "STARTTLS", "SIZE 1000")) == b"STARTTLS\r\n"
     assert c.events() == [] and not c.tx.ready
     assert c.feed(b"220 2.0.0 Ready to start TLS\r\n") == b""
-    assert c.events() == [StartTLS()]
+    assert c.events() == [StartTlsAccepted()]
     assert not c.tx.ready and not c.tx.secure
     c.tx.tls_started()
     assert c.tx.secure
@@ -183,7 +183,7 @@ def test_strict_policy_with_helo_only_server_gives_up(tls):
     assert c.feed(b"502 5.5.1 EHLO not implemented\r\n") == b"HELO client.example\r\n"
     assert c.feed(b"250 mx.example\r\n") == QUIT
     events = c.events()
-    assert events[-1] == Closed(None, clean=False)
+    assert events[-1] == SessionEnded(None, clean=False)
     assert events[0].results["b@y.example"].enhanced == "4.7.0"
     assert b"MAIL" not in c.written
 
@@ -206,7 +206,7 @@ def test_starttls_injected_replies_are_discarded(tls, together):
     else:
         assert c.feed(b"220 2.0.0 Go ahead\r\n") == b""
         assert c.feed(injected) == b""  # arrives before the handshake starts
-    assert c.events() == [StartTLS()]
+    assert c.events() == [StartTlsAccepted()]
     c.tx.tls_started()
     assert c.out() == EHLO_LINE
     # The real answer to the new EHLO is matched to it, not the injected one.
@@ -228,7 +228,7 @@ def test_starttls_forgets_clear_extensions():
     # SIZE 10 was the clear server's (the message is not refused for size), and neither
     # 8BITMIME nor PIPELINING is assumed: no BODY parameter, lockstep.
     assert c.feed(ehlo("ENHANCEDSTATUSCODES")) == b"MAIL FROM:<a@x.example>\r\n"
-    assert c.events() == [StartTLS(), Ready({"ENHANCEDSTATUSCODES": ""})]
+    assert c.events() == [StartTlsAccepted(), Ready({"ENHANCEDSTATUSCODES": ""})]
 
 
 def test_no_second_starttls_under_tls():
@@ -238,7 +238,7 @@ def test_no_second_starttls_under_tls():
     c.tx.tls_started()
     assert c.out() == EHLO_LINE
     assert c.feed(ehlo("STARTTLS")) == b""  # a confused server offers it again
-    assert c.events() == [StartTLS(), Ready({"STARTTLS": ""})]
+    assert c.events() == [StartTlsAccepted(), Ready({"STARTTLS": ""})]
     assert c.written.count(b"STARTTLS") == 1
 
 
@@ -279,7 +279,7 @@ def test_starttls_answered_421(tls):
     assert c.feed(b"421 4.3.2 Shutting down\r\n") == b""
     [result, closed] = c.events()
     assert result.results["b@y.example"] == Reply(421, ("Shutting down",), "4.3.2")
-    assert closed == Closed(Reply(421, ("Shutting down",), "4.3.2"), clean=False)
+    assert closed == SessionEnded(Reply(421, ("Shutting down",), "4.3.2"), clean=False)
 
 
 def test_starttls_then_auth_uses_the_tls_ehlo():
@@ -292,7 +292,7 @@ def test_starttls_then_auth_uses_the_tls_ehlo():
     out = c.feed(ehlo("AUTH PLAIN LOGIN"))
     assert out == b"AUTH PLAIN " + b64(b"\0alice\0alice-pw") + b"\r\n"
     assert c.feed(b"235 2.7.0 OK\r\n") == b""
-    assert c.events() == [StartTLS(), Authenticated("PLAIN"), Ready({"AUTH": "PLAIN LOGIN"})]
+    assert c.events() == [StartTlsAccepted(), LoggedIn("PLAIN"), Ready({"AUTH": "PLAIN LOGIN"})]
 
 
 # -- AUTH -----------------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ def test_auth_full_exchange(mechanism, user, pipelining):
     if pipelining:
         expected += b"RCPT TO:<b@y.example>\r\nDATA\r\n"
     assert out == expected
-    assert c.events() == [Authenticated(mechanism), Ready(c.tx.extensions)]
+    assert c.events() == [LoggedIn(mechanism), Ready(c.tx.extensions)]
     assert c.tx.authenticated
     assert b"*" not in c.written
 
@@ -425,7 +425,7 @@ def test_auth_required_but_not_offered_after_helo_fallback_gives_up():
     greeted(c)
     assert c.feed(b"500 5.5.1 What\r\n") == b"HELO client.example\r\n"
     assert c.feed(b"250 mx.example\r\n") == QUIT
-    assert c.events() == [Closed(None, clean=False)]
+    assert c.events() == [SessionEnded(None, clean=False)]
 
 
 @pytest.mark.parametrize("keywords", [("PIPELINING", "SIZE 1000"), ()])
@@ -495,7 +495,7 @@ def test_auth_scram_success_without_server_final_gives_up():
     greeted(c)
     c.feed(ehlo("AUTH SCRAM-SHA-256"))
     assert c.feed(b"235 2.7.0 Sure\r\n") == QUIT
-    assert c.events() == [Closed(None, clean=False)]
+    assert c.events() == [SessionEnded(None, clean=False)]
 
 
 @pytest.mark.parametrize(
@@ -516,7 +516,7 @@ def test_auth_bad_challenges_cancel(mechanism, challenges):
         answer = c.feed(challenge)
         assert answer.endswith(b"\r\n") and answer.count(b"\r\n") == 1 and answer != b"*\r\n"
     assert c.feed(challenges[-1]) == b"*\r\n" + QUIT
-    assert c.events() == [Closed(None, clean=False)]
+    assert c.events() == [SessionEnded(None, clean=False)]
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
@@ -539,7 +539,7 @@ def test_auth_plain_username_with_nul_gives_up():
     c = client(username="a\0b", password="pw", secure=True)
     greeted(c)
     assert c.feed(ehlo("AUTH PLAIN")) == QUIT
-    assert c.events() == [Closed(None, clean=False)]
+    assert c.events() == [SessionEnded(None, clean=False)]
 
 
 def test_auth_answered_421():
@@ -610,7 +610,7 @@ def test_requests_after_messages_lockstep():
     assert events[2:] == [
         CommandResult("ETRN a.example", Reply(250, ("Queuing started",), "2.0.0")),
         CommandResult("ETRN #queue", Reply(458, ("Unable to queue",), "4.0.0")),
-        Closed(Reply(221, ("Bye",), "2.0.0"), clean=True),
+        SessionEnded(Reply(221, ("Bye",), "2.0.0"), clean=True),
     ]
 
 
@@ -638,7 +638,7 @@ def test_requests_after_messages_pipelining():
         MessageResult,
         CommandResult,
         CommandResult,
-        Closed,
+        SessionEnded,
     ]
     assert [(e.command, e.reply.code) for e in events[3:5]] == [
         ("ETRN a.example", 251),
@@ -659,7 +659,7 @@ def test_requests_without_messages(keywords):
     events = c.events()
     assert events[1:] == [
         CommandResult("ETRN a.example", Reply(502, ("ETRN not available",), "5.5.1")),
-        Closed(Reply(221, ("Bye",)), clean=True),
+        SessionEnded(Reply(221, ("Bye",)), clean=True),
     ]
 
 
@@ -745,7 +745,7 @@ def converse(tx: Sender, rx: Receiver) -> tuple[list, list]:
             tx.receive_data(to_client)
         while (event := tx.next_event()) is not None:
             tx_events.append(event)
-            if isinstance(event, StartTLS):
+            if isinstance(event, StartTlsAccepted):
                 tx.tls_started()
         to_server = tx.data_to_send()
         if to_server:
@@ -780,9 +780,9 @@ def test_sender_against_receiver(tls):
     tx.finish()
     tx_events, rx_events = converse(tx, rx)
     assert [type(e) for e in tx_events] == [
-        StartTLS, Authenticated, Ready, MessageResult, MessageResult, CommandResult, Closed,
+        StartTlsAccepted, LoggedIn, Ready, MessageResult, MessageResult, CommandResult, SessionEnded,
     ]  # fmt: skip
-    assert tx_events[1] == Authenticated("SCRAM-SHA-256")
+    assert tx_events[1] == LoggedIn("SCRAM-SHA-256")
     assert [r.delivered for r in tx_events[3:5]] == [["b@y.example", "c@y.example"], ["d@z.example"]]
     assert tx_events[5].reply.code == 250 and tx_events[-1].clean
     assert tx.secure and tx.authenticated and rx.secure and rx.authenticated == "alice"
@@ -799,7 +799,7 @@ def test_sender_against_receiver_wrong_password():
     tx.send(e)
     tx.finish()
     tx_events, rx_events = converse(tx, rx)
-    assert [type(x) for x in tx_events] == [StartTLS, MessageResult, Closed]
+    assert [type(x) for x in tx_events] == [StartTlsAccepted, MessageResult, SessionEnded]
     assert tx_events[1].results["b@y.example"].enhanced == "4.7.0"
     assert [type(x) for x in rx_events if isinstance(x, ev.AuthFailed | ev.MailFrom)] == [ev.AuthFailed]
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest_twisted
 from twisted.internet import defer, endpoints, protocol, reactor, task
 
-from smtppeer.engine import Limits, reply
+from smtppeer.engine import Envelope, Limits, reply
 from smtppeer.peer.hooks import SenderJob
+from smtppeer.peer.protocol import SMTPPeer, SMTPPeerFactory
 
 from .peerutil import Listener, MemoryHooks, connect_line_client, connect_sender, message
 
@@ -150,3 +153,66 @@ def test_a_slow_decision_is_not_the_clients_timeout_and_the_timer_runs_again_aft
         yield listener.peers[0].done
     finally:
         yield listener.stop()
+
+
+class _StopsReadingAfter354(protocol.Protocol):
+    """A server that says 354 and then takes no more data: our writes back up."""
+
+    ended: defer.Deferred
+
+    def connectionMade(self) -> None:
+        _StopsReadingAfter354.instance = self
+        self.buffer = b""
+        self.transport.write(b"220 stall.test ESMTP\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            if line.upper().startswith(b"DATA"):
+                self.transport.write(b"354 go ahead\r\n")
+                self.transport.pauseProducing()  # and read nothing more
+                return
+            self.transport.write(b"250 2.0.0 OK\r\n")
+
+    def connectionLost(self, reason=None) -> None:
+        _StopsReadingAfter354.ended.callback(None)
+
+
+class _SmallSendBuffer(SMTPPeer):
+    def connectionMade(self) -> None:
+        self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        super().connectionMade()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_data_block_the_server_does_not_take_times_out_after_three_minutes():
+    """RFC 5321 §4.5.3.2.5: once our writes back up, 3 minutes (not the 5 of a
+    reply) end the session, and the message stays queued (451)."""
+    clock = task.Clock()
+    _StopsReadingAfter354.ended = defer.Deferred()
+    ep = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+    port = yield ep.listen(protocol.Factory.forProtocol(_StopsReadingAfter354))
+    try:
+        body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 16_000  # 16 MB
+        job = SenderJob([Envelope("a@a.test", ["u@b.test"], body)])
+        factory = SMTPPeerFactory("a.test", MemoryHooks(), job=job, clock=clock)
+        factory.protocol = _SmallSendBuffer
+        peer = yield endpoints.clientFromString(
+            reactor, f"tcp:host=127.0.0.1:port={port.getHost().port}"
+        ).connect(factory)
+        for _ in range(500):  # bounded: until the transport tells us to stop writing
+            if peer._write_paused:
+                break
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        assert peer._write_paused, "our writes never backed up: this test did not test the timeout"
+        clock.advance(179)
+        assert not peer.done.called
+        clock.advance(1)
+        summary = yield peer.done
+        assert summary.error == "timeout"
+        assert [r.results["u@b.test"].code for r in job.results] == [451]
+        _StopsReadingAfter354.instance.transport.resumeProducing()  # to see that we have gone
+        yield _StopsReadingAfter354.ended
+    finally:
+        yield port.stopListening()

@@ -17,7 +17,7 @@ class Decision(Event):
     needs_answer = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class Hello(Event):
     """HELO or EHLO was accepted (the receiver has replied already)."""
 
@@ -25,7 +25,7 @@ class Hello(Event):
     name: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class MailFrom(Decision):
     """Answer 250 to open the transaction, or a 4xx/5xx to refuse it."""
 
@@ -33,7 +33,7 @@ class MailFrom(Decision):
     params: dict[str, str | None] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RcptTo(Decision):
     """Answer 250/251 to accept the recipient, or a 4xx/5xx to refuse it."""
 
@@ -41,26 +41,26 @@ class RcptTo(Decision):
     params: dict[str, str | None] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataStarted(Event):
     """354 has been sent; body chunks follow."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataChunk(Event):
     """Decoded (unstuffed) body bytes, in order."""
 
     data: bytes
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataEnd(Decision):
     """The body was complete and valid: answer 250 once it is durable."""
 
     size: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataFailed(Event):
     """The body was refused by the engine itself (size, bare CR/LF, long line);
     the adapter throws away what it stored of it."""
@@ -68,12 +68,12 @@ class DataFailed(Event):
     reason: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Reset(Event):
     """The transaction was abandoned (RSET, EHLO, or a refused DATA)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Verify(Decision):
     """VRFY or EXPN: answer per policy (the default discloses nothing)."""
 
@@ -81,7 +81,7 @@ class Verify(Decision):
     argument: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class TurnRequested(Decision):
     """TURN, or ATRN (RFC 2645) with the domains asked for (empty: all the
     client's): answer 250 and swap roles, or refuse and stay receiver."""
@@ -90,14 +90,14 @@ class TurnRequested(Decision):
     domains: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StartTLSRequested(Decision):
     """STARTTLS (RFC 3207): answer 220 and call ``Receiver.tls_started`` once
     the handshake is under way, or 454 to carry on in clear.  After a 220
     the receiver reads nothing more until then."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Authenticated(Event):
     """AUTH succeeded (235 already queued); ``Receiver.authenticated`` is set."""
 
@@ -105,7 +105,7 @@ class Authenticated(Event):
     mechanism: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class AuthFailed(Event):
     """AUTH failed (535 queued); ``reason`` is for the log, never for the client."""
 
@@ -113,7 +113,7 @@ class AuthFailed(Event):
     reason: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class QueueStartRequested(Decision):
     """ETRN (RFC 1985): start delivery of mail held for a node over a new
     connection.  ``kind`` is "domain", "subdomains" (``@domain``) or "queue"
@@ -123,7 +123,7 @@ class QueueStartRequested(Decision):
     kind: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExtensionCommand(Decision):
     """A command registered by an extension (STARTTLS, AUTH, ETRN, ATRN...)."""
 
@@ -131,12 +131,12 @@ class ExtensionCommand(Decision):
     argument: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Quit(Event):
     """221 has been queued; close the connection once it is written."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Close(Event):
     """The engine gave up on the session (421 queued); close after writing."""
 

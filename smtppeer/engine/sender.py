@@ -14,6 +14,11 @@ everything with a 4.7.0 reply, so the mail stays queued.
 Every command sent pushes the handler for its reply onto a FIFO, so with
 PIPELINING (RFC 2920) the MAIL, RCPTs and DATA of a message go out in one
 write and the replies are matched up in order.
+
+The engine reads no files: a body given as bytes is sent as it is; any
+other body is the adapter's to read, and the engine asks for it
+(``body_wanted``) when the server has said 354 and the bytes before it are
+out, and takes it piece by piece (``send_body``, ``end_body``).
 """
 
 from __future__ import annotations
@@ -21,14 +26,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import BinaryIO
+from enum import Enum, StrEnum
 
 from .auth import decode, encode
 from .framing import DotStuffer
 from .limits import Limits
 from .replies import ProtocolError, Reply, ReplyParser, reply
 from .sasl import ClientExchange, SaslError, choose_mechanism, client_exchange
+from .session import SessionState
 
 BODY_CHUNK = 64 * 1024
 
@@ -39,12 +44,13 @@ class Envelope:
 
     ``reverse_path`` and ``recipients`` are path contents without the angle
     brackets (``""`` is the null reverse-path; a source route such as
-    ``@A,@B:u@c`` is sent as given).  ``body`` has CRLF line ends, unstuffed.
+    ``@A,@B:u@c`` is sent as given).  ``body`` has CRLF line ends, unstuffed:
+    bytes, or a source the adapter reads and hands over (``body_wanted``).
     """
 
     reverse_path: str
     recipients: list[str]
-    body: bytes | BinaryIO
+    body: bytes | object
     params: dict[str, str | None] = field(default_factory=dict)
     size: int | None = None
     tag: object = None
@@ -80,17 +86,19 @@ class SenderEvent:
     pass
 
 
-@dataclass
-class StartTLS(SenderEvent):
+@dataclass(frozen=True)
+class StartTlsAccepted(SenderEvent):
     """The server said 220 to STARTTLS: start the handshake, then call ``tls_started``."""
 
 
-@dataclass
-class Authenticated(SenderEvent):
+@dataclass(frozen=True)
+class LoggedIn(SenderEvent):
+    """AUTH succeeded (and, for SCRAM, the server proved it knows the password)."""
+
     mechanism: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class CommandResult(SenderEvent):
     """The reply to a command given with ``request`` (``ETRN node``)."""
 
@@ -98,14 +106,14 @@ class CommandResult(SenderEvent):
     reply: Reply
 
 
-@dataclass
+@dataclass(frozen=True)
 class Ready(SenderEvent):
     """The greeting and EHLO/HELO are done; ``extensions`` maps keyword → argument."""
 
     extensions: dict[str, str]
 
 
-@dataclass
+@dataclass(frozen=True)
 class MessageResult(SenderEvent):
     """What happened to each recipient of one envelope.
 
@@ -121,24 +129,38 @@ class MessageResult(SenderEvent):
         return [r for r, rep in self.results.items() if rep.code == 250 or rep.code == 251]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Turned(SenderEvent):
     """The server accepted TURN/ATRN: this side is now the receiver."""
 
     reply: Reply
 
 
-@dataclass
+@dataclass(frozen=True)
 class TurnRefused(SenderEvent):
     reply: Reply
 
 
-@dataclass
-class Closed(SenderEvent):
-    """The session ended (QUIT answered, or the server gave up)."""
+@dataclass(frozen=True)
+class SessionEnded(SenderEvent):
+    """The session is over (QUIT answered, or the server gave up, or we did)."""
 
     reply: Reply | None
     clean: bool
+
+
+class Phase(Enum):
+    """Where a sender session stands.  A message, a request or the final command
+    may be under way in READY; ``_current`` and ``_request`` say which."""
+
+    GREETING = "greeting"  # waiting for the server's 220
+    HELLO = "hello"  # EHLO (or HELO) said
+    STARTTLS = "starttls"  # STARTTLS said
+    HANDSHAKE = "handshake"  # 220 to STARTTLS: the adapter runs the handshake; nothing is read
+    AUTH = "auth"  # an AUTH exchange under way
+    READY = "ready"  # set up: messages, requests and the final command
+    TURNED = "turned"  # the server accepted TURN/ATRN: this side is the receiver now
+    CLOSED = "closed"  # over: QUIT answered, or the session failed
 
 
 def _ignore(response: Reply) -> None:
@@ -165,30 +187,54 @@ class Sender:
         self.limits = limits or Limits()
         self.security = security or ClientSecurity()
         self.secure = secure  # the connection runs over TLS
-        self.authenticated = False
-        self._auth_tried = False
+        self.phase = Phase.GREETING
         self.extensions: dict[str, str] = {}
-        self.closed = False
-        self.turned = False
-        self.ready = False
-        self.awaiting_data_end = False
-        self._tls_refused = False
-        self._tls_pending = False
-        self._requests: deque[str] = deque()
-        self._requesting = False
-        self._use_ehlo = use_ehlo
+        self.authenticated = False
+        # What this server has shown, which decides what we try next:
+        self._use_ehlo = use_ehlo  # False once it refused EHLO (RFC 5321 §3.2)
+        self._tls_refused = False  # it refused STARTTLS (opportunistic TLS goes on in clear)
+        self._auth_tried = False  # AUTH done, or skipped because the server does not offer it
         self._parser = ReplyParser()
         self._expect: deque[Callable[[Reply], None]] = deque([self._on_greeting])
-        self._out: deque[bytes | _BodyStream] = deque()
+        self._out: deque[bytes | _Body] = deque()
         self._events: deque[SenderEvent] = deque()
         self._queue: deque[Envelope] = deque()
-        self._current: _Attempt | None = None
+        self._requests: deque[str] = deque()
+        self._current: _Attempt | None = None  # the message under way
+        self._request: str | None = None  # the request under way (``ETRN node``)
         self._finish: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    @property
+    def turned(self) -> bool:
+        return self.phase is Phase.TURNED
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+    @property
+    def over(self) -> bool:
+        """Nothing more will be sent or read in this role."""
+        return self.phase is Phase.CLOSED or self.phase is Phase.TURNED
+
+    @property
+    def awaiting_data_end(self) -> bool:
+        """The body is on its way: the next reply decides the message (§4.5.3.2.6 timeout)."""
+        return self._current is not None and self._current.body_sent
+
+    @property
+    def state(self) -> SessionState:
+        """What this session has established, as the engine's value."""
+        return SessionState(secure=self.secure)
 
     # -- the adapter's interface -------------------------------------------------
 
     def send(self, envelope: Envelope) -> None:
-        if self.closed or self.turned:
+        if self.over:
             # Too late for this session: report it at once rather than never.
             lost = _lost("session already ended")
             self._events.append(MessageResult(envelope, dict.fromkeys(envelope.recipients, lost)))
@@ -210,17 +256,16 @@ class Sender:
     def tls_started(self) -> None:
         """The handshake has begun: forget the clear-text EHLO answer and anything
         the server sent behind its 220 (RFC 3207 §4.2), and say EHLO again."""
-        self._tls_pending = False
         self.secure = True
         self._parser.take_rest()
         self.extensions = {}
         self._hello()
 
     def receive_data(self, data: bytes) -> None:
-        if self.closed or self.turned:
+        if self.over:
             return
         self._parser.feed(data)
-        while not (self.closed or self.turned or self._tls_pending):
+        while not self.over and self.phase is not Phase.HANDSHAKE:
             try:
                 response = self._parser.next_reply()
             except ProtocolError as e:
@@ -242,27 +287,54 @@ class Sender:
         return self._events.popleft() if self._events else None
 
     def data_to_send(self, max_bytes: int = 4 * BODY_CHUNK) -> bytes:
-        """Up to about ``max_bytes`` to write; the body is read lazily."""
+        """Up to about ``max_bytes`` to write.  Stops at a body the adapter has not
+        handed over yet (``body_wanted``)."""
         parts: list[bytes] = []
         size = 0
-        while self._out and size < max_bytes:
-            item = self._out[0]
+        out = self._out
+        while out and size < max_bytes:
+            item = out[0]
             if isinstance(item, bytes):
-                self._out.popleft()
+                out.popleft()
                 parts.append(item)
                 size += len(item)
                 continue
-            chunk = item.read()
-            if chunk is None:
-                self._out.popleft()
-            else:
+            chunk = item.take()
+            if chunk:
                 parts.append(chunk)
                 size += len(chunk)
+            elif item.ended:
+                out.popleft()
+            else:
+                break  # the adapter's turn: body_wanted
         return b"".join(parts)
 
     @property
     def has_output(self) -> bool:
         return bool(self._out)
+
+    @property
+    def body_wanted(self) -> Envelope | None:
+        """The envelope whose body must come next (through ``send_body`` and
+        ``end_body``): everything before it has been handed out."""
+        out = self._out
+        if out and isinstance(out[0], _Body) and not out[0].ended and not out[0].pending:
+            return out[0].envelope
+        return None
+
+    def send_body(self, data: bytes) -> None:
+        """The next piece of the wanted body (CRLF line ends, not dot-stuffed)."""
+        self._wanted().feed(data)
+
+    def end_body(self) -> None:
+        """The wanted body is complete: the final dot follows."""
+        self._wanted().end()
+
+    def _wanted(self) -> _Body:
+        out = self._out
+        if not out or not isinstance(out[0], _Body) or out[0].ended:
+            raise RuntimeError("no body is wanted now")
+        return out[0]
 
     def take_unread(self) -> bytes:
         """Bytes after the TURN reply: they belong to the new receiver."""
@@ -270,7 +342,7 @@ class Sender:
 
     def connection_lost(self, reason: str = "connection lost") -> None:
         """The transport went away: report every unfinished message as deferred."""
-        if not self.closed and not self.turned:
+        if not self.over:
             self._fail(reason)
 
     # -- session set-up -----------------------------------------------------------
@@ -283,6 +355,7 @@ class Sender:
         self._hello()
 
     def _hello(self) -> None:
+        self.phase = Phase.HELLO
         verb = "EHLO" if self._use_ehlo else "HELO"
         self._command(f"{verb} {self.hostname}", self._on_hello)
 
@@ -305,6 +378,7 @@ class Sender:
         security = self.security
         if security.tls != TLS_NONE and not self.secure and not self._tls_refused:
             if "STARTTLS" in self.extensions:
+                self.phase = Phase.STARTTLS
                 self._command("STARTTLS", self._on_starttls)
                 return
             if security.tls != TLS_OPPORTUNISTIC:
@@ -313,14 +387,14 @@ class Sender:
         if security.username is not None and not self._auth_tried:
             self._authenticate()
             return
-        self.ready = True
+        self.phase = Phase.READY
         self._events.append(Ready(dict(self.extensions)))
         self._advance()
 
     def _on_starttls(self, response: Reply) -> None:
         if response.code == 220:
-            self._tls_pending = True
-            self._events.append(StartTLS())
+            self.phase = Phase.HANDSHAKE
+            self._events.append(StartTlsAccepted())
         elif self.security.tls == TLS_OPPORTUNISTIC:
             self._tls_refused = True
             self._secure_session()
@@ -353,6 +427,7 @@ class Sender:
         line = f"AUTH {mechanism}"
         if exchange.initial is not None:
             line += " " + (encode(exchange.initial) or "=")
+        self.phase = Phase.AUTH
         self._command(line, lambda response: self._on_auth(mechanism, exchange, response))
 
     def _on_auth(self, mechanism: str, exchange: ClientExchange, response: Reply) -> None:
@@ -374,7 +449,7 @@ class Sender:
                 self._give_up(f"AUTH {mechanism}: the server did not prove it knows the password: {e}")
                 return
             self.authenticated = self._auth_tried = True
-            self._events.append(Authenticated(mechanism))
+            self._events.append(LoggedIn(mechanism))
             self._secure_session()
         else:
             self._give_up(f"AUTH {mechanism} refused: {response}")
@@ -387,8 +462,8 @@ class Sender:
     # -- transactions -------------------------------------------------------------
 
     def _advance(self) -> None:
-        """Start the next message or the final command when the session is idle."""
-        if not self.ready or self._current is not None or self._requesting or self.closed or self.turned:
+        """Start the next message, request or the final command when the session is idle."""
+        if self.phase is not Phase.READY or self._current is not None or self._request is not None:
             return
         while self._queue:
             envelope = self._queue.popleft()
@@ -398,14 +473,13 @@ class Sender:
                 return
             self._events.append(MessageResult(envelope, dict.fromkeys(envelope.recipients, problem)))
         if self._requests:
-            command = self._requests.popleft()
-            self._requesting = True
+            command = self._request = self._requests.popleft()
             self._command(command, lambda response: self._on_request(command, response))
             return
         self._send_finish()
 
     def _on_request(self, command: str, response: Reply) -> None:
-        self._requesting = False
+        self._request = None
         self._events.append(CommandResult(command, response))
         self._advance()
 
@@ -515,8 +589,8 @@ class Sender:
             self._expect.append(_ignore)
             self._done()
             return
-        self._out.append(_BodyStream(attempt.envelope.body))
-        self.awaiting_data_end = True
+        self._out.append(_Body(attempt.envelope))
+        attempt.body_sent = True
         self._expect.append(self._on_data_end)
         if "PIPELINING" in self.extensions and not self._queue and not self._requests:
             # RFC 2920 §3.1: message content may open a group and QUIT/TURN
@@ -527,7 +601,6 @@ class Sender:
     def _on_data_end(self, response: Reply) -> None:
         attempt = self._current
         assert attempt is not None
-        self.awaiting_data_end = False
         for rcpt in attempt.accepted:
             attempt.results[rcpt] = response
         self._done()
@@ -543,12 +616,12 @@ class Sender:
     # -- the end ------------------------------------------------------------------
 
     def _on_quit(self, response: Reply) -> None:
-        self.closed = True
-        self._events.append(Closed(response, clean=True))
+        self.phase = Phase.CLOSED
+        self._events.append(SessionEnded(response, clean=True))
 
     def _on_turn(self, response: Reply) -> None:
         if response.code == 250:
-            self.turned = True
+            self.phase = Phase.TURNED
             self._events.append(Turned(response))
         else:
             self._events.append(TurnRefused(response))
@@ -564,8 +637,19 @@ class Sender:
         while self._queue:
             envelope = self._queue.popleft()
             self._events.append(MessageResult(envelope, dict.fromkeys(envelope.recipients, lost)))
-        self.closed = True
-        self._events.append(Closed(response, clean=False))
+        self._cut_unfinished_body()
+        self.phase = Phase.CLOSED
+        self._events.append(SessionEnded(response, clean=False))
+
+    def _cut_unfinished_body(self) -> None:
+        """A body that will not be finished goes, with everything queued behind it:
+        the server would read those commands as message text.  Without its final
+        dot the server delivers nothing of it."""
+        for index, item in enumerate(self._out):
+            if isinstance(item, _Body) and not item.ended:
+                for _ in range(len(self._out) - index):
+                    self._out.pop()
+                return
 
     def _command(self, line: str, handler: Callable[[Reply], None]) -> None:
         self._out.append(line.encode("utf-8") + b"\r\n")
@@ -578,30 +662,44 @@ class _Attempt:
     accepted: list[str] = field(default_factory=list)
     results: dict[str, Reply] = field(default_factory=dict)
     mail_failed: Reply | None = None
-    lockstep: bool = False
+    lockstep: bool = False  # no PIPELINING: one command, one reply
+    body_sent: bool = False  # 354 came and the body is on its way
 
 
-class _BodyStream:
-    """Reads the body lazily and dot-stuffs it chunk by chunk."""
+class _Body:
+    """One message's body on its way out, dot-stuffed piece by piece.  A bytes
+    body is cut into pieces as they are wanted; any other comes from the adapter."""
 
-    def __init__(self, body: bytes | BinaryIO) -> None:
-        self._body = body
+    def __init__(self, envelope: Envelope) -> None:
+        self.envelope = envelope
+        self._bytes = envelope.body if isinstance(envelope.body, bytes) else None
         self._offset = 0
         self._stuffer = DotStuffer()
-        self._finished = False
+        self._ready: deque[bytes] = deque()
+        self.ended = False
 
-    def read(self) -> bytes | None:
-        if self._finished:
-            return None
-        if isinstance(self._body, bytes):
-            chunk = self._body[self._offset : self._offset + BODY_CHUNK]
+    @property
+    def pending(self) -> bool:
+        """Something is ready to go, or can be cut from a bytes body."""
+        return bool(self._ready) or (self._bytes is not None and not self.ended)
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self._ready.append(self._stuffer.feed(data))
+
+    def end(self) -> None:
+        self._ready.append(self._stuffer.finish())
+        self.ended = True
+
+    def take(self) -> bytes:
+        if not self._ready and self._bytes is not None and not self.ended:
+            chunk = self._bytes[self._offset : self._offset + BODY_CHUNK]
             self._offset += len(chunk)
-        else:
-            chunk = self._body.read(BODY_CHUNK)
-        if chunk:
-            return self._stuffer.feed(chunk)
-        self._finished = True
-        return self._stuffer.finish()
+            if chunk:
+                self.feed(chunk)
+            else:
+                self.end()
+        return self._ready.popleft() if self._ready else b""
 
 
 def _size(envelope: Envelope) -> int | None:

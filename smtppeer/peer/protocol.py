@@ -37,6 +37,7 @@ log = Logger()
 # Stop reading while a decision is pending and this much input is queued,
 # so a client that pipelines without limit cannot fill our memory.
 MAX_BUFFERED_INPUT = 1024 * 1024
+BODY_CHUNK = 64 * 1024  # read from a body source at a time, while the transport takes it
 
 
 @dataclass
@@ -184,10 +185,17 @@ class SMTPPeer(Protocol):
     # IPushProducer: the transport tells us when its write buffer is full.
     def pauseProducing(self) -> None:
         self._write_paused = True
+        if self.sender is not None and not self._lost:
+            # RFC 5321 §4.5.3.2.5: a block of data that the other side does not
+            # take within this long ends the session (its messages stay queued).
+            self._arm(self.limits.data_block_timeout)
 
     def resumeProducing(self) -> None:
         self._write_paused = False
-        self._flush()
+        if self.sender is not None:
+            self._pump()  # writes what is left and sets the timer for the reply again
+        else:
+            self._flush()
 
     def stopProducing(self) -> None:
         self._write_paused = True
@@ -420,11 +428,11 @@ class SMTPPeer(Protocol):
         if self.job is not None:
             self.job.record(event)
 
-    def _on_sender_starttls(self, sender: Sender, event: sev.StartTLS) -> None:
+    def _on_sender_starttls(self, sender: Sender, event: sev.StartTlsAccepted) -> None:
         self._start_tls(self.client_tls or _any_certificate())
         sender.tls_started()
 
-    def _on_logged_in(self, sender: Sender, event: sev.Authenticated) -> None:
+    def _on_logged_in(self, sender: Sender, event: sev.LoggedIn) -> None:
         log.debug("authenticated with {mechanism}", mechanism=event.mechanism)
 
     def _on_command_result(self, sender: Sender, event: sev.CommandResult) -> None:
@@ -442,7 +450,7 @@ class SMTPPeer(Protocol):
         if self.job is not None:
             self.job.turn_reply = event.reply
 
-    def _on_finished(self, sender: Sender, event: sev.Closed) -> None:
+    def _on_session_ended(self, sender: Sender, event: sev.SessionEnded) -> None:
         self.summary.clean = event.clean
         if not event.clean and self.summary.error is None:
             self.summary.error = str(event.reply) if event.reply else "session failed"
@@ -457,10 +465,32 @@ class SMTPPeer(Protocol):
         while engine is not None and not self._write_paused:
             data = engine.data_to_send()
             if not data:
+                if engine is self.sender and self._feed_body(engine):
+                    continue
                 break
             rest = send_now(self.transport, data)
             if rest:
                 self.transport.write(rest)
+
+    def _feed_body(self, sender: Sender) -> bool:
+        """Hand the sender the next piece of the body it wants, read here (the engine
+        reads no files) only while the transport takes what we write.  A body that
+        cannot be read ends the session before its final dot, so nothing truncated
+        is ever delivered; its message stays queued."""
+        envelope = sender.body_wanted
+        if envelope is None:
+            return False
+        try:
+            chunk = envelope.body.read(BODY_CHUNK)
+        except OSError as e:
+            log.info("{line}", line=f"cannot read a message body to send: {e}")
+            self._abandon(reply(451, "4.3.0", f"Cannot read the message: {e}"), f"body unreadable: {e}")
+            return False
+        if chunk:
+            sender.send_body(chunk)
+        else:
+            sender.end_body()
+        return True
 
     def _close_after_flush(self) -> None:
         self._flush()
@@ -504,6 +534,10 @@ class SMTPPeer(Protocol):
         self._timer = None
         log.info("{role} session with {client} timed out", role=self.role, client=self.client_address)
         self._abandon(reply(421, "4.4.2", f"{self.hostname} Timeout, closing connection"), "timeout")
+        if self._write_paused and not self._lost:
+            # The other side takes nothing we write: a graceful close would wait for it
+            # to read our buffered data forever.
+            self.transport.abortConnection()
 
     def shut_down(self) -> None:
         """The service is stopping: end this session cleanly from our side."""
@@ -553,12 +587,12 @@ _RECEIVER_EVENTS = {
 
 _SENDER_EVENTS = {
     sev.MessageResult: SMTPPeer._on_message_result,
-    sev.StartTLS: SMTPPeer._on_sender_starttls,
-    sev.Authenticated: SMTPPeer._on_logged_in,
+    sev.StartTlsAccepted: SMTPPeer._on_sender_starttls,
+    sev.LoggedIn: SMTPPeer._on_logged_in,
     sev.CommandResult: SMTPPeer._on_command_result,
     sev.Turned: SMTPPeer._on_turned,
     sev.TurnRefused: SMTPPeer._on_turn_refused,
-    sev.Closed: SMTPPeer._on_finished,
+    sev.SessionEnded: SMTPPeer._on_session_ended,
 }
 
 
