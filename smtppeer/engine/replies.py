@@ -2,15 +2,26 @@
 
 Every reply this peer sends carries an RFC 3463 enhanced status code, because
 ENHANCEDSTATUSCODES (RFC 2034) is always advertised and a client that sees the
-keyword may rely on it for every reply after the greeting.
+keyword may rely on it for every reply after the greeting.  The code must be of
+the reply's class (``4.x.x`` for a 4xx): ``Reply`` refuses anything else with
+``ValueError``, so a wrong literal fails the first test that builds it.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 _ENHANCED = re.compile(rb"^[245]\.\d{1,3}\.\d{1,3}$")
+_ENHANCED_TEXT = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
+
+
+@functools.lru_cache(maxsize=512)
+def enhanced_agrees(code: int, enhanced: str) -> bool:
+    """``enhanced`` is an RFC 3463 code (``class.subject.detail``) of the same class as ``code``:
+    ``2.x.x`` for 2xx, ``4.x.x`` for 4xx, ``5.x.x`` for 5xx (RFC 3463 §2; 3xx has none)."""
+    return bool(_ENHANCED_TEXT.fullmatch(enhanced)) and int(enhanced[0]) == code // 100
 
 
 @dataclass(frozen=True)
@@ -20,6 +31,13 @@ class Reply:
     code: int
     lines: tuple[str, ...]
     enhanced: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.enhanced is not None and not enhanced_agrees(self.code, self.enhanced):
+            raise ValueError(
+                f"enhanced status code {self.enhanced!r} does not fit reply code {self.code} "
+                "(RFC 3463: 2.x.x, 4.x.x or 5.x.x, the class of the reply)"
+            )
 
     @property
     def text(self) -> str:
