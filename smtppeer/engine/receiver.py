@@ -18,7 +18,7 @@ from .address import AddressError, Path, parse_path, split_mail_argument
 from .extensions import Extension, default_extensions
 from .framing import BareLineEnd, DataDecoder, LineReader, LineTooLong
 from .limits import Limits
-from .replies import Reply, reply
+from .replies import Reply, printable, reply
 
 HELP_TEXT = (
     "smtppeer: an SMTP peer that can TURN",
@@ -27,6 +27,12 @@ HELP_TEXT = (
 )
 
 AUTH_LINE = 12288
+
+ECHO = 64  # characters of client input a reply repeats (escaped by replies.printable)
+
+# Replies sent on every message or command, serialised once.
+_OK = reply(250, "2.0.0", "OK").to_bytes()
+_GO_AHEAD = reply(354, None, "End data with <CR><LF>.<CR><LF>").to_bytes()
 
 # What a client may say before STARTTLS on a listener that requires TLS (RFC 3207 §4).
 BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
@@ -255,7 +261,7 @@ class Receiver:
             return self._error(reply(503, "5.5.1", "Bad sequence of commands: service refused, send QUIT"))
         handler = self._commands.get(upper)
         if self.only_commands is not None and verb and upper not in self.only_commands:
-            return self._error(reply(502, "5.5.1", f"{upper} not available on this port"))
+            return self._error(reply(502, "5.5.1", f"{printable(upper, ECHO)} not available on this port"))
         if handler is None:
             if not verb:
                 return self._error(reply(500, "5.5.2", "Empty command"))
@@ -283,16 +289,17 @@ class Receiver:
 
     def _hello(self, verb: str, arg: str, esmtp: bool) -> None:
         name = arg.strip()
-        if not name or " " in name:
+        # No control characters: the name goes into the Received: header of every message.
+        if not name or " " in name or not name.isprintable():
             return self._error(reply(501, "5.5.4", f"Syntax: {verb} hostname"))
         self._reset_transaction()
         self.helo_name, self.esmtp = name, esmtp
         if esmtp:
-            lines = [f"{self.hostname} greets {name}"]
+            lines = [f"{self.hostname} greets {printable(name, 255)}"]
             lines += [line for x in self.extensions if (line := x.ehlo_line(self))]
             self._send(reply(250, None, *lines))
         else:
-            self._send(reply(250, None, f"{self.hostname} greets {name}"))
+            self._send(reply(250, None, f"{self.hostname} greets {printable(name, 255)}"))
         self._events.append(ev.Hello(verb, name))
         return None
 
@@ -341,7 +348,7 @@ class Receiver:
         for key, value in params.items():
             check = known.get(key)
             if check is None:
-                return reply(555, "5.5.4", f"Parameter {key} not recognized")
+                return reply(555, "5.5.4", f"Parameter {printable(key, ECHO)} not recognized")
             problem = check(self, value)
             if problem:
                 return problem
@@ -355,7 +362,7 @@ class Receiver:
             return self._error(reply(503, "5.5.1", "Need MAIL before DATA"))
         if not tx.recipients:
             return self._error(reply(554, "5.5.1", "No valid recipients"))
-        self._send(reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+        self._out.append(_GO_AHEAD)
         self._decoder = DataDecoder(self.limits.text_line)
         self._data_size = 0
         self._too_big = False
@@ -398,7 +405,7 @@ class Receiver:
         if arg.strip():
             return self._error(reply(501, "5.5.4", "RSET takes no arguments"))
         self._reset_transaction()
-        self._send(reply(250, "2.0.0", "OK"))
+        self._out.append(_OK)
         return None
 
     def _reset_transaction(self) -> None:
@@ -407,7 +414,7 @@ class Receiver:
             self._events.append(ev.Reset())
 
     def _noop(self, verb: str, arg: str) -> None:
-        self._send(reply(250, "2.0.0", "OK"))
+        self._out.append(_OK)
 
     def _quit(self, verb: str, arg: str) -> None:
         if arg.strip():
