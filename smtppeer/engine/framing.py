@@ -95,6 +95,12 @@ class DataDecoder:
     just before one.  The stream is seen with a virtual CRLF in front (the
     one that ended the DATA command) so the first line is treated like any
     other; those two bytes are not emitted.
+
+    A failed body still runs to its end mark.  What is emitted, and judged
+    for bare line ends, is everything before the first line over the limit
+    (all of it if there is none): the same octets however the stream was
+    chunked, so that the receiver's verdict (size, line length, line ends)
+    never depends on where TCP cut it.
     """
 
     def __init__(self, line_limit: int = 1000) -> None:
@@ -127,27 +133,32 @@ class DataDecoder:
             self._pending = window[-4:]
             return b""
         cut = window.rfind(CRLF)
+        out = self._emit(window[:cut], last=False)
         # The unfinished last line may still be legal up to a stuffing dot,
         # line_limit - 2 octets and the CR of its CRLF; complete lines are
-        # checked exactly in _emit.
-        if len(window) - cut - 2 > self.line_limit:
+        # checked exactly in _emit.  The complete lines before it are emitted
+        # first, so what comes out does not depend on where a chunk ended.
+        if not self.line_too_long and len(window) - cut - 2 > self.line_limit:
             self.line_too_long = True
-            self._pending = window[-4:]
-            return b""
-        self._pending = window[cut:]
-        return self._emit(window[:cut], last=False)
+        self._pending = window[-4:] if self.line_too_long else window[cut:]
+        return out
 
     def _emit(self, segment: bytes, last: bool) -> bytes:
         if self.line_too_long:
             return b""
         crlf = segment.count(CRLF)
-        if segment.count(b"\r") != crlf or segment.count(b"\n") != crlf:
-            self.bad_line_end = True
+        bare = segment.count(b"\r") != crlf or segment.count(b"\n") != crlf
         out = segment.replace(b"\r\n.", CRLF)
         # Measured after unstuffing: the limit does not count the doubled dot (§4.5.3.1.6).
         if len(out) > self.line_limit and max(map(len, out.split(CRLF))) > self.line_limit - 2:
+            # Everything before the first long line is emitted and judged, nothing after it:
+            # the same octets whatever the chunking (so the same size and the same reason).
+            out = self._before_long_line(out)
             self.line_too_long = True
-            return b""
+            last = False
+            bare = bare and _has_bare_line_end(out)
+        if bare:
+            self.bad_line_end = True
         if last:
             out += CRLF
         if self._skip and out:
@@ -155,6 +166,20 @@ class DataDecoder:
             skip, self._skip = self._skip, 0
             out = out[skip:]
         return out
+
+    def _before_long_line(self, out: bytes) -> bytes:
+        """``out`` up to the CRLF in front of its first line over the limit (failure path only)."""
+        start = 0
+        for line in out.split(CRLF):
+            if len(line) > self.line_limit - 2:
+                return out[: max(start - 2, 0)]
+            start += len(line) + 2
+        return out
+
+
+def _has_bare_line_end(data: bytes) -> bool:
+    crlf = data.count(CRLF)
+    return data.count(b"\r") != crlf or data.count(b"\n") != crlf
 
 
 class DotStuffer:

@@ -377,10 +377,14 @@ class Receiver:
         assert decoder is not None
         body = decoder.feed(data)
         if body and not self._too_big:
-            self._data_size += len(body)
-            if self._data_size > self.limits.message_size:
+            room = self.limits.message_size - self._data_size
+            if len(body) > room:
+                # Passed on up to the limit exactly, not up to wherever this chunk ended, so
+                # that the events do not depend on the chunking either.
                 self._too_big = True
-            else:
+                body = body[:room]
+            if body:
+                self._data_size += len(body)
                 self._events.append(ev.DataChunk(body))
         if decoder.done:
             self._decoder = None
