@@ -12,12 +12,12 @@ from smtppeer.engine.replies import reply
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# Line contents: anything but CR and LF, often starting with dots.
+# Line contents: anything but CR, LF and NUL (which fail a message), often starting with dots.
 line_text = st.one_of(
-    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"").replace(b"\0", b"")),
     st.sampled_from([b"", b".", b"..", b"...", b". ", b".x", b"From x", b"QUIT", b"DATA"]),
     st.tuples(st.sampled_from([b".", b".."]), st.binary(max_size=10)).map(
-        lambda t: (t[0] + t[1]).replace(b"\r", b"").replace(b"\n", b"")
+        lambda t: (t[0] + t[1]).replace(b"\r", b"").replace(b"\n", b"").replace(b"\0", b"")
     ),
 )
 crlf_body = st.lists(line_text, max_size=30).map(lambda lines: b"".join(line + b"\r\n" for line in lines))
@@ -95,11 +95,12 @@ def test_stuffing_never_lets_a_line_be_a_lone_dot(body, cuts):
 def test_decoder_is_chunking_independent(data, cuts, limit):
     whole, ref = decode([data], limit)
     body, d = decode(split(data, cuts), limit)
-    assert (d.done, d.rest, d.line_too_long, d.bad_line_end) == (
+    assert (d.done, d.rest, d.line_too_long, d.bad_line_end, d.nul) == (
         ref.done,
         ref.rest,
         ref.line_too_long,
         ref.bad_line_end,
+        ref.nul,
     )
     # Also for a failed body: what comes out (everything before a long line) is the same.
     assert body == whole

@@ -7,15 +7,26 @@ loops) rather than a Python loop per line, because a 100 MiB message is
 The only end of DATA is ``CRLF . CRLF``.  Every other line ending (bare CR,
 bare LF) is remembered and fails the message at its end, so that a body can
 never smuggle a second message past a downstream server that reads line ends
-differently (the 2023 "SMTP smuggling" attacks).
+differently (the 2023 "SMTP smuggling" attacks).  So does a NUL: a hop that
+drops NULs would read ``\\x00.`` as the end of the message (and RFC 2045
+§2.8 allows none in 8-bit text; BINARYMIME is not offered).
+
+``message_problem`` applies the same rule to a whole message made on this
+host (``smtppeer send``, the control socket, bounces), so that every way
+into the spool meets it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 CRLF = b"\r\n"
 _END = b"\r\n.\r\n"
+
+# Why the DATA decoder fails a body: the reply texts, and message_problem's reasons.
+BARE_LINE_END = "Message contains a bare CR or LF; lines must end with CRLF"
+NUL = "Message contains a NUL octet; SMTP text may not hold one"
 
 
 @dataclass(frozen=True)
@@ -111,10 +122,11 @@ class DataDecoder:
         self.rest = b""
         self.bad_line_end = False
         self.line_too_long = False
+        self.nul = False
 
     @property
     def failed(self) -> bool:
-        return self.bad_line_end or self.line_too_long
+        return self.bad_line_end or self.line_too_long or self.nul
 
     def feed(self, data: bytes) -> bytes:
         """Return the decoded body bytes found in ``data`` (may be empty)."""
@@ -148,6 +160,7 @@ class DataDecoder:
             return b""
         crlf = segment.count(CRLF)
         bare = segment.count(b"\r") != crlf or segment.count(b"\n") != crlf
+        nul = b"\0" in segment
         out = segment.replace(b"\r\n.", CRLF)
         # Measured after unstuffing: the limit does not count the doubled dot (§4.5.3.1.6).
         if len(out) > self.line_limit and max(map(len, out.split(CRLF))) > self.line_limit - 2:
@@ -157,8 +170,11 @@ class DataDecoder:
             self.line_too_long = True
             last = False
             bare = bare and _has_bare_line_end(out)
+            nul = nul and b"\0" in out
         if bare:
             self.bad_line_end = True
+        if nul:
+            self.nul = True
         if last:
             out += CRLF
         if self._skip and out:
@@ -180,6 +196,49 @@ class DataDecoder:
 def _has_bare_line_end(data: bytes) -> bool:
     crlf = data.count(CRLF)
     return data.count(b"\r") != crlf or data.count(b"\n") != crlf
+
+
+_NUL = b"\0"
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_CHECK_CHUNK = 1 << 20
+
+
+def message_problem(message: bytes, line_limit: int = 1000) -> str | None:
+    """Why a whole message breaks the rule SMTP's DATA applies, or None if it meets it.
+
+    ``message`` is a message as stored and relayed (not dot-stuffed; a line
+    ``.`` is content).  It is run through ``DotStuffer`` and ``DataDecoder``,
+    so the rule is the decoder's, in the decoder's order: a line over
+    ``line_limit`` octets with its CRLF, else a bare CR or LF before it, else
+    a NUL before it; and a non-empty message must end with CRLF.  The answer
+    names the line (counted in CRLFs), e.g. ``line 3: a bare CR or LF ...``.
+    """
+    stuffer, decoder = DotStuffer(), DataDecoder(line_limit)
+    for start in range(0, len(message), _CHECK_CHUNK):
+        decoder.feed(stuffer.feed(message[start : start + _CHECK_CHUNK]))
+    decoder.feed(stuffer.finish())
+    if decoder.line_too_long:
+        longest = line_limit - 2
+        start = 0
+        for line in message.split(CRLF):  # the failure path: a Python loop is fine here
+            if len(line) > longest:
+                break
+            start += len(line) + 2
+        return f"{_line(message, start)}: longer than {longest} octets (the limit is {line_limit} with CRLF)"
+    if decoder.bad_line_end:
+        found = _BARE.search(message)
+        return f"{_line(message, found.start() if found else 0)}: a bare CR or LF ({BARE_LINE_END})"
+    if decoder.nul:
+        return f"{_line(message, message.find(_NUL))}: a NUL octet ({NUL})"
+    if message.endswith(b"\r"):
+        return f"{_line(message, len(message) - 1)}: a bare CR or LF ({BARE_LINE_END})"
+    if message and not message.endswith(CRLF):
+        return f"{_line(message, len(message))}: does not end with CRLF"
+    return None
+
+
+def _line(message: bytes, offset: int) -> str:
+    return f"line {message.count(CRLF, 0, offset) + 1}"
 
 
 class DotStuffer:

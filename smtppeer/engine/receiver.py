@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from . import events as ev
 from .address import AddressError, Path, parse_path, split_mail_argument
 from .extensions import Extension, default_extensions
-from .framing import BareLineEnd, DataDecoder, LineReader, LineTooLong
+from .framing import BARE_LINE_END, NUL, BareLineEnd, DataDecoder, LineReader, LineTooLong
 from .limits import Limits
 from .replies import Reply, printable, reply
 
@@ -392,11 +392,14 @@ class Receiver:
             if self._too_big:
                 self._fail_data(reply(552, "5.3.4", "Message size exceeds fixed maximum message size"))
             elif decoder.line_too_long:
-                self._fail_data(reply(500, "5.5.2", "Line too long (text lines are limited to 1000 octets)"))
-            elif decoder.bad_line_end:
+                limit = self.limits.text_line
                 self._fail_data(
-                    reply(550, "5.6.0", "Message contains a bare CR or LF; lines must end with CRLF")
+                    reply(500, "5.5.2", f"Line too long (text lines are limited to {limit} octets)")
                 )
+            elif decoder.bad_line_end:
+                self._fail_data(reply(550, "5.6.0", BARE_LINE_END))
+            elif decoder.nul:
+                self._fail_data(reply(550, "5.6.0", NUL))
             else:
                 self._events.append(ev.DataEnd(self._data_size))
 
