@@ -85,6 +85,11 @@ class LineReader:
     def buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def partial(self) -> bool:
+        """Part of a line has arrived and its end has not (an over-long line being skipped too)."""
+        return self._skipping or (bool(self._buf) and b"\n" not in self._buf)
+
     def take_rest(self) -> bytes:
         """Remove and return the unread bytes (for DATA, TURN and STARTTLS)."""
         rest = bytes(self._buf)

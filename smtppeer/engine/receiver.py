@@ -189,6 +189,18 @@ class Receiver:
         """Octets received and not parsed yet (the adapter's back-pressure signal)."""
         return self._lines.buffered
 
+    @property
+    def line_pending(self) -> bool:
+        """Waiting for the rest of a command line the client has started.
+
+        What a cap on the time one command line may take to arrive is timed
+        on (a client trickling a byte at a time re-arms an idle timer for
+        ever): true from the first octet of a line to its LF, also while an
+        over-long line is being skipped; false between lines, inside DATA and
+        while a decision is pending (then the wait is ours, not the client's).
+        """
+        return self._decoder is None and self._awaiting is None and not self.closed and self._lines.partial
+
     def take_unread(self) -> bytes:
         """Bytes received but not yet parsed: after TURN they belong to the new role."""
         return self._lines.take_rest()
