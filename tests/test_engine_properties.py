@@ -12,12 +12,12 @@ from smtppeer.engine.replies import reply
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# Line contents: anything but CR and LF, often starting with dots.
+# Line contents: anything but CR, LF and NUL (which fail a message), often starting with dots.
 line_text = st.one_of(
-    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"").replace(b"\0", b"")),
     st.sampled_from([b"", b".", b"..", b"...", b". ", b".x", b"From x", b"QUIT", b"DATA"]),
     st.tuples(st.sampled_from([b".", b".."]), st.binary(max_size=10)).map(
-        lambda t: (t[0] + t[1]).replace(b"\r", b"").replace(b"\n", b"")
+        lambda t: (t[0] + t[1]).replace(b"\r", b"").replace(b"\n", b"").replace(b"\0", b"")
     ),
 )
 crlf_body = st.lists(line_text, max_size=30).map(lambda lines: b"".join(line + b"\r\n" for line in lines))
@@ -30,6 +30,16 @@ tricky_bytes = st.lists(
     ),
     max_size=40,
 ).map(b"".join)
+
+# Lines of every length around small limits, with stuffing dots and bare line ends among them.
+long_lines = st.lists(
+    st.tuples(
+        st.sampled_from([b"", b".", b".."]),
+        st.integers(0, 16).map(lambda n: b"y" * n),
+        st.sampled_from([b"\r\n"] * 4 + [b"\r", b"\n"]),
+    ).map(b"".join),
+    max_size=12,
+).map(lambda lines: b"".join(lines) + b"\r\n.\r\n")
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -50,8 +60,8 @@ def stuff(chunks: list[bytes]) -> bytes:
     return b"".join(stuffer.feed(c) for c in chunks) + stuffer.finish()
 
 
-def decode(chunks: list[bytes]) -> tuple[bytes, DataDecoder]:
-    decoder = DataDecoder()
+def decode(chunks: list[bytes], limit: int = 1000) -> tuple[bytes, DataDecoder]:
+    decoder = DataDecoder(limit)
     return b"".join(decoder.feed(c) for c in chunks), decoder
 
 
@@ -81,14 +91,19 @@ def test_stuffing_never_lets_a_line_be_a_lone_dot(body, cuts):
 
 
 @SETTINGS
-@given(data=tricky_bytes, cuts=cut_lists)
-def test_decoder_is_chunking_independent(data, cuts):
-    whole, ref = decode([data])
-    body, d = decode(split(data, cuts))
-    assert (d.done, d.rest, d.failed, d.line_too_long) == (ref.done, ref.rest, ref.failed, ref.line_too_long)
-    if not d.line_too_long:
-        assert d.bad_line_end == ref.bad_line_end
-        assert body == whole
+@given(data=tricky_bytes | long_lines, cuts=cut_lists, limit=st.sampled_from([1000, 12, 5]))
+def test_decoder_is_chunking_independent(data, cuts, limit):
+    whole, ref = decode([data], limit)
+    body, d = decode(split(data, cuts), limit)
+    assert (d.done, d.rest, d.line_too_long, d.bad_line_end, d.nul) == (
+        ref.done,
+        ref.rest,
+        ref.line_too_long,
+        ref.bad_line_end,
+        ref.nul,
+    )
+    # Also for a failed body: what comes out (everything before a long line) is the same.
+    assert body == whole
 
 
 @SETTINGS

@@ -12,6 +12,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from .replies import printable
+
 MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
 MAX_DOMAIN = 255  # §4.5.3.1.2
 MAX_PATH = 256  # §4.5.3.1.3
@@ -40,7 +42,15 @@ _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
 
 
 class AddressError(ValueError):
-    """A path or parameter that does not match the RFC 5321 grammar."""
+    """A path or parameter that does not match the RFC 5321 grammar.
+
+    Its text goes into a reply, so what it quotes of the input is escaped and
+    cut (``_shown``): a client never gets its NULs or escape sequences back.
+    """
+
+
+def _shown(text: str) -> str:
+    return f"'{printable(text, 64)}'"
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,7 @@ def _check_domain(text: str, utf8: bool) -> str:
     local_re, domain_re, general_re = _UTF8 if utf8 else _ASCII
     if text.startswith("["):
         if not general_re.fullmatch(text):
-            raise AddressError(f"bad address literal {text!r}")
+            raise AddressError(f"bad address literal {_shown(text)}")
         inner = text[1:-1]
         try:
             if inner.upper().startswith("IPV6:"):
@@ -107,10 +117,10 @@ def _check_domain(text: str, utf8: bool) -> str:
             elif ":" not in inner:
                 ipaddress.IPv4Address(inner)
         except ValueError as e:
-            raise AddressError(f"bad address literal {text!r}") from e
+            raise AddressError(f"bad address literal {_shown(text)}") from e
         return text
     if not domain_re.fullmatch(text):
-        raise AddressError(f"bad domain {text!r}")
+        raise AddressError(f"bad domain {_shown(text)}")
     if len(text.encode()) > MAX_DOMAIN:
         raise AddressError("domain too long")
     return text
@@ -120,13 +130,13 @@ def parse_mailbox(text: str, *, utf8: bool = False, allow_bare_postmaster: bool 
     local_re, _, _ = _UTF8 if utf8 else _ASCII
     m = local_re.match(text)
     if not m:
-        raise AddressError(f"bad local part in {text!r}")
+        raise AddressError(f"bad local part in {_shown(text)}")
     local = m.group(0)
     rest = text[m.end() :]
     if not rest and allow_bare_postmaster and local.lower() == "postmaster":
         return Mailbox("postmaster", "")
     if not rest.startswith("@"):
-        raise AddressError(f"missing @domain in {text!r}")
+        raise AddressError(f"missing @domain in {_shown(text)}")
     if len(local.encode()) > MAX_LOCAL_PART:
         raise AddressError("local part too long")
     return Mailbox(local, _check_domain(rest[1:], utf8))
@@ -156,7 +166,7 @@ def parse_path(text: str, *, reverse: bool, utf8: bool = False) -> tuple[Path, s
         hosts = []
         for part in adl.split(","):
             if not part.startswith("@"):
-                raise AddressError(f"bad source route {adl!r}")
+                raise AddressError(f"bad source route {_shown(adl)}")
             hosts.append(_check_domain(part[1:], utf8))
         route = tuple(hosts)
     mailbox = parse_mailbox(inner, utf8=utf8, allow_bare_postmaster=not reverse and not route)
@@ -189,9 +199,9 @@ def parse_params(text: str) -> dict[str, str | None]:
             continue
         key, eq, value = item.partition("=")
         if not _KEYWORD.match(key) or (eq and not _VALUE.match(value)):
-            raise AddressError(f"bad parameter {item!r}")
+            raise AddressError(f"bad parameter {_shown(item)}")
         if key.upper() in params:
-            raise AddressError(f"duplicate parameter {key!r}")
+            raise AddressError(f"duplicate parameter {_shown(key)}")
         params[key.upper()] = value if eq else None
     return params
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from . import events as ev
 from .address import AddressError, parse_path, split_mail_argument
 from .extensions import Extension, default_extensions
-from .framing import BareLineEnd, DataDecoder, LineReader, LineTooLong
+from .framing import BARE_LINE_END, NUL, BareLineEnd, DataDecoder, LineReader, LineTooLong
 from .limits import Limits
-from .replies import Reply, reply
+from .replies import Reply, printable, reply
 from .session import SessionState, Transaction
 
 HELP_TEXT = (
@@ -27,6 +27,12 @@ HELP_TEXT = (
 )
 
 AUTH_LINE = 12288
+
+ECHO = 64  # characters of client input a reply repeats (escaped by replies.printable)
+
+# Replies sent on every message or command, serialised once.
+_OK = reply(250, "2.0.0", "OK").to_bytes()
+_GO_AHEAD = reply(354, None, "End data with <CR><LF>.<CR><LF>").to_bytes()
 
 # What a client may say before STARTTLS on a listener that requires TLS (RFC 3207 §4).
 BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
@@ -173,6 +179,18 @@ class Receiver:
         """Octets received and not parsed yet (the adapter's back-pressure signal)."""
         return self._lines.buffered
 
+    @property
+    def line_pending(self) -> bool:
+        """Waiting for the rest of a command line the client has started.
+
+        What a cap on the time one command line may take to arrive is timed
+        on (a client trickling a byte at a time re-arms an idle timer for
+        ever): true from the first octet of a line to its LF, also while an
+        over-long line is being skipped; false between lines, inside DATA and
+        while a decision is pending (then the wait is ours, not the client's).
+        """
+        return self._decoder is None and self._awaiting is None and not self.closed and self._lines.partial
+
     def take_unread(self) -> bytes:
         """Bytes received but not yet parsed: after TURN they belong to the new role."""
         return self._lines.take_rest()
@@ -250,7 +268,7 @@ class Receiver:
             return self._error(reply(503, "5.5.1", "Bad sequence of commands: service refused, send QUIT"))
         handler = self._commands.get(upper)
         if self.only_commands is not None and verb and upper not in self.only_commands:
-            return self._error(reply(502, "5.5.1", f"{upper} not available on this port"))
+            return self._error(reply(502, "5.5.1", f"{printable(upper, ECHO)} not available on this port"))
         if handler is None:
             if not verb:
                 return self._error(reply(500, "5.5.2", "Empty command"))
@@ -278,16 +296,17 @@ class Receiver:
 
     def _hello(self, verb: str, arg: str, esmtp: bool) -> None:
         name = arg.strip()
-        if not name or " " in name:
+        # No control characters: the name goes into the Received: header of every message.
+        if not name or " " in name or not name.isprintable():
             return self._error(reply(501, "5.5.4", f"Syntax: {verb} hostname"))
         self._reset_transaction()
         self.helo_name, self.esmtp = name, esmtp
         if esmtp:
-            lines = [f"{self.hostname} greets {name}"]
+            lines = [f"{self.hostname} greets {printable(name, 255)}"]
             lines += [line for x in self.extensions if (line := x.ehlo_line(self))]
             self._send(reply(250, None, *lines))
         else:
-            self._send(reply(250, None, f"{self.hostname} greets {name}"))
+            self._send(reply(250, None, f"{self.hostname} greets {printable(name, 255)}"))
         self._events.append(ev.Hello(verb, name))
         return None
 
@@ -336,7 +355,7 @@ class Receiver:
         for key, value in params.items():
             check = known.get(key)
             if check is None:
-                return reply(555, "5.5.4", f"Parameter {key} not recognized")
+                return reply(555, "5.5.4", f"Parameter {printable(key, ECHO)} not recognized")
             problem = check(self, value)
             if problem:
                 return problem
@@ -350,7 +369,7 @@ class Receiver:
             return self._error(reply(503, "5.5.1", "Need MAIL before DATA"))
         if not tx.recipients:
             return self._error(reply(554, "5.5.1", "No valid recipients"))
-        self._send(reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+        self._out.append(_GO_AHEAD)
         self._decoder = DataDecoder(self.limits.text_line)
         self._data_size = 0
         self._too_big = False
@@ -365,10 +384,14 @@ class Receiver:
         assert decoder is not None
         body = decoder.feed(data)
         if body and not self._too_big:
-            self._data_size += len(body)
-            if self._data_size > self.limits.message_size:
+            room = self.limits.message_size - self._data_size
+            if len(body) > room:
+                # Passed on up to the limit exactly, not up to wherever this chunk ended, so
+                # that the events do not depend on the chunking either.
                 self._too_big = True
-            else:
+                body = body[:room]
+            if body:
+                self._data_size += len(body)
                 self._events.append(ev.DataChunk(body))
         if decoder.done:
             self._decoder = None
@@ -376,11 +399,14 @@ class Receiver:
             if self._too_big:
                 self._fail_data(reply(552, "5.3.4", "Message size exceeds fixed maximum message size"))
             elif decoder.line_too_long:
-                self._fail_data(reply(500, "5.5.2", "Line too long (text lines are limited to 1000 octets)"))
-            elif decoder.bad_line_end:
+                limit = self.limits.text_line
                 self._fail_data(
-                    reply(550, "5.6.0", "Message contains a bare CR or LF; lines must end with CRLF")
+                    reply(500, "5.5.2", f"Line too long (text lines are limited to {limit} octets)")
                 )
+            elif decoder.bad_line_end:
+                self._fail_data(reply(550, "5.6.0", BARE_LINE_END))
+            elif decoder.nul:
+                self._fail_data(reply(550, "5.6.0", NUL))
             else:
                 self._events.append(ev.DataEnd(self._data_size))
 
@@ -393,7 +419,7 @@ class Receiver:
         if arg.strip():
             return self._error(reply(501, "5.5.4", "RSET takes no arguments"))
         self._reset_transaction()
-        self._send(reply(250, "2.0.0", "OK"))
+        self._out.append(_OK)
         return None
 
     def _reset_transaction(self) -> None:
@@ -402,7 +428,7 @@ class Receiver:
             self._events.append(ev.Reset())
 
     def _noop(self, verb: str, arg: str) -> None:
-        self._send(reply(250, "2.0.0", "OK"))
+        self._out.append(_OK)
 
     def _quit(self, verb: str, arg: str) -> None:
         if arg.strip():

@@ -2,15 +2,30 @@
 
 Every reply this peer sends carries an RFC 3463 enhanced status code, because
 ENHANCEDSTATUSCODES (RFC 2034) is always advertised and a client that sees the
-keyword may rely on it for every reply after the greeting.
+keyword may rely on it for every reply after the greeting.  The code must be of
+the reply's class (``4.x.x`` for a 4xx): ``Reply`` refuses anything else with
+``ValueError``, so a wrong literal fails the first test that builds it.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
+MAX_REPLY_LINE = 512  # octets a reply line may take, code and CRLF included (RFC 5321 §4.5.3.1.5)
+_LONGEST_TEXT = MAX_REPLY_LINE - 2
+_CUT = "..."
+
 _ENHANCED = re.compile(rb"^[245]\.\d{1,3}\.\d{1,3}$")
+_ENHANCED_TEXT = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
+
+
+@functools.lru_cache(maxsize=512)
+def enhanced_agrees(code: int, enhanced: str) -> bool:
+    """``enhanced`` is an RFC 3463 code (``class.subject.detail``) of the same class as ``code``:
+    ``2.x.x`` for 2xx, ``4.x.x`` for 4xx, ``5.x.x`` for 5xx (RFC 3463 §2; 3xx has none)."""
+    return bool(_ENHANCED_TEXT.fullmatch(enhanced)) and int(enhanced[0]) == code // 100
 
 
 @dataclass(frozen=True)
@@ -20,6 +35,13 @@ class Reply:
     code: int
     lines: tuple[str, ...]
     enhanced: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.enhanced is not None and not enhanced_agrees(self.code, self.enhanced):
+            raise ValueError(
+                f"enhanced status code {self.enhanced!r} does not fit reply code {self.code} "
+                "(RFC 3463: 2.x.x, 4.x.x or 5.x.x, the class of the reply)"
+            )
 
     @property
     def text(self) -> str:
@@ -41,19 +63,65 @@ class Reply:
         """Serialise as one or more ``code-text`` / ``code text`` lines.
 
         The enhanced code is repeated on every line, as RFC 2034 §4 shows.
+        Whatever the text holds (client input echoed by a policy, a CR or LF,
+        non-ASCII), each line comes out as printable ASCII of at most 512
+        octets with its CRLF: anything else is escaped (``\\x1b``) and a
+        longer line is cut, ending in ``...`` (see ``printable``).
         """
+        lines = self.lines
+        if len(lines) == 1:  # the usual case, kept short: it is on every command's path
+            line = f"{self.code} {self.enhanced} {lines[0]}" if self.enhanced else f"{self.code} {lines[0]}"
+            if line[-1] == " " and self.code != 334:
+                line = line.rstrip(" ")
+            if len(line) <= _LONGEST_TEXT and line.isascii() and line.isprintable():
+                return (line + "\r\n").encode("ascii")
         out = []
-        lines = self.lines or ("",)
+        lines = lines or ("",)
         last = len(lines) - 1
+        enhanced = f"{self.enhanced} " if self.enhanced else ""
+        more, final = f"{self.code}-{enhanced}", f"{self.code} {enhanced}"
+        # RFC 4954 §4: an AUTH challenge is "334" SP [base64], even when empty (PLAIN's first).
+        strip = self.code != 334
         for i, line in enumerate(lines):
-            sep = " " if i == last else "-"
-            text = f"{self.enhanced} {line}" if self.enhanced else line
-            out.append(f"{self.code}{sep}{text}".rstrip(" ") + "\r\n")
-        return "".join(out).encode("utf-8", "replace")
+            text = (final if i == last else more) + line
+            if strip:
+                text = text.rstrip(" ")
+            if len(text) > _LONGEST_TEXT or not (text.isascii() and text.isprintable()):
+                text = printable(text, _LONGEST_TEXT)
+            out.append(text)
+        out.append("")
+        return "\r\n".join(out).encode("ascii")
 
     def __str__(self) -> str:
         enh = f"{self.enhanced} " if self.enhanced else ""
         return f"{self.code} {enh}{self.text}"
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` as a reply may show it: printable ASCII, at most ``limit`` characters.
+
+    Every other character is escaped as Python writes it (``\\x00``,
+    ``\\x1b``, ``\\xe9``, ``\\u202e``, ``\\U0001f600``), so a terminal
+    escape sequence or a NUL sent by a client is shown, never passed on; a
+    longer result is cut and ends in ``...``.  Use it wherever client text is
+    echoed; ``Reply.to_bytes`` applies it to any line that needs it.
+    """
+    if len(text) > limit + 1:
+        text = text[: limit + 1]  # each character is at least one once escaped: no need to escape the rest
+    if not (text.isascii() and text.isprintable()):
+        text = "".join(c if " " <= c <= "~" else _escaped(c) for c in text)
+    if len(text) > limit:
+        text = text[: limit - len(_CUT)] + _CUT
+    return text
+
+
+def _escaped(c: str) -> str:
+    n = ord(c)
+    if n < 0x100:
+        return f"\\x{n:02x}"
+    if n < 0x10000:
+        return f"\\u{n:04x}"
+    return f"\\U{n:08x}"
 
 
 def reply(code: int, enhanced: str | None, *lines: str) -> Reply:

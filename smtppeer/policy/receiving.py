@@ -166,7 +166,7 @@ class ReceivingPolicy(ReceiverHooks):
         name, domains = self._etrn_target(node, kind)
         if name is None or not self._may_ask_for(session, name):
             log.info("{line}", line=f"ETRN {node} refused to {session.client_address}")
-            return reply(459, "5.7.1", f"Node {node} not allowed")
+            return reply(459, "4.7.1", f"Node {node} not allowed")
         endpoint = self.peer_endpoints.get(name)
         if endpoint is None or self.runner is None:
             return reply(458, "4.3.0", f"Unable to queue messages for node {node}: no address to deliver to")

@@ -30,6 +30,7 @@ from typing import TextIO
 from twisted.python import usage
 
 from smtppeer import __version__
+from smtppeer.engine.framing import message_problem
 from smtppeer.peer import tls
 from smtppeer.store.spool import Spool
 
@@ -206,7 +207,9 @@ class SendOptions(DataDirOptions):
     synopsis = "[-f FROM] [-t] [RECIPIENT ...] < message"
     longdesc = (
         "Read a message from standard input and give it to the running service, like sendmail: "
-        "the exit status is 0 only once the message is on disk. Line ends are made CRLF."
+        "the exit status is 0 only once the message is on disk. LF and CRLF line ends are made CRLF; "
+        "a message SMTP would refuse (a CR elsewhere, a NUL, a line over 998 octets) is refused, "
+        "naming the line, with exit status 1."
     )
     optParameters = [["from", "f", "", "The envelope sender (empty: the null reverse-path <>)"]]
     optFlags = [["read-recipients", "t", "Take the recipients from To:, Cc: and Bcc: (Bcc: is removed)"]]
@@ -227,6 +230,11 @@ def send(options: SendOptions, out: TextIO, err: TextIO, stdin=None) -> int:
     if not recipients:
         print("smtppeer send: no recipients", file=err)
         return EXIT_USAGE
+    # The rule SMTP's DATA applies (the service checks again): never a bare CR to a next hop.
+    problem = message_problem(message)
+    if problem is not None:
+        print(f"smtppeer send: message refused: {problem}", file=err)
+        return EXIT_FAILED
     payload = {
         "command": "send",
         "from": options["from"],
