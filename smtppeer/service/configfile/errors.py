@@ -13,13 +13,18 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ConfigError(Exception):
-    """A configuration file that cannot be used; ``str()`` is one line."""
+    """A configuration file that cannot be used; ``str()`` is one line.
 
-    def __init__(self, source: str, key: str | None, message: str) -> None:
+    ``path`` is the key as a tuple (``("limits", "recipients")``), so that the
+    command-line options, which are laid over the document before it is
+    checked, can tell which option an error is about."""
+
+    def __init__(self, source: str, key: str | None, message: str, path: Key = ()) -> None:
         super().__init__(source, key, message)
         self.source = source
         self.key = key
         self.message = message
+        self.path = path
 
     def __str__(self) -> str:
         text = f"{self.source}: {self.key}: {self.message}" if self.key else f"{self.source}: {self.message}"
@@ -38,8 +43,8 @@ def format_key(key: Key) -> str:
     return out
 
 
-def _show(value: Any) -> str:
-    """A value as TOML would spell it, short."""
+def show_value(value: Any) -> str:
+    """A value as TOML would spell it, short: how errors quote what they are about."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -51,6 +56,9 @@ def _show(value: Any) -> str:
     else:
         text = str(value)
     return text if len(text) <= 80 else text[:76] + '..."'
+
+
+_show = show_value
 
 
 def _type_name(value: Any) -> str:

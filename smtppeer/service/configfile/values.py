@@ -48,7 +48,7 @@ class Values:
         self.source = source
 
     def error(self, key: Key, message: str) -> ConfigError:
-        return ConfigError(self.source, format_key(key) or None, message)
+        return ConfigError(self.source, format_key(key) or None, message, key)
 
     # -- shapes and types -------------------------------------------------
 
