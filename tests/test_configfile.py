@@ -447,8 +447,14 @@ def test_certificate_options_override_the_file(pem_files):
 
 
 def test_certificate_options_go_together(pem_files, capsys):
-    assert _option_error(capsys, "--certificate", "cert.pem") == '--certificate "cert.pem": missing "key" (its PEM private key)'
-    assert _option_error(capsys, "--key", "key.pem") == '--key "key.pem": missing "certificate" (the PEM certificate, with its chain)'
+    assert (
+        _option_error(capsys, "--certificate", "cert.pem")
+        == '--certificate "cert.pem": missing "key" (its PEM private key)'
+    )
+    assert (
+        _option_error(capsys, "--key", "key.pem")
+        == '--key "key.pem": missing "certificate" (the PEM certificate, with its chain)'
+    )
     # one of them may replace the file's
     Path("smtppeer.toml").write_text('[tls]\ncertificate = "cert.pem"\nkey = "other-key.pem"\n')
     assert _options("-c", "smtppeer.toml", "--key", "key.pem").config.tls == TLSFiles("cert.pem", "key.pem")
