@@ -43,6 +43,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
 
 from .config import Config
+from .startup import fail
 
 log = Logger()
 
@@ -98,7 +99,10 @@ class SharedListener(service.Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._sockets = reuseport_sockets(self.listener.endpoint, self.listener.processes)
+        try:
+            self._sockets = reuseport_sockets(self.listener.endpoint, self.listener.processes)
+        except OSError as e:  # in use, or a privileged port without the privilege
+            fail(f"cannot listen on {self.listener.endpoint}: {e.strerror or e}")
         own = self._sockets[0]
         self.port = self.reactor.adoptStreamPort(own.fileno(), own.family, self.factory)
 
