@@ -119,6 +119,30 @@ def test_json_log_lines_with_queue_ids(twistd_peer, tmp_path):
         what="the JSON log line",
     )
     assert any(e.get("queue_id") == queue_id and "accepted" in e.get("line", "") for e in events)
+    every = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert_documented(every)
+
+
+DOCUMENTED = {"time", "level", "namespace", "text", "failure"}
+
+
+def assert_documented(events: list[dict]) -> None:
+    """Only the documented fields: the five, and smtppeer's own scalar fields (README, Operations)."""
+    assert events
+    for event in events:
+        assert {"time", "level", "namespace", "text"} <= set(event), event
+        assert isinstance(event["time"], float) and event["level"] in (
+            "debug",
+            "info",
+            "warn",
+            "error",
+            "critical",
+        )
+        extra = set(event) - DOCUMENTED
+        assert not extra or event["namespace"].startswith("smtppeer"), event
+        assert not any(key.startswith("log_") for key in event), event
+        assert all(v is None or isinstance(v, str | int | float | bool) for v in event.values()), event
+        assert "unpersistable" not in json.dumps(event) and "__class_uuid__" not in json.dumps(event)
 
 
 def test_twistd_logger_option_gives_json_lines(tmp_path):
@@ -146,7 +170,8 @@ def test_twistd_logger_option_gives_json_lines(tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=15)
     lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
-    assert lines and all("log_namespace" in e for e in lines)
+    assert_documented(lines)
+    assert any(e["namespace"].startswith("smtppeer") and "listening on" in e["text"] for e in lines)
 
 
 def test_queue_list_totals_as_mailq_does(twistd_peer):
