@@ -104,12 +104,12 @@ class DataDirectory(service.Service):
         if self.owner is not None:
             hand_over(self.path, *self.owner)
 
-    def stopService(self) -> None:  # noqa: N802 -- twisted's name
-        super().stopService()
-        self.release()
+    # No release in stopService: a MultiService calls its children's stopService without
+    # waiting for the ones before, so the committers may still be writing then.  The lock
+    # goes with the process.
 
     def release(self) -> None:
-        """Give the directory up (the service stops children in reverse order: this one last)."""
+        """Give the directory up (for a process that goes on after its service has stopped)."""
         if self._lock is not None:
             self._lock.close()
             self._lock = None
