@@ -49,6 +49,8 @@ def test_a_data_directory_in_use_names_its_owner(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     first = TwistdProcess(data).start()
+    # the port listens before startService; the control socket opens after the spool's own recovery
+    wait_until(lambda: (data / "control.sock").exists(), what="the first service to finish starting")
     try:
         queued = (
             data / "spool" / "incoming" / "unfinished.eml"
