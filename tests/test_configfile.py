@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from twisted.python import usage
 
 from smtppeer.engine import Limits
 from smtppeer.engine.sasl import hash_password
@@ -192,22 +191,12 @@ def test_empty_file_has_the_command_line_defaults(tmp_path):
     config = load_config(path)
     options = Options()
     options.parseOptions([])
-    assert config.hostname == options["hostname"] == socket.gethostname()
-    assert config.data_dir == options["data-dir"]
-    assert [x.endpoint for x in config.listeners] == options["listen"] == [DEFAULT_LISTEN]
+    assert options.config == config
+    assert config.hostname == socket.gethostname()
+    assert [x.endpoint for x in config.listeners] == [DEFAULT_LISTEN]
     assert config.listeners == [Listener(DEFAULT_LISTEN, mode="smtp", turn=False)]
-    assert list(config.domains) == options["domain"]
     assert all(box == Mailbox(catch_all=True) for box in config.domains.values())
-    assert config.routes == options["route"] == {}
-    assert config.holds == options["hold"] == {}
-    assert config.relay_from == options["relay-from"] == []
-    assert config.dns is options["dns"] is None
-    assert config.honour_source_routes is not options["ignore-source-routes"]
-    assert config.limits == options.limits() == Limits()
-    assert config.max_connections == options["max-connections"]
-    assert config.max_received == options["max-received"]
-    assert config.queue_lifetime == options["queue-lifetime"]
-    assert config.retry_interval == options["retry-interval"]
+    assert config.limits == Limits()
     assert config.peers == {} and config.polls == [] and config.json_log is False
 
 
@@ -432,6 +421,16 @@ def _options(*argv: str) -> Options:
     return options
 
 
+def _option_error(capsys, *argv: str) -> str:
+    """The one line a broken configuration prints (exit status 2)."""
+    with pytest.raises(SystemExit) as info:
+        _options(*argv)
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    return err.strip()
+
+
 def test_certificate_options_make_the_tls_table(pem_files):
     config = _options("--certificate", "cert.pem", "--key=key.pem").config
     assert config.tls == TLSFiles("cert.pem", "key.pem")
@@ -447,24 +446,30 @@ def test_certificate_options_override_the_file(pem_files):
     assert config.tls == TLSFiles("cert2.pem", "key2.pem")
 
 
-def test_certificate_options_go_together(pem_files):
-    with pytest.raises(usage.UsageError, match="^--certificate and --key go together"):
-        _options("--certificate", "cert.pem")
-    with pytest.raises(usage.UsageError, match="^--certificate and --key go together"):
-        _options("--key", "key.pem")
+def test_certificate_options_go_together(pem_files, capsys):
+    assert (
+        _option_error(capsys, "--certificate", "cert.pem")
+        == '--certificate "cert.pem": missing "key" (its PEM private key)'
+    )
+    assert (
+        _option_error(capsys, "--key", "key.pem")
+        == '--key "key.pem": missing "certificate" (the PEM certificate, with its chain)'
+    )
+    # one of them may replace the file's
+    Path("smtppeer.toml").write_text('[tls]\ncertificate = "cert.pem"\nkey = "other-key.pem"\n')
+    assert _options("-c", "smtppeer.toml", "--key", "key.pem").config.tls == TLSFiles("cert.pem", "key.pem")
 
 
-def test_certificate_options_are_checked_like_the_file(pem_files):
-    with pytest.raises(usage.UsageError) as info:
-        _options("--certificate", "cert.pem", "--key", "other-key.pem")
-    assert str(info.value) == (
-        'command line: tls.key: "other-key.pem" is not the key of "cert.pem" '
+def test_certificate_options_are_checked_like_the_file(pem_files, capsys):
+    assert _option_error(capsys, "--certificate", "cert.pem", "--key", "other-key.pem") == (
+        '--key "other-key.pem" is not the key of "cert.pem" '
         "(Certificate public and private keys do not match.)"
     )
     # and a listener that requires TLS, from the file, is satisfied by the options
     Path("smtppeer.toml").write_text('[[listen]]\nendpoint = "tcp:0"\nrequire_tls = true\n')
-    with pytest.raises(usage.UsageError, match="listen.0..require_tls: there is no certificate"):
-        _options("-c", "smtppeer.toml")
+    assert _option_error(capsys, "-c", "smtppeer.toml") == (
+        "smtppeer.toml: listen[0].require_tls: there is no certificate to offer STARTTLS with ([tls])"
+    )
     config = _options("-c", "smtppeer.toml", "--certificate", "cert.pem", "--key", "key.pem").config
     assert config.listeners[0].require_tls and config.tls == TLSFiles("cert.pem", "key.pem")
 

@@ -7,6 +7,7 @@ import os
 
 from twisted.application import service, strports
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from smtppeer.engine.sender import TLS_OPPORTUNISTIC, ClientSecurity
@@ -22,11 +23,11 @@ from smtppeer.relay.scheduler import QueueRunner
 from smtppeer.store.maildir import MaildirStore
 
 from .config import TLS_NONE, TLS_VERIFY, Config, Peer
-from .control import ControlFactory
-from .control import endpoint_description as control_endpoint
+from .control import ControlFactory, ControlService
 from .logs import JSONLogFile, json_log_path
 from .options import Options
 from .receiving import Receiving
+from .startup import DataDirectory, fail, twistd_owner
 
 log = Logger()
 
@@ -34,14 +35,18 @@ __all__ = ["Options", "makeService", "build_service"]
 
 
 def makeService(options: Options) -> service.MultiService:  # noqa: N802 (the name ServiceMaker looks for)
-    return build_service(options.config)
+    return build_service(options.config, owner=twistd_owner(options))
 
 
-def build_service(config: Config) -> service.MultiService:
+def build_service(config: Config, owner: tuple[int, int] | None = None) -> service.MultiService:
     """Children start in order and stop in reverse: listeners and polls stop
-    first, the committer last, so everything accepted is on disk at the end."""
+    first, the committer last, so everything accepted is on disk at the end.
+
+    ``owner``: the uid and gid twistd switches to after ``privilegedStartService``
+    (``--uid``/``--gid``); the data directory is handed to them before that."""
     top = service.MultiService()
     data_dir = os.path.abspath(config.data_dir)
+    DataDirectory(data_dir, owner).setServiceParent(top)  # first: locked before anything in it is touched
     os.makedirs(os.path.join(data_dir, "mail"), mode=0o700, exist_ok=True)
     if config.json_log:
         JSONLogFile(json_log_path(data_dir)).setServiceParent(top)
@@ -78,8 +83,7 @@ def build_service(config: Config) -> service.MultiService:
         poller = Poller(schedules, lambda name: _poll(runner, hooks, config, polls[name], endpoints[name]))
         poller.setServiceParent(top)
         poll_now = poller.poll_now
-    control = ControlFactory(runner, hooks, poll_now)
-    strports.service(control_endpoint(data_dir), control).setServiceParent(top)
+    ControlService(data_dir, ControlFactory(runner, hooks, poll_now)).setServiceParent(top)
     log.info(
         "smtppeer {hostname}: domains {domains}, data in {data_dir}, listening on {listen}",
         hostname=config.hostname,
@@ -131,8 +135,16 @@ class _Listener(service.MultiService):
 
     def __init__(self, endpoint: str, factory: SMTPPeerFactory) -> None:
         super().__init__()
+        self.endpoint = endpoint
         self.factory = factory
         strports.service(endpoint, factory).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:  # in use, or a privileged port without the privilege
+            cause = e.socketError
+            fail(f"cannot listen on {self.endpoint}: {getattr(cause, 'strerror', None) or cause}")
 
     def stopService(self):
         d = defer.maybeDeferred(super().stopService)

@@ -45,12 +45,25 @@ EXIT_USAGE = 64
 
 
 class CommandOptions(usage.Options):
-    """The base of every subcommand's options."""
+    """The base of every subcommand's options.
+
+    Each one has its own ``synopsis`` and ``longdesc`` (without one,
+    ``usage.Options`` shows the ``__main__`` module's docstring)."""
+
+    longdesc = ""
 
     def opt_version(self) -> None:
         """Print the version and exit."""
         print(f"smtppeer {__version__}")
         sys.exit(0)
+
+    def getSynopsis(self) -> str:  # noqa: N802 -- usage.Options' name
+        # usage.Options writes a subcommand's synopsis after its parent's whole synopsis; with a
+        # subcommand chosen ours is only the path to it: "Usage: smtppeer queue" + " list [-d DIR]".
+        if getattr(self, "subCommand", None) is None:
+            return super().getSynopsis()
+        parent = getattr(self, "parent", None)
+        return "Usage: smtppeer" if parent is None else f"{parent.getSynopsis()} {parent.subCommand}"
 
 
 # -- check-config -------------------------------------------------------------
@@ -171,19 +184,30 @@ def _seconds(seconds: float) -> str:
 
 
 class DataDirOptions(CommandOptions):
-    """Where the service keeps its data: from ``--config`` or ``--data-dir``."""
+    """Where the service keeps its data: from ``--config`` or ``--data-dir``, given to
+    the command or, for ``queue``, before its command (``smtppeer queue -d DIR list``)."""
 
     optParameters = [
         ["config", "c", None, "The service's configuration file (for its data directory and peers)"],
         ["data-dir", "d", None, "The service's data directory [default: ./smtppeer-data]"],
     ]
 
+    def _given(self, name: str) -> str | None:
+        options: usage.Options | None = self
+        while isinstance(options, DataDirOptions):
+            if options[name]:
+                return options[name]
+            options = getattr(options, "parent", None)
+        return None
+
     def config(self) -> Config | None:
-        return load_config(self["config"]) if self["config"] else None
+        path = self._given("config")
+        return load_config(path) if path else None
 
     def data_dir(self) -> str:
-        if self["data-dir"]:
-            return self["data-dir"]
+        given = self._given("data-dir")
+        if given:
+            return given
         config = self.config()
         return config.data_dir if config else "./smtppeer-data"
 
@@ -209,7 +233,8 @@ class SendOptions(DataDirOptions):
         "Read a message from standard input and give it to the running service, like sendmail: "
         "the exit status is 0 only once the message is on disk. LF and CRLF line ends are made CRLF; "
         "a message SMTP would refuse (a CR elsewhere, a NUL, a line over 998 octets) is refused, "
-        "naming the line, with exit status 1."
+        "naming the line, with exit status 1. What a submission agent adds (RFC 6409 §8) is added "
+        "when missing: From: (the -f address, else USER@HOST), Date: and Message-ID:."
     )
     optParameters = [["from", "f", "", "The envelope sender (empty: the null reverse-path <>)"]]
     optFlags = [["read-recipients", "t", "Take the recipients from To:, Cc: and Bcc: (Bcc: is removed)"]]
@@ -230,6 +255,12 @@ def send(options: SendOptions, out: TextIO, err: TextIO, stdin=None) -> int:
     if not recipients:
         print("smtppeer send: no recipients", file=err)
         return EXIT_USAGE
+    try:
+        config = options.config()
+    except ConfigError as e:
+        print(e, file=err)
+        return EXIT_CONFIG
+    message = complete_header(message, options["from"], config.hostname if config else socket.getfqdn())
     # The rule SMTP's DATA applies (the service checks again): never a bare CR to a next hop.
     problem = message_problem(message)
     if problem is not None:
@@ -246,6 +277,34 @@ def send(options: SendOptions, out: TextIO, err: TextIO, stdin=None) -> int:
         return EXIT_FAILED
     print(f"queued as {answer['id']}", file=out)
     return EXIT_OK
+
+
+_FIELD = re.compile(rb"[!-9;-~]+:")  # a header field's name and colon (RFC 5322 §3.6.8)
+
+
+def complete_header(message: bytes, sender: str, hostname: str) -> bytes:
+    """Add the fields a submission agent adds when they are missing (RFC 6409 §8):
+    ``From:`` (the envelope sender ``-f``, else the user's login at ``hostname``,
+    as sendmail does), ``Date:`` and ``Message-ID:`` (``email.utils``).
+
+    ``message`` has CRLF line ends; one that does not start with a header field
+    is all body, and gets a header of its own."""
+    if _FIELD.match(message):
+        head, sep, body = message.partition(b"\r\n\r\n")
+        lines = (head if sep else head.removesuffix(b"\r\n")).split(b"\r\n")  # (a header alone)
+    else:
+        lines, body = [], message
+    names = {line.split(b":", 1)[0].strip().lower() for line in lines if line[:1] not in (b" ", b"\t")}
+    added = []
+    if b"from" not in names:
+        added.append("From: " + (sender or f"{getpass.getuser()}@{hostname}"))
+    if b"date" not in names:
+        added.append("Date: " + email.utils.formatdate(localtime=True))
+    if b"message-id" not in names:
+        added.append("Message-ID: " + email.utils.make_msgid(domain=hostname))
+    if not added:
+        return message
+    return b"\r\n".join(lines + [field.encode() for field in added]) + b"\r\n\r\n" + body
 
 
 def _header_recipients(message: bytes) -> tuple[bytes, list[str]]:
@@ -272,36 +331,64 @@ def _header_recipients(message: bytes) -> tuple[bytes, list[str]]:
 
 
 class QueueIdOptions(DataDirOptions):
-    synopsis = "ID"
+    synopsis = "[-c FILE | -d DIR] ID"
 
-    def parseArgs(self, queue_id: str) -> None:  # noqa: N802 -- usage.Options' name
+    def parseArgs(self, queue_id: str | None = None) -> None:  # noqa: N802 -- usage.Options' name
+        if not queue_id:
+            raise usage.UsageError("give a queue ID ('smtppeer queue list' shows them)")
         self["id"] = queue_id
 
 
+class QueueShowOptions(QueueIdOptions):
+    longdesc = "Print a queued message's envelope (JSON) and its header. No running service is needed."
+
+
+class QueueHoldOptions(QueueIdOptions):
+    longdesc = "Keep a queued message from being sent until it is released (through the running service)."
+
+
+class QueueReleaseOptions(QueueIdOptions):
+    longdesc = "Let a held message be sent again (through the running service)."
+
+
+class QueueDeleteOptions(QueueIdOptions):
+    longdesc = "Remove a queued message for good, without a bounce (through the running service)."
+
+
 class QueueFlushOptions(DataDirOptions):
-    synopsis = "[PEER]"
+    synopsis = "[-c FILE | -d DIR] [PEER]"
+    longdesc = (
+        "Retry deferred mail now (through the running service); with PEER, only mail routed to that "
+        "peer's endpoint (its name is looked up in --config)."
+    )
 
     def parseArgs(self, peer: str | None = None) -> None:  # noqa: N802 -- usage.Options' name
         self["peer"] = peer
 
 
 class QueueListOptions(DataDirOptions):
-    synopsis = ""
+    synopsis = "[-c FILE | -d DIR]"
+    longdesc = (
+        "List every queued message (ID, arrival, size in octets, sender, '(on hold)') and why each "
+        "recipient waits, then a total, as mailq does: '-- 3 Kbytes in 2 messages, 4 recipients.' "
+        "An empty queue says 'Mail queue is empty'. No running service is needed."
+    )
 
 
-class QueueOptions(CommandOptions):
-    synopsis = "list | show ID | flush [PEER] | hold ID | release ID | delete ID"
+class QueueOptions(DataDirOptions):
+    synopsis = "[-c FILE | -d DIR] list | show ID | flush [PEER] | hold ID | release ID | delete ID"
     longdesc = (
         "Look at the spool (list, show: no running service needed) or change it through the running "
-        "service (flush: retry now; hold: keep back; release: let go; delete: drop for good)."
+        "service (flush: retry now; hold: keep back; release: let go; delete: drop for good). "
+        "-c/-d may come before the command or after it: smtppeer queue list -d DIR."
     )
     subCommands = [
         ["list", None, QueueListOptions, "Every queued message, and why each recipient waits"],
-        ["show", None, QueueIdOptions, "One message: its envelope and headers"],
+        ["show", None, QueueShowOptions, "One message: its envelope and headers"],
         ["flush", None, QueueFlushOptions, "Retry deferred mail now (only that routed to PEER if given)"],
-        ["hold", None, QueueIdOptions, "Keep a message from being sent until released"],
-        ["release", None, QueueIdOptions, "Let a held message be sent"],
-        ["delete", None, QueueIdOptions, "Remove a message for good (no bounce)"],
+        ["hold", None, QueueHoldOptions, "Keep a message from being sent until released"],
+        ["release", None, QueueReleaseOptions, "Let a held message be sent"],
+        ["delete", None, QueueDeleteOptions, "Remove a message for good (no bounce)"],
     ]
 
     def postOptions(self) -> None:  # noqa: N802 -- usage.Options' name
@@ -313,10 +400,21 @@ def queue(options: QueueOptions, out: TextIO, err: TextIO) -> int:
     sub, opts = options.subCommand, options.subOptions
     if sub in ("list", "show"):
         try:
-            spool = Spool(os.path.join(opts.data_dir(), "spool"), committer=None)
+            data_dir = opts.data_dir()
         except ConfigError as e:
             print(e, file=err)
             return EXIT_CONFIG
+        if not os.path.isdir(data_dir):
+            print(f"smtppeer queue {sub}: no data directory {data_dir}", file=err)
+            return EXIT_FAILED
+        spool_dir = os.path.join(data_dir, "spool")
+        if not os.path.isdir(os.path.join(spool_dir, "queue")):  # (a Spool would make it)
+            if sub == "list":
+                print("Mail queue is empty", file=out)
+                return EXIT_OK
+            print(f"smtppeer queue show: no message {opts['id']!r}", file=err)
+            return EXIT_FAILED
+        spool = Spool(spool_dir, committer=None)
         return _list(spool, out) if sub == "list" else _show(spool, opts["id"], out, err)
     if sub == "flush":
         route = None
@@ -336,11 +434,19 @@ def queue(options: QueueOptions, out: TextIO, err: TextIO) -> int:
             return EXIT_OK
         return EXIT_FAILED
     answer = _ask(opts, {"command": sub, "id": opts["id"]}, err)
-    return EXIT_OK if answer and answer.get("ok") else EXIT_FAILED
+    if answer and answer.get("ok"):
+        print(f"{opts['id']}: {_DONE[sub]}", file=out)  # as postsuper says what it did
+        return EXIT_OK
+    return EXIT_FAILED
+
+
+_DONE = {"hold": "held", "release": "released", "delete": "deleted"}
 
 
 def _list(spool: Spool, out: TextIO) -> int:
+    """mailq's shape: each message and its recipients, then a total (or that there is none)."""
     now = time.time()
+    messages = octets = waiting = 0
     for envelope in spool.envelopes():
         flags = " (on hold)" if envelope.frozen else ""
         sender = envelope.reverse_path or "<>"
@@ -348,7 +454,19 @@ def _list(spool: Spool, out: TextIO) -> int:
         print(f"{envelope.id}  {arrived}  {envelope.size:>9}  from {sender}{flags}", file=out)
         for r in envelope.recipients:
             print(f"    {r.address}: {_why(r, now)}", file=out)
+        messages += 1
+        octets += envelope.size
+        waiting += sum(1 for r in envelope.recipients if r.state in ("pending", "held"))
+    if not messages:
+        print("Mail queue is empty", file=out)
+        return EXIT_OK
+    kbytes = -(-octets // 1024)
+    print(f"-- {kbytes} Kbytes in {_count(messages, 'message')}, {_count(waiting, 'recipient')}.", file=out)
     return EXIT_OK
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _why(r, now: float) -> str:
@@ -494,9 +612,16 @@ class Options(CommandOptions):
     )
     subCommands = [[c.name, None, c.options, c.help] for c in COMMANDS]
 
-    def getSynopsis(self) -> str:  # noqa: N802 -- usage.Options' name
-        # A subcommand's synopsis starts with ours: "Usage: smtppeer check-config FILE".
-        return "Usage: smtppeer" if self.subCommand else super().getSynopsis()
+    def opt_config(self, path: str) -> None:
+        """(goes after the command: smtppeer queue list -c FILE)"""
+        raise usage.UsageError(f"-c/--config goes after the command, e.g. 'smtppeer queue list -c {path}'")
+
+    def opt_data_dir(self, path: str) -> None:
+        """(goes after the command: smtppeer queue list -d DIR)"""
+        raise usage.UsageError(f"-d/--data-dir goes after the command, e.g. 'smtppeer queue list -d {path}'")
+
+    opt_c = opt_config
+    opt_d = opt_data_dir
 
     def postOptions(self) -> None:  # noqa: N802 -- usage.Options' name
         if self.subCommand is None:

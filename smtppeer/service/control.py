@@ -20,13 +20,17 @@ import os
 import socket
 from collections.abc import Callable
 
+from twisted.application import service, strports
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from smtppeer.engine.address import AddressError, parse_path
 from smtppeer.engine.framing import message_problem
+
+from .startup import fail
 
 log = Logger()
 
@@ -41,6 +45,34 @@ def socket_path(data_dir: str) -> str:
 def endpoint_description(data_dir: str) -> str:
     path = socket_path(data_dir).replace("\\", "\\\\").replace(":", "\\:")
     return f"unix:address={path}:mode=600:lockfile=1"
+
+
+class ControlService(service.Service):
+    """The control socket, opened in ``startService``: after twistd has switched to
+    ``--uid``/``--gid``, so the socket (mode 0600) belongs to the user the
+    service runs as, who can also remove it at the end.  It needs no privilege."""
+
+    def __init__(self, data_dir: str, factory: Factory) -> None:
+        self.path = socket_path(data_dir)
+        self._listening = strports.service(endpoint_description(data_dir), factory)
+
+    def startService(self) -> None:  # noqa: N802 -- twisted's name
+        super().startService()
+        try:
+            self._listening.startService()  # it listens now: its privilegedStartService was not called
+        except CannotListenError as e:
+            fail(f"cannot open the control socket {self.path}: {_reason(e)}")
+
+    def stopService(self) -> defer.Deferred | None:  # noqa: N802 -- twisted's name
+        super().stopService()
+        if self._listening.running:
+            return self._listening.stopService()
+        return None
+
+
+def _reason(e: CannotListenError) -> str:
+    cause = e.socketError
+    return getattr(cause, "strerror", None) or str(cause) or str(e)
 
 
 class ControlProtocol(LineOnlyReceiver):

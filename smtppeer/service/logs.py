@@ -1,30 +1,90 @@
-"""Log output for machines: one JSON object per line (``twisted.logger``'s format).
+"""Log output for machines: one JSON object per line.
 
 Two ways to get it:
 
 * ``json_log = true`` in the configuration: the service also writes every
   event to ``<data-dir>/smtppeer.log.jsonl`` (the usual text log goes on);
-* ``twistd --logger smtppeer.service.logs.json_lines -n smtppeer ...``: JSON lines on
-  standard output instead of text (twistd's own choice of log observer).
+* ``twistd --logger smtppeer.service.logs.json_lines -n smtppeer ...``: JSON
+  lines on standard output instead of text (twistd's own choice of log
+  observer).
 
-Message events carry their fields (``queue_id``, ``peer``...) beside the
-formatted ``line``, so they can be filtered without parsing text.
+Each line has documented fields only (README, "Operations"), never Twisted's
+internals (``log_logger``, ``log_source``, class UUIDs of
+``jsonFileLogObserver``'s format), so a reader can rely on them:
+
+``time``
+    seconds since the epoch (a float);
+``level``
+    ``debug``, ``info``, ``warn``, ``error`` or ``critical``;
+``namespace``
+    the module that logged it (``smtppeer.relay.runner``, ``twisted.internet...``);
+``text``
+    the message as the text log shows it;
+``failure``
+    the traceback, only for an event that carries one;
+
+and, for smtppeer's own events (``namespace`` starts with ``smtppeer``), each
+field of the event whose value is a string, a number, a boolean or null
+(``queue_id``, ``client``, ``peer``, ``line``...), so that events can be
+filtered without parsing ``text``.  The five above win over a field of the
+same name.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from typing import Any, TextIO
 
 from twisted.application import service
-from twisted.logger import globalLogPublisher, jsonFileLogObserver
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from zope.interface import implementer
 
 FILE_NAME = "smtppeer.log.jsonl"
+FIELDS = ("time", "level", "namespace", "text", "failure")
 
 
-def json_lines():
+def event_fields(event: dict[str, Any]) -> dict[str, Any]:
+    """The documented fields of one ``twisted.logger`` event."""
+    level = event.get("log_level")
+    namespace = str(event.get("log_namespace") or "")
+    fields: dict[str, Any] = {
+        "time": event.get("log_time"),
+        "level": level.name if isinstance(level, LogLevel) else "info",
+        "namespace": namespace,
+        "text": formatEvent(event),
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            fields["failure"] = failure.getTraceback()
+        except Exception:  # noqa: BLE001 -- a log line must never fail
+            fields["failure"] = repr(failure)
+    if namespace == "smtppeer" or namespace.startswith("smtppeer."):
+        for key, value in event.items():
+            if key.startswith("log_") or key in FIELDS:
+                continue
+            if value is None or isinstance(value, str | int | float | bool):
+                fields[key] = value
+    return fields
+
+
+@implementer(ILogObserver)
+class JSONLinesObserver:
+    """Writes each event's documented fields as one JSON line to ``stream``."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.stream.write(json.dumps(event_fields(event), ensure_ascii=False, default=str) + "\n")
+        self.stream.flush()
+
+
+def json_lines() -> JSONLinesObserver:
     """A log observer factory for ``twistd --logger``: JSON lines on standard output."""
-    return jsonFileLogObserver(sys.stdout, recordSeparator="")
+    return JSONLinesObserver(sys.stdout)
 
 
 class JSONLogFile(service.Service):
@@ -32,16 +92,16 @@ class JSONLogFile(service.Service):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file = None
-        self._observer = None
+        self._file: TextIO | None = None
+        self._observer: JSONLinesObserver | None = None
 
-    def startService(self) -> None:
+    def startService(self) -> None:  # noqa: N802 -- twisted's name
         super().startService()
         self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-        self._observer = jsonFileLogObserver(self._file, recordSeparator="")
+        self._observer = JSONLinesObserver(self._file)
         globalLogPublisher.addObserver(self._observer)
 
-    def stopService(self) -> None:
+    def stopService(self) -> None:  # noqa: N802 -- twisted's name
         super().stopService()
         if self._observer is not None:
             globalLogPublisher.removeObserver(self._observer)

@@ -1,18 +1,66 @@
-"""Command-line options of ``twistd smtppeer`` (``usage.Options``)."""
+"""Command-line options of ``twistd smtppeer`` (``usage.Options``).
+
+Every option is a key of the configuration file spelt for the command line.
+The options given are laid over the file's TOML document (an empty one
+without ``--config``) and the result is checked by ``configfile`` alone.  So
+each rule lives in one place, and an option cannot disagree with the file key
+it stands for about what is valid: ``--dns ::1`` is ``dns = "::1"``,
+``--queue-lifetime 5d`` is ``queue_lifetime = "5d"``.  Only the option syntax
+itself (``DOMAIN=VALUE``) is checked here.
+
+An error names the option and says what the file would say::
+
+    --dns "x": give an IP address and optional port (HOST[:PORT])
+
+Under ``twistd`` a broken configuration (a file or an option) prints that one
+line, not twistd's usage text, and exits with status 2, as ``smtppeer
+check-config`` does.
+"""
 
 from __future__ import annotations
 
-import ipaddress
-import socket
+import re
 import sys
+from typing import Any
 
-from twisted.internet.endpoints import _parseServer, clientFromString
 from twisted.python import usage
 
 from smtppeer.engine import Limits
 
-from .config import DEFAULT_LISTEN, Config
-from .configfile import ConfigError, parse_config, read_document
+from .config import DEFAULT_LISTEN, Config, Listener
+from .configfile import ConfigError, format_duration, format_size, parse_config, read_document
+from .configfile.errors import Key, show_value
+
+EXIT_CONFIG = 2  # as smtppeer check-config
+
+# Options that stand for one key of the document.
+_KEYS: dict[str, Key] = {
+    "hostname": ("hostname",),
+    "data-dir": ("data_dir",),
+    "dns": ("dns",),
+    "max-message-size": ("limits", "message_size"),
+    "max-recipients": ("limits", "recipients"),
+    "max-connections": ("limits", "max_connections"),
+    "max-received": ("limits", "max_received"),
+    "queue-lifetime": ("limits", "queue_lifetime"),
+    "retry-interval": ("limits", "retry_interval"),
+}
+# Options whose text may be a number, which the file would have as an integer or a float.
+_NUMERIC = {
+    "max-message-size",
+    "max-recipients",
+    "max-connections",
+    "max-received",
+    "queue-lifetime",
+    "retry-interval",
+    "processes",
+}
+_INTEGER = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
+
+# The model's defaults, shown in --help (the options themselves default to "not given").
+_CONFIG = Config(hostname="")
+_LIMITS = Limits()
 
 
 class Options(usage.Options):
@@ -20,19 +68,56 @@ class Options(usage.Options):
     longdesc = (
         "Run an SMTP peer: mail for its local domains goes into Maildirs, mail for routed "
         "domains is relayed (with retries and bounces) or held for a polling peer. "
-        "With no options it listens on " + DEFAULT_LISTEN + " and stores mail under ./smtppeer-data."
-    )
+        "With no options it listens on " + DEFAULT_LISTEN + " and stores mail under "
+        + _CONFIG.data_dir + ". Durations are seconds or 30s, 5m, 1h, 5d; sizes octets or 512K, 50M, 1G."
+    )  # fmt: skip
     optParameters = [
         ["hostname", None, None, "Name to greet with and to write in Received: headers [default: this host]"],
-        ["data-dir", None, "./smtppeer-data", "Directory for Maildirs (mail/<domain>/<user>/)"],
-        ["max-message-size", None, Limits.message_size, "Largest message accepted, in octets (SIZE)", int],
-        ["max-recipients", None, Limits.recipients, "Most recipients per message (RFC 5321: >= 100)", int],
-        ["max-connections", None, 200, "Concurrent sessions per listener; more get 421 4.7.0", int],
-        ["processes", None, 1, "Processes accepting on each --listen (receive only: no TURN/ETRN)", int],
-        ["max-received", None, 100, "Refuse a message with more Received: headers (554 5.4.6, a loop)", int],
-        ["queue-lifetime", None, 5 * 86400.0, "Seconds before undeliverable mail is returned", float],
-        ["retry-interval", None, 60.0, "First retry after this many seconds, doubling up to an hour", float],
-        ["dns", None, None, "DNS server for MX routes, HOST or HOST:PORT [default: system resolver]"],
+        ["data-dir", None, None, f"Directory for Maildirs and the spool [default: {_CONFIG.data_dir}]"],
+        [
+            "max-message-size",
+            None,
+            None,
+            f"Largest message accepted (ESMTP SIZE) [default: {format_size(_LIMITS.message_size)}]",
+        ],
+        [
+            "max-recipients",
+            None,
+            None,
+            f"Most recipients per message (>= 100) [default: {_LIMITS.recipients}]",
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            f"Concurrent sessions per listener; more get 421 4.7.0 [default: {_CONFIG.max_connections}]",
+        ],
+        [
+            "processes",
+            None,
+            None,
+            f"Processes accepting on each --listen (receive only) [default: {Listener.processes}]",
+        ],
+        [
+            "max-received",
+            None,
+            None,
+            f"Refuse a message with more Received: headers (a loop) [default: {_CONFIG.max_received}]",
+        ],
+        [
+            "queue-lifetime",
+            None,
+            None,
+            f"How long to retry before mail is returned [default: {format_duration(_CONFIG.queue_lifetime)}]",
+        ],
+        [
+            "retry-interval",
+            None,
+            None,
+            f"First retry after this long, doubling up to an hour "
+            f"[default: {format_duration(_CONFIG.retry_interval)}]",
+        ],
+        ["dns", None, None, "DNS server for MX routes: IP, IP:PORT or [IPv6]:PORT [default: the system's]"],
         ["certificate", None, None, "The server certificate for STARTTLS (PEM, with its chain); needs --key"],
         ["key", None, None, "The certificate's private key (PEM, not encrypted); needs --certificate"],
         ["config", "c", None, "A TOML configuration file (see examples/); options given here override it"],
@@ -45,145 +130,196 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["domain"] = []
-        self["route"] = {}
-        self["hold"] = {}
+        self["route"] = []
+        self["hold"] = []
         self["relay-from"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen on a Twisted server endpoint such as tcp:25 (repeatable) [default: tcp:2525:interface=127.0.0.1]"""  # noqa: E501
-        try:
-            _parseServer(endpoint, None)
-        except (ValueError, KeyError, TypeError) as e:
-            raise usage.UsageError(f"--listen {endpoint!r}: not a server endpoint description ({e})") from e
         self["listen"].append(endpoint)
 
     def opt_route(self, value: str) -> None:
         """DOMAIN=ENDPOINT or DOMAIN=mx: relay mail for DOMAIN (.DOMAIN: its subdomains; *: anything,
         for trusted clients only) to a client endpoint such as tcp:host=smarthost:port=25 (repeatable)"""
-        domain, target = _pair("--route", value)
-        if target.lower() == "mx":
-            target = "mx"
-        elif not target.startswith("peer:"):  # a named peer is checked with the configuration
-            try:
-                from twisted.internet import reactor  # noqa: PLC0415
-
-                clientFromString(reactor, target)
-            except (ValueError, KeyError, TypeError) as e:
-                raise usage.UsageError(f"--route {value!r}: not a client endpoint ({e})") from e
-        self["route"][domain] = target
+        self["route"].append((*_pair("--route", value), value))
 
     def opt_hold(self, value: str) -> None:
         """DOMAIN=PEER: keep mail for DOMAIN in PEER's hold queue until it polls (repeatable)"""
-        domain, peer = _pair("--hold", value)
-        self["hold"][domain] = peer
+        self["hold"].append((*_pair("--hold", value), value))
 
     def opt_relay_from(self, network: str) -> None:
         """A client network (CIDR) allowed to relay through the * route (repeatable)"""
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError as e:
-            raise usage.UsageError(f"--relay-from {network!r}: {e}") from e
         self["relay-from"].append(network)
 
     def opt_domain(self, domain: str) -> None:
         """Accept mail for this domain (repeatable) [default: the hostname and localhost]"""
-        domain = domain.strip().lower().rstrip(".")
-        if not domain:
-            raise usage.UsageError("--domain needs a domain name")
         self["domain"].append(domain)
 
-    def parseOptions(self, options=None) -> None:
-        """Remember which options were given, so that only those override ``--config``."""
-        args = sys.argv[1:] if options is None else options
-        self.given = {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
-        if "-c" in args:
-            self.given.add("config")
-        super().parseOptions(options)
-
-    def limits(self) -> Limits:
-        return Limits(message_size=self["max-message-size"], recipients=self["max-recipients"])
-
-    def postOptions(self) -> None:
-        if self["max-message-size"] < 1024:
-            raise usage.UsageError("--max-message-size must be at least 1024 octets")
-        if self["dns"]:
-            text = self["dns"]
-            host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
-            try:
-                ipaddress.ip_address(host)
-                self["dns"] = (host, int(port or 53))
-            except ValueError as e:
-                raise usage.UsageError(f"--dns {text!r}: give an IP address and optional port") from e
-        if bool(self["certificate"]) != bool(self["key"]):
-            raise usage.UsageError("--certificate and --key go together (the [tls] of a configuration file)")
-        if self["max-connections"] < 1:
-            raise usage.UsageError("--max-connections must be at least 1")
-        if self["max-recipients"] < 100:
-            raise usage.UsageError("--max-recipients must be at least 100 (RFC 5321 §4.5.3.1.8)")
-        if not self["hostname"]:
-            self["hostname"] = socket.gethostname()
-        if not self["listen"]:
-            self["listen"] = [DEFAULT_LISTEN]
-        if not self["domain"]:
-            self["domain"] = list(dict.fromkeys([self["hostname"].lower(), "localhost"]))
+    def parseOptions(self, options: list[str] | None = None) -> None:  # noqa: N802 -- usage.Options' name
+        """A broken configuration ends the program with its one line (status 2), as
+        ``check-config`` does, instead of twistd's whole usage text."""
         try:
-            self.config: Config = self.to_config()
+            super().parseOptions(options)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            print(e, file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
+
+    def postOptions(self) -> None:  # noqa: N802 -- usage.Options' name
+        self.config: Config = self.to_config()
 
     def to_config(self) -> Config:
-        """The file's settings (if any) with the options given on the command line laid over them.
+        """The file's document (if any) with the options given laid over it, checked by ``configfile``.
 
-        Both go through the same checks (``configfile``), so an option and the
-        file key it overrides can never disagree about what is valid.
+        Raises ``ConfigError``: for a key an option set, an ``OptionError`` naming that option.
         """
-        given = getattr(self, "given", set())
-        data = read_document(self["config"]) if self["config"] else {}
-        if "hostname" in given:
-            data["hostname"] = self["hostname"]
-        if "data-dir" in given:
-            data["data_dir"] = self["data-dir"]
-        if "listen" in given:
-            data["listen"] = list(self["listen"])
-        if "processes" in given:  # for every listener that may have them
-            data["listen"] = [
-                {"endpoint": item, "processes": self["processes"]} if isinstance(item, str) else item
-                for item in data.get("listen", [DEFAULT_LISTEN])
-            ]
-        if "domain" in given:
-            data["domains"] = {d: {} for d in self["domain"]}
-        if "route" in given:
-            data["routes"] = {**data.get("routes", {}), **self["route"]}
-        if "hold" in given:
-            data["holds"] = {**data.get("holds", {}), **self["hold"]}
-            peers = data.setdefault("peers", {})
-            for domain, name in self["hold"].items():  # on the command line a hold names its peer
-                peers.setdefault(name, {}).setdefault("domains", []).append(domain)
-        if "relay-from" in given:
+        layer = _Layer(read_document(self["config"]) if self["config"] else {})
+        for option, key in _KEYS.items():
+            if self[option] is not None:
+                layer.put(key, option, _number(self[option]) if option in _NUMERIC else self[option])
+        self._lay_listeners(layer)
+        data = layer.data
+        if self["domain"]:
+            data["domains"] = {domain: {} for domain in self["domain"]}
+            for domain in self["domain"]:
+                layer.note(("domains", domain), "domain", domain)
+        for domain, target, text in self["route"]:
+            layer.put_domain("routes", domain, target, "route", text)
+        for domain, peer, text in self["hold"]:
+            layer.put_domain("holds", domain, peer, "hold", text)
+            layer.hold_peer(peer, domain, text)
+        if self["relay-from"]:
             data["relay_from"] = list(self["relay-from"])
-        if "certificate" in given or "key" in given:
-            data["tls"] = {**data.get("tls", {}), "certificate": self["certificate"], "key": self["key"]}
-        if "dns" in given:
-            data["dns"] = "{}:{}".format(*self["dns"])
-        if "ignore-source-routes" in given:
+            for i, network in enumerate(self["relay-from"]):
+                layer.note(("relay_from", i), "relay-from", network)
+        self._lay_tls(layer)
+        if self["ignore-source-routes"]:
             data["honour_source_routes"] = False
-        limits = {
-            "max-message-size": "message_size",
-            "max-recipients": "recipients",
-            "max-connections": "max_connections",
-            "max-received": "max_received",
-            "queue-lifetime": "queue_lifetime",
-            "retry-interval": "retry_interval",
-        }
-        for option, key in limits.items():
-            if option in given:
-                data.setdefault("limits", {})[key] = self[option]
-        return parse_config(data, self["config"] or "command line")
+        try:
+            return parse_config(data, self["config"] or "command line")
+        except ConfigError as e:
+            raise layer.blame(e) from None
+
+    def _lay_listeners(self, layer: _Layer) -> None:
+        data = layer.data
+        if self["listen"]:
+            data["listen"] = list(self["listen"])
+            for i, endpoint in enumerate(self["listen"]):
+                layer.note(("listen", i), "listen", endpoint)
+        if self["processes"] is not None:  # for each listener given as an endpoint alone
+            listen = data.get("listen", [DEFAULT_LISTEN])
+            if isinstance(listen, list):
+                processes = _number(self["processes"])
+                data["listen"] = [
+                    {"endpoint": item, "processes": processes} if isinstance(item, str) else item
+                    for item in listen
+                ]
+                for i, item in enumerate(listen):
+                    if isinstance(item, str):
+                        layer.note(("listen", i, "processes"), "processes", processes)
+
+    def _lay_tls(self, layer: _Layer) -> None:
+        given = [(name, self[name]) for name in ("certificate", "key") if self[name] is not None]
+        if not given:
+            return
+        if "tls" not in layer.data:  # the table is the options' own: its errors are theirs
+            layer.data["tls"] = {}
+            layer.note(("tls",), *given[0])
+        for name, path in given:
+            layer.put(("tls", name), name, path)
+
+
+class OptionError(ConfigError):
+    """A ``ConfigError`` about a key that a command-line option set: it names the option."""
+
+    def __init__(self, option: str, value: Any, message: str, path: Key) -> None:
+        super().__init__("--" + option, None, message, path)
+        self.option = option
+        self.value = value
+
+    def __str__(self) -> str:
+        message = self.message
+        if message.startswith("expected ") and ", got " in message:
+            message = message.split(", got ", 1)[0]  # on the command line everything is text
+        shown = show_value(self.value)
+        text = (
+            f"--{self.option} {message}"
+            if message.startswith(shown)
+            else f"--{self.option} {shown}: {message}"
+        )
+        return " ".join(text.split())
+
+
+class _Layer:
+    """The document with the options laid over it, and which option put what where."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.origins: list[tuple[Key, str, Any]] = []
+
+    def note(self, key: Key, option: str, value: Any) -> None:
+        self.origins.append((key, option, value))
+
+    def put(self, key: Key, option: str, value: Any) -> None:
+        table = self.data
+        for part in key[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                return  # the file's own error about that key is the one to show
+        table[key[-1]] = value
+        self.note(key, option, value)
+
+    def put_domain(self, section: str, domain: str, value: str, option: str, text: str) -> None:
+        """``routes``/``holds``: the option's entry replaces the file's for the same domain."""
+        table = self.data.setdefault(section, {})
+        if not isinstance(table, dict):
+            return
+        for name in [name for name in table if _same_domain(name, domain)]:
+            del table[name]
+        table[domain] = value
+        self.note((section, domain), option, text)
+
+    def hold_peer(self, name: str, domain: str, text: str) -> None:
+        """On the command line a hold names its peer: the peer is made if the file has none."""
+        peers = self.data.setdefault("peers", {})
+        if not isinstance(peers, dict):
+            return
+        if name not in peers:
+            peers[name] = {}
+            self.note(("peers", name), "hold", text)
+        domains = peers[name].setdefault("domains", []) if isinstance(peers[name], dict) else None
+        if isinstance(domains, list):
+            domains.append(domain)
+            self.note(("peers", name, "domains", len(domains) - 1), "hold", text)
+
+    def blame(self, error: ConfigError) -> ConfigError:
+        """The error as the option that set its key would name it (the most precise such
+        option), or as it is when the key came from the file."""
+        matches = [o for o in self.origins if error.path[: len(o[0])] == o[0]]
+        if not matches:
+            return error
+        key, option, value = max(matches, key=lambda o: len(o[0]))
+        return OptionError(option, value, error.message, error.path)
+
+
+def _number(text: str) -> Any:
+    """An option's text as the file would hold the same value: ``100`` an integer, ``1.5``
+    a float; anything else (``50M``, ``5d``, ``abc``) stays text for the file's checks."""
+    text = text.strip()
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    return text
+
+
+def _same_domain(a: str, b: str) -> bool:
+    """Whether two keys name one domain (to let an option replace the file's entry)."""
+    return a.strip().lower().rstrip(".") == b.strip().lower().rstrip(".")
 
 
 def _pair(option: str, value: str) -> tuple[str, str]:
+    """The option syntax ``DOMAIN=VALUE``; what each side may be is the file's to check."""
     key, eq, target = value.partition("=")
-    key = key.strip().lower().rstrip(".")
-    if not eq or not key or not target:
+    if not eq or not key.strip() or not target.strip():
         raise usage.UsageError(f"{option} {value!r}: expected DOMAIN=VALUE")
     return key, target

@@ -43,6 +43,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
 
 from .config import Config
+from .startup import fail
 
 log = Logger()
 
@@ -98,7 +99,10 @@ class SharedListener(service.Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._sockets = reuseport_sockets(self.listener.endpoint, self.listener.processes)
+        try:
+            self._sockets = reuseport_sockets(self.listener.endpoint, self.listener.processes)
+        except OSError as e:  # in use, or a privileged port without the privilege
+            fail(f"cannot listen on {self.listener.endpoint}: {e.strerror or e}")
         own = self._sockets[0]
         self.port = self.reactor.adoptStreamPort(own.fileno(), own.family, self.factory)
 
@@ -127,6 +131,8 @@ class SharedListener(service.Service):
 
     def announced(self, queue_id: str) -> None:
         """A worker has a new spool entry on disk: hand it to the queue runner."""
+        if queue_id in self.runner.entries:  # adopted already (``_adopt``): never add it twice
+            return
         try:
             envelope = self.runner.spool.load(queue_id)
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -137,6 +143,7 @@ class SharedListener(service.Service):
     def ended(self, worker: _Worker, lived: float) -> None:
         self.workers.pop(worker.number, None)
         self._clean_up_after(worker.pid)
+        self._adopt(worker.pid)
         if not self.running:
             return
         self._delay = RESPAWN_DELAY[0] if lived > 10 else min(self._delay * 2, RESPAWN_DELAY[1])
@@ -156,6 +163,22 @@ class SharedListener(service.Service):
         removed = self.runner.spool.discard_unfinished(lambda queue_id: queue_id[13:16] == bits)
         if removed:
             log.info("{line}", line=f"removed {removed} unfinished spool files of a worker that died")
+
+    def _adopt(self, pid: int | None) -> None:
+        """A worker killed between its ``250`` and its announcement leaves a whole entry
+        the runner does not know: hand it over now rather than at the next start."""
+        if pid is None:
+            return
+        bits = f"{pid & 0xFFF:03X}"
+        alive = {os.getpid() & 0xFFF} | {w.pid & 0xFFF for w in self.workers.values() if w.pid}
+        if pid & 0xFFF in alive:  # a live process writes such IDs too: its own announcements will come
+            return
+        for queue_id in self.runner.spool.ids():
+            if queue_id[13:16] == bits and queue_id not in self.runner.entries:
+                log.info(
+                    "{line}", line=f"{queue_id}: spooled by worker pid {pid}, which died before announcing it"
+                )
+                self.announced(queue_id)
 
     def stopService(self) -> defer.Deferred:
         """SIGTERM every worker (SIGKILL after ``STOP_TIMEOUT``) while this process

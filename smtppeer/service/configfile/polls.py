@@ -1,0 +1,93 @@
+"""``[[polls]]``: the schedules on which this host calls its peers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import Config, Peer, Poll
+from .errors import Key, _show
+from .values import _PEER_NAME, Values
+
+POLL_METHODS = ("turn", "atrn", "etrn")
+
+
+class Polls(Values):
+    def etrn_node(self, text: str, key: Key) -> str:
+        """What ETRN may ask for (RFC 1985): ``domain``, ``@domain`` (it and its
+        subdomains) or ``#queue`` (a queue by name: here, a peer's)."""
+        text = text.strip()
+        if text.startswith("#"):
+            if not _PEER_NAME.fullmatch(text[1:]):
+                raise self.error(key, f"{_show(text)} is not a queue (#NAME, NAME like a peer's)")
+            return text
+        if text.startswith("@"):
+            return "@" + self.domain(text[1:], key)
+        return self.domain(text, key)
+
+    def polls(self, value: Any, config: Config) -> list[Poll]:
+        polls: list[Poll] = []
+        for i, spec in enumerate(self.check(value, ("polls",), list, "an array of tables ([[polls]])")):
+            key: Key = ("polls", i)
+            self.table(spec, key, ("peer", "interval", "jitter", "method", "domains", "max_backoff"))
+            if "peer" not in spec:
+                raise self.error(key, 'missing "peer" (the name of a [peers.NAME] to poll)')
+            peer = self.peer_name(spec["peer"], (*key, "peer"), config)
+            if peer.endpoint is None:
+                raise self.error(
+                    (*key, "peer"), f'peer "{peer.name}" has no endpoint to poll (peers.{peer.name})'
+                )
+            for j, other in enumerate(polls):
+                if other.peer == peer.name:
+                    raise self.error((*key, "peer"), f'peer "{peer.name}" is already polled by polls[{j}]')
+            polls.append(self.poll(spec, key, peer))
+        return polls
+
+    def poll(self, spec: dict[str, Any], key: Key, peer: Peer) -> Poll:
+        """One ``[[polls]]`` table, for a peer that has an endpoint."""
+        poll = Poll(peer.name)
+        if "interval" in spec:
+            poll.interval = self.duration(spec["interval"], (*key, "interval"))
+        if "jitter" in spec:
+            poll.jitter = float(self.check(spec["jitter"], (*key, "jitter"), (int, float), "a number"))
+            if not 0 <= poll.jitter < 1:
+                raise self.error((*key, "jitter"), f"{_show(spec['jitter'])}: must be from 0 up to (not) 1")
+        if "method" in spec:
+            poll.method = self.string(spec["method"], (*key, "method")).strip().lower()
+            if poll.method not in POLL_METHODS:
+                methods = ", ".join(f'"{m}"' for m in POLL_METHODS[:-1]) + f' or "{POLL_METHODS[-1]}"'
+                raise self.error((*key, "method"), f"{_show(spec['method'])} is not a method: {methods}")
+        if poll.method == "atrn":  # RFC 2645: AUTH before ATRN
+            self.atrn_login(peer, (*key, "method"))
+        if "domains" in spec:
+            poll.domains = self.poll_domains(spec["domains"], (*key, "domains"), poll.method)
+        if "max_backoff" in spec:
+            poll.max_backoff = self.duration(spec["max_backoff"], (*key, "max_backoff"))
+        else:  # at least the interval: backing off never polls more often
+            poll.max_backoff = max(poll.max_backoff, poll.interval)
+        if poll.max_backoff < poll.interval:
+            raise self.error(
+                (*key, "max_backoff"),
+                f"{poll.max_backoff:g} s is shorter than the interval ({poll.interval:g} s)",
+            )
+        return poll
+
+    def atrn_login(self, peer: Peer, key: Key) -> None:
+        if peer.username is None:
+            raise self.error(
+                key, f'atrn logs in (RFC 2645): peer "{peer.name}" needs a username and password'
+            )
+        if peer.password is None:
+            raise self.error(
+                key,
+                f'atrn logs in (RFC 2645): peer "{peer.name}" needs the password itself, not password_hash',
+            )
+
+    def poll_domains(self, value: Any, key: Key, method: str) -> list[str]:
+        if method not in ("atrn", "etrn"):
+            raise self.error(key, f'only for method = "atrn" or "etrn" ({method} names no domains)')
+        node = self.etrn_node if method == "etrn" else self.domain
+        domains = self.array(value, key, lambda v, k, node=node: node(self.string(v, k), k))
+        for j, domain in enumerate(domains):
+            if domain in domains[:j]:
+                raise self.error((*key, j), f"{domain} is listed twice")
+        return domains
