@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from smtppeer.engine import Path, Reply, reply
 from smtppeer.engine.address import parse_mailbox
+from smtppeer.engine.framing import message_problem
 from smtppeer.peer.hooks import MessageSink, ReceiverHooks, SenderJob, Session, Transaction
 from smtppeer.store.ids import new_queue_id
 from smtppeer.store.maildir import MaildirStore
@@ -210,8 +211,13 @@ class ReceivingPolicy(ReceiverHooks):
         """Accept a message made on this host (``smtppeer send``) as a trusted local client.
 
         Fires with the queue ID once the message is durable, or fails with a
-        ``ValueError`` naming a recipient that cannot be routed.
+        ``ValueError`` naming a recipient that cannot be routed, or the line of
+        the message that SMTP's DATA would refuse (a bare CR or LF, a NUL, a
+        line too long): every way into the spool meets the same rule.
         """
+        problem = message_problem(message)
+        if problem is not None:
+            return defer.fail(ValueError(f"message refused: {problem}"))
         decisions = []
         for path in recipients:
             decision = self.router.decide(path, "127.0.0.1", authenticated="local")

@@ -32,7 +32,7 @@ from twisted.python import usage
 from smtppeer import __version__
 from smtppeer.engine.framing import message_problem
 from smtppeer.peer import tls
-from smtppeer.store.spool import Spool
+from smtppeer.store.spool import HELD, PENDING, Spool
 
 from . import control
 from .config import Config, Listener, Mailbox, Peer, Poll, TLSFiles
@@ -456,7 +456,7 @@ def _list(spool: Spool, out: TextIO) -> int:
             print(f"    {r.address}: {_why(r, now)}", file=out)
         messages += 1
         octets += envelope.size
-        waiting += sum(1 for r in envelope.recipients if r.state in ("pending", "held"))
+        waiting += sum(1 for r in envelope.recipients if r.state in (PENDING, HELD))
     if not messages:
         print("Mail queue is empty", file=out)
         return EXIT_OK
@@ -470,9 +470,9 @@ def _count(n: int, what: str) -> str:
 
 
 def _why(r, now: float) -> str:
-    if r.state == "held":
-        return f"held for peer {r.route.get('hold')} until it calls in"
-    if r.state == "pending":
+    if r.state == HELD:
+        return f"held for peer {r.hold} until it calls in"
+    if r.state == PENDING:
         if r.attempts == 0:
             return "waiting for its first attempt"
         wait = max(0, int(r.next_attempt - now))

@@ -18,6 +18,7 @@ from smtppeer.engine.sender import TLS_REQUIRED as TLS_REQUIRED
 from smtppeer.engine.sender import TLS_VERIFY as TLS_VERIFY
 from smtppeer.engine.sender import TlsPolicy
 from smtppeer.policy.mailboxes import Mailbox
+from smtppeer.relay.holds import PollMethod
 
 DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
 
@@ -101,7 +102,7 @@ class Poll:
     peer: str
     interval: float = 300.0
     jitter: float = 0.1  # ± fraction of the interval
-    method: str = "turn"  # "turn", "atrn" (RFC 2645) or "etrn" (RFC 1985)
+    method: PollMethod = PollMethod.TURN
     max_backoff: float = 3600.0
     # ATRN/ETRN: the domains to ask for; empty: ATRN without argument (all the
     # provider holds for us), ETRN for each of this host's local domains

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import DEFAULT_LISTEN, ODMR, ODMR_PORT, SMTP, Config, Listener
+from ..config import DEFAULT_LISTEN, ODMR, ODMR_PORT, SMTP, Config, Listener, ListenerMode
 from .errors import Key, _show
 from .values import Values
 
-MODES = (SMTP, ODMR)
+MODES = tuple(ListenerMode)
 MAX_PROCESSES = 64
 
 
@@ -52,10 +52,11 @@ class Listeners(Values):
         and the key its endpoint is named by in errors."""
         mode = SMTP
         if "mode" in item:
-            mode = self.string(item["mode"], (*key, "mode")).strip().lower()
-            if mode not in MODES:
+            text = self.string(item["mode"], (*key, "mode")).strip().lower()
+            if text not in MODES:
                 modes = " or ".join(f'"{m}"' for m in MODES)
                 raise self.error((*key, "mode"), f"{_show(item['mode'])} is not a mode: {modes}")
+            mode = ListenerMode(text)
         if "endpoint" in item:
             listener = Listener(item["endpoint"], mode=mode)
             parsed = self.server_endpoint(item["endpoint"], ekey)

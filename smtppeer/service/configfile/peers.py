@@ -10,7 +10,7 @@ from typing import Any
 
 from smtppeer.peer.tls import endpoint_host as _endpoint_host
 
-from ..config import TLS_POLICIES, TLS_VERIFY, Config, Peer, TLSFiles, User
+from ..config import TLS_POLICIES, TLS_VERIFY, Config, Peer, TLSFiles, TlsPolicy, User
 from .errors import Key, _show, _ssl_why, _why
 from .values import _PEER_NAME, Values
 
@@ -158,10 +158,11 @@ class Peers(Values):
 
     def peer_tls(self, spec: dict[str, Any], key: Key, peer: Peer) -> None:
         if "tls" in spec:
-            peer.tls = self.string(spec["tls"], (*key, "tls")).strip().lower()
-            if peer.tls not in TLS_POLICIES:
+            text = self.string(spec["tls"], (*key, "tls")).strip().lower()
+            if text not in TLS_POLICIES:
                 policies = ", ".join(f'"{p}"' for p in TLS_POLICIES[:-1]) + f' or "{TLS_POLICIES[-1]}"'
                 raise self.error((*key, "tls"), f"{_show(spec['tls'])} is not a TLS policy: {policies}")
+            peer.tls = TlsPolicy(text)
         for name in ("ca_file", "tls_name"):
             if name in spec and peer.tls != TLS_VERIFY:
                 raise self.error((*key, name), f'only for tls = "verify" (this peer\'s tls is "{peer.tls}")')

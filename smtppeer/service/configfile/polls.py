@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from smtppeer.relay.holds import PollMethod
+
 from ..config import Config, Peer, Poll
 from .errors import Key, _show
 from .values import _PEER_NAME, Values
 
-POLL_METHODS = ("turn", "atrn", "etrn")
+POLL_METHODS = tuple(PollMethod)
 
 
 class Polls(Values):
@@ -52,11 +54,12 @@ class Polls(Values):
             if not 0 <= poll.jitter < 1:
                 raise self.error((*key, "jitter"), f"{_show(spec['jitter'])}: must be from 0 up to (not) 1")
         if "method" in spec:
-            poll.method = self.string(spec["method"], (*key, "method")).strip().lower()
-            if poll.method not in POLL_METHODS:
+            text = self.string(spec["method"], (*key, "method")).strip().lower()
+            if text not in POLL_METHODS:
                 methods = ", ".join(f'"{m}"' for m in POLL_METHODS[:-1]) + f' or "{POLL_METHODS[-1]}"'
                 raise self.error((*key, "method"), f"{_show(spec['method'])} is not a method: {methods}")
-        if poll.method == "atrn":  # RFC 2645: AUTH before ATRN
+            poll.method = PollMethod(text)
+        if poll.method == PollMethod.ATRN:  # RFC 2645: AUTH before ATRN
             self.atrn_login(peer, (*key, "method"))
         if "domains" in spec:
             poll.domains = self.poll_domains(spec["domains"], (*key, "domains"), poll.method)
@@ -83,9 +86,9 @@ class Polls(Values):
             )
 
     def poll_domains(self, value: Any, key: Key, method: str) -> list[str]:
-        if method not in ("atrn", "etrn"):
+        if method not in (PollMethod.ATRN, PollMethod.ETRN):
             raise self.error(key, f'only for method = "atrn" or "etrn" ({method} names no domains)')
-        node = self.etrn_node if method == "etrn" else self.domain
+        node = self.etrn_node if method == PollMethod.ETRN else self.domain
         domains = self.array(value, key, lambda v, k, node=node: node(self.string(v, k), k))
         for j, domain in enumerate(domains):
             if domain in domains[:j]:
