@@ -263,6 +263,21 @@ def file_count(boxes: list[Path]) -> int:
 # -- 1. kills in the middle of exchanges ------------------------------------------------
 
 
+def wait_for_kill_point(rng: random.Random, direction: str, boxes: list, before: int) -> str:
+    """Wait for the moment to kill: a random time, or until 1-3 more messages have
+    arrived in that direction (bounded); say which it was, for the report."""
+    if direction == "time":
+        delay = rng.uniform(0.0, 1.2)
+        time.sleep(delay)
+        return f"after {delay:.2f}s"
+    k = rng.randint(1, 3)
+    deadline = time.monotonic() + 6
+    while file_count(boxes) < before + k and time.monotonic() < deadline:
+        time.sleep(0.002)
+    late = "" if file_count(boxes) >= before + k else " (timed out)"
+    return f"after {k} more arrived {direction}{late}"
+
+
 def test_sigkill_provider_and_poller_mid_exchange_loses_nothing(tmp_path):
     seed = int(os.environ.get("SMTPPEER_EXCHANGE_SEED") or random.SystemRandom().randrange(1, 2**31))
     print(f"\nexchange-crash seed {seed} (SMTPPEER_EXCHANGE_SEED={seed} to replay)")
@@ -337,27 +352,14 @@ def test_sigkill_provider_and_poller_mid_exchange_loses_nothing(tmp_path):
                     "up": file_count(list(up_boxes.values())),
                 }
                 # the dial-up host relays its new mail at once, the provider's goes down on the next poll
-                if direction == "up":
-                    submit(provider.port, wave_down)
-                    submit(dialup.port, wave_up)
-                else:
-                    submit(dialup.port, wave_up)
-                    submit(provider.port, wave_down)
+                first, second = (provider, dialup) if direction == "up" else (dialup, provider)
+                submit(first.port, wave_down if first is provider else wave_up)
+                submit(second.port, wave_down if second is provider else wave_up)
             else:
                 direction = rng.choice(["down", "up"])
                 before = {"down": 0, "up": 0}
-            if direction == "time":
-                delay = rng.uniform(0.0, 1.2)
-                time.sleep(delay)
-                point = f"after {delay:.2f}s"
-            else:
-                boxes = list((down_boxes if direction == "down" else up_boxes).values())
-                k = rng.randint(1, 3)
-                deadline = time.monotonic() + 6
-                while file_count(boxes) < before[direction] + k and time.monotonic() < deadline:
-                    time.sleep(0.002)
-                late = "" if file_count(boxes) >= before[direction] + k else " (timed out)"
-                point = f"after {k} more arrived {direction}{late}"
+            boxes = list((down_boxes if direction == "down" else up_boxes).values())
+            point = wait_for_kill_point(rng, direction, boxes, before.get(direction, 0))
             victim.kill()
             kills.append(f"{victim_name} {point}: outstanding down {outstanding(down)}, up {outstanding(up)}")
             time.sleep(rng.uniform(0.1, 0.8))

@@ -248,20 +248,29 @@ class Receiver:
         # A line that cannot be an answer ends an exchange in progress (AUTH): the error
         # reply tells the client so, and its next line must be read as a command again.
         continuation, self.continuation = self.continuation, None
+        text = self._line_text(line, continuation is not None)
+        if text is None:
+            return None
+        if continuation is not None:
+            return continuation(text)
+        return self._run_command(text)
+
+    def _line_text(self, line: bytes | LineTooLong | BareLineEnd, answering: bool) -> str | None:
+        """The line as text; or None, having replied why it cannot be read at all."""
         if isinstance(line, LineTooLong):
-            if continuation is not None:
+            if answering:
                 return self._error(reply(500, "5.5.6", "Authentication exchange line is too long"))
             return self._error(reply(500, "5.5.2", "Line too long"))
         if isinstance(line, BareLineEnd):
             return self._error(reply(500, "5.5.2", "Bare CR or LF not allowed; end lines with CRLF"))
-        if len(line) + 2 > self.limits.command_line and continuation is None and line[:5].upper() != b"AUTH ":
+        if len(line) + 2 > self.limits.command_line and not answering and line[:5].upper() != b"AUTH ":
             return self._error(reply(500, "5.5.2", "Line too long"))
         try:
-            text = line.decode("utf-8")
+            return line.decode("utf-8")
         except UnicodeDecodeError:
             return self._error(reply(500, "5.5.2", "Command is not valid UTF-8"))
-        if continuation is not None:
-            return continuation(text)
+
+    def _run_command(self, text: str) -> None:
         verb, _, arg = text.partition(" ")
         upper = verb.upper()
         if self._refused and upper != "QUIT":
@@ -276,16 +285,18 @@ class Receiver:
         if self.require_tls and not self.secure and upper not in BEFORE_TLS:
             return self._error(reply(530, "5.7.0", "Must issue a STARTTLS command first"))
         if isinstance(handler, tuple):
-            ext, fn = handler
-            if not ext.available(self):
-                return self._error(reply(503, "5.5.1", f"{upper} not available now"))
-            result = fn(self, arg)
-            if isinstance(result, Reply):
-                return self._reply_or_error(result)
-            if result is not None:
-                self._events.append(result)
-            return None
-        handler(verb.upper(), arg)
+            return self._run_extension_command(*handler, upper, arg)
+        handler(upper, arg)
+        return None
+
+    def _run_extension_command(self, ext: Extension, fn, upper: str, arg: str) -> None:
+        if not ext.available(self):
+            return self._error(reply(503, "5.5.1", f"{upper} not available now"))
+        result = fn(self, arg)
+        if isinstance(result, Reply):
+            return self._reply_or_error(result)
+        if result is not None:
+            self._events.append(result)
         return None
 
     def _helo(self, verb: str, arg: str) -> None:

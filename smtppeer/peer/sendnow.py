@@ -13,26 +13,20 @@ rest for ``transport.write``.  It does so only where that cannot reorder
 or lose anything: a plain (not TLS) TCP transport, connected, not closing,
 with nothing buffered of its own; in every other case, and on any socket
 error, the whole of ``data`` goes the usual way and Twisted deals with it.
-The checks read attributes of Twisted's ``FileDescriptor`` and
-``tcp.Connection`` (``dataBuffer``, ``_tempDataBuffer``, ``TLS``...); a
-transport without them simply never takes the shortcut.
+The checks read undocumented attributes of Twisted's TCP transport
+(``twisted_private.idle_socket``); a transport without them simply never
+takes the shortcut.
 """
 
 from __future__ import annotations
 
+from smtppeer.twisted_private import idle_socket
+
 
 def send_now(transport: object, data: bytes) -> bytes:
     """Send as much of ``data`` as the socket takes without blocking; return the rest."""
-    sock = getattr(transport, "socket", None)
-    if (
-        sock is None
-        or getattr(transport, "TLS", True)
-        or not getattr(transport, "connected", False)
-        or getattr(transport, "disconnecting", True)
-        or getattr(transport, "_writeDisconnected", True)
-        or getattr(transport, "dataBuffer", True)
-        or getattr(transport, "_tempDataBuffer", True)
-    ):
+    sock = idle_socket(transport)
+    if sock is None:
         return data
     try:
         sent = sock.send(data)

@@ -12,6 +12,8 @@ import datetime
 import ipaddress
 import os
 
+from smtppeer.twisted_private import parse_endpoint
+
 
 def make_self_signed(hostname: str, cert_path: str, key_path: str, days: int = 825) -> None:
     """Write a self-signed certificate (PEM) for ``hostname`` and its key (PEM, mode 0600)."""
@@ -90,9 +92,7 @@ def _pem_blocks(data: bytes) -> list[bytes]:
 def endpoint_host(description: str) -> str:
     """The host a client endpoint description connects to (``tcp:host=H:port=P``,
     ``tcp:H:P``): the name to check a certificate against; "" for UNIX sockets."""
-    from twisted.internet.endpoints import _parse  # noqa: PLC0415
-
-    args, kwargs = _parse(description)
+    args, kwargs = parse_endpoint(description)
     if args and str(args[0]).lower() in ("unix", "unix-abstract"):
         return ""
     return str(kwargs.get("host") or (args[1] if len(args) > 1 else ""))

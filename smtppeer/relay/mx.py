@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.internet.abstract import isIPv6Address
 from twisted.names import client, dns, error
+
+from smtppeer.twisted_private import ClientResolver
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IResolver
@@ -282,49 +283,6 @@ class MXResolver:
                 self.rng.shuffle(hosts)
             hops.extend(NextHop(host, self.port, pref) for host in hosts)
         return hops
-
-
-class ClientResolver(client.Resolver):
-    """A ``twisted.names`` client resolver that leaves nothing behind in the reactor.
-
-    ``client.Resolver`` opens one UDP port per query and closes it with
-    ``stopListening()``, which only schedules the close (``callLater(0)``): the
-    query's Deferred fires while the port still exists.  Here a query completes
-    only once its port is closed.  TCP connections (opened after a truncated
-    UDP answer) are kept for reuse; :meth:`stop` closes them.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._closing: dict[Any, list[defer.Deferred[None]]] = {}
-
-    def _query(self, *args: Any) -> defer.Deferred[Any]:
-        address = args[0]
-        protocol = self._connectedProtocol(interface="::" if isIPv6Address(address[0]) else "")
-        d = protocol.query(*args)
-
-        def closed(result: Any) -> Any:
-            stopped = protocol.transport.stopListening()
-            if stopped is None:
-                return result
-            return stopped.addCallback(lambda _: result)
-
-        return d.addBoth(closed)
-
-    def connectionLost(self, protocol: Any) -> None:
-        super().connectionLost(protocol)
-        for d in self._closing.pop(protocol, []):
-            d.callback(None)
-
-    def stop(self) -> defer.Deferred[None]:
-        """Close the TCP connections; fires when they are gone."""
-        waits = []
-        for protocol in list(self.connections):
-            d: defer.Deferred[None] = defer.Deferred()
-            self._closing.setdefault(protocol, []).append(d)
-            waits.append(d)
-            protocol.transport.loseConnection()
-        return defer.gatherResults(waits).addCallback(lambda _: None)
 
 
 def resolver_from_address(

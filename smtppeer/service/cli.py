@@ -255,17 +255,18 @@ def send(options: SendOptions, out: TextIO, err: TextIO, stdin=None) -> int:
     if not recipients:
         print("smtppeer send: no recipients", file=err)
         return EXIT_USAGE
+    # The rule SMTP's DATA applies (the service checks again): never a bare CR to a next hop.
+    # Lines are counted in the message as given, before the header fields we add.
+    problem = message_problem(message)
+    if problem is not None:
+        print(f"smtppeer send: message refused: {problem}", file=err)
+        return EXIT_FAILED
     try:
         config = options.config()
     except ConfigError as e:
         print(e, file=err)
         return EXIT_CONFIG
     message = complete_header(message, options["from"], config.hostname if config else socket.getfqdn())
-    # The rule SMTP's DATA applies (the service checks again): never a bare CR to a next hop.
-    problem = message_problem(message)
-    if problem is not None:
-        print(f"smtppeer send: message refused: {problem}", file=err)
-        return EXIT_FAILED
     payload = {
         "command": "send",
         "from": options["from"],

@@ -42,6 +42,8 @@ from twisted.application import service
 from twisted.internet import defer, error, protocol
 from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
 
+from smtppeer.twisted_private import parse_endpoint
+
 from .config import Config
 from .startup import fail
 
@@ -56,9 +58,7 @@ RESPAWN_DELAY = (1.0, 30.0)  # doubling while workers die young
 def reuseport_sockets(description: str, count: int) -> list[socket.socket]:
     """``count`` listening sockets on the address of a ``tcp:``/``tcp6:`` server endpoint
     description, all with ``SO_REUSEPORT`` (the first decides a port 0)."""
-    from twisted.internet.endpoints import _parse  # noqa: PLC0415
-
-    args, kwargs = _parse(description)
+    args, kwargs = parse_endpoint(description)
     kind = str(args[0]).lower() if args else ""
     if kind not in ("tcp", "tcp6"):
         raise ValueError(f"{description}: several processes need a tcp or tcp6 listener")

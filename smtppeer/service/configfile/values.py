@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from smtppeer.twisted_private import parse_server_endpoint
+
 from ..config import Config, Peer
 from .errors import ConfigError, Key, _got, _show, _suggest, _why, format_key
 
@@ -154,11 +156,9 @@ class Values:
         return value
 
     def server_endpoint(self, value: Any, key: Key) -> tuple:
-        from twisted.internet.endpoints import _parseServer  # noqa: PLC0415
-
         self.string(value, key)
         try:
-            parsed = _parseServer(value, None)
+            parsed = parse_server_endpoint(value)
         except Exception as e:  # noqa: BLE001 -- plugins raise anything (a missing key file: OSError)
             raise self.error(
                 key, f"{_show(value)} is not a server endpoint description ({_why(e)})"

@@ -1,0 +1,109 @@
+"""The private Twisted API smtppeer relies on, checked against the installed Twisted.
+
+Each test names what ``smtppeer.twisted_private`` reads or overrides, so a
+Twisted upgrade that changes one fails here, loudly and by name, instead of
+silently disabling a fast path or leaking a UDP port per DNS query.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, endpoints, protocol, reactor, tcp
+from twisted.names import client, dns
+
+import twisted
+from smtppeer import twisted_private
+from smtppeer.twisted_private import idle_socket, parse_endpoint, parse_server_endpoint
+
+
+@pytest.mark.parametrize(
+    ("description", "args", "kwargs"),
+    [
+        ("tcp:host=mx.example:port=25", ["tcp"], {"host": "mx.example", "port": "25"}),
+        ("tcp:mx.example:25", ["tcp", "mx.example", "25"], {}),
+        (r"tcp:host=2001\:db8\:\:1:port=25", ["tcp"], {"host": "2001:db8::1", "port": "25"}),
+        ("unix:/run/x.sock", ["unix", "/run/x.sock"], {}),
+    ],
+)
+def test_parse_endpoint(description, args, kwargs):
+    assert parse_endpoint(description) == (args, kwargs)
+
+
+def test_parse_server_endpoint_checks_without_listening():
+    kind, args, kwargs = parse_server_endpoint("tcp:2525:interface=127.0.0.1")
+    assert (str(kind).lower(), args[0], kwargs["interface"]) == ("tcp", 2525, "127.0.0.1")
+    with pytest.raises(ValueError):
+        parse_server_endpoint("nosuchkind:25")
+
+
+class _Quiet(protocol.Protocol):
+    connected_d: defer.Deferred
+    lost_d: defer.Deferred
+
+    def connectionMade(self) -> None:
+        type(self).connected_d.callback(self)
+
+    def connectionLost(self, reason=None) -> None:
+        type(self).lost_d.callback(None)
+
+
+class _Client(protocol.Protocol):
+    def __init__(self) -> None:
+        self.lost: defer.Deferred = defer.Deferred()
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost.callback(None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_real_tcp_transport_has_what_idle_socket_reads():
+    """``dataBuffer``, ``_tempDataBuffer``, ``_writeDisconnected``, ``TLS``,
+    ``connected``, ``disconnecting`` and ``socket`` on Twisted's TCP connection."""
+    _Quiet.connected_d, _Quiet.lost_d = defer.Deferred(), defer.Deferred()
+    port = yield endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+        protocol.Factory.forProtocol(_Quiet)
+    )
+    client_side = None
+    try:
+        ep = endpoints.clientFromString(reactor, f"tcp:host=127.0.0.1:port={port.getHost().port}")
+        client_side = yield endpoints.connectProtocol(ep, _Client())
+        server_side = yield _Quiet.connected_d
+        transport = server_side.transport
+        assert isinstance(transport, tcp.Connection)
+        for name in ("dataBuffer", "_tempDataBuffer", "_writeDisconnected", "TLS", "disconnecting"):
+            assert hasattr(transport, name), f"Twisted's TCP transport has no {name} any more"
+        assert isinstance(idle_socket(transport), socket.socket)
+        transport.write(b"x" * 100)  # buffered until the reactor's next turn
+        assert idle_socket(transport) is None
+        transport.loseConnection()
+        yield _Quiet.lost_d
+        yield client_side.lost
+    finally:
+        yield port.stopListening()
+
+
+def test_idle_socket_refuses_what_is_not_a_plain_tcp_transport():
+    assert idle_socket(object()) is None
+
+
+def test_the_resolver_methods_clientresolver_overrides_are_still_there():
+    """``ClientResolver`` overrides ``_query`` and calls ``_connectedProtocol(interface=...)``;
+    ``connections`` and ``connectionLost`` are how it closes TCP connections."""
+    assert list(inspect.signature(client.Resolver._query).parameters) == ["self", "args"]
+    query = inspect.signature(dns.DNSDatagramProtocol.query)
+    assert list(query.parameters)[:5] == ["self", "address", "queries", "timeout", "id"]
+    connected = inspect.signature(client.Resolver._connectedProtocol)
+    assert "interface" in connected.parameters
+    assert callable(client.Resolver.connectionLost)
+    resolver = twisted_private.ClientResolver(servers=[("127.0.0.1", 53)])
+    assert isinstance(resolver.connections, list)
+
+
+def test_twisted_is_within_the_tested_range():
+    """setup.cfg's bound must cover the Twisted these tests just passed with."""
+    major = int(twisted.__version__.split(".")[0])
+    assert 23 <= major < 27, f"Twisted {twisted.__version__}: check twisted_private, then move the bound"
