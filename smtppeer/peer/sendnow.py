@@ -4,9 +4,8 @@ Twisted's TCP transport buffers every ``write`` until the next reactor
 iteration: it registers for writability (an ``epoll_ctl``), the next poll
 reports it, ``doWrite`` sends, and it unregisters (another ``epoll_ctl``).
 An SMTP receiver writes one short reply per command, usually into an empty
-socket buffer, so that round costs more than the send itself: measured on
-the benchmark machine, sending at once cut the reactor's CPU per received
-message by about a fifth (``docs/benchmarks.rst``).
+socket buffer, so that round costs more than the send itself (the
+instruction counts are in ``docs/benchmarks.rst``).
 
 So :func:`send_now` hands the kernel what it takes at once, and returns the
 rest for ``transport.write``.  It does so only where that cannot reorder

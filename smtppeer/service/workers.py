@@ -3,15 +3,13 @@
 One process's SMTP work runs on one core (its reactor thread); a listener
 that must take in more than that may be shared: the service opens the
 socket and N - 1 workers accept on it too (the kernel spreads connections
-among them).  Before the disk process (``committer.py``) each reactor also
-waited for the disk, and two processes measured 1.57x one; since, on the
-2-core benchmark machine (load generator included), two gave no clear gain
-over one, so this pays off only with cores to spare.
+among them).  Since the disk process (``committer.py``) took the disk waits
+off the reactor, a second process pays off only with cores to spare
+(``docs/benchmarks.rst`` has the figures, before and after).
 
 Each process accepts on a socket of its own, all bound to the same address
 with ``SO_REUSEPORT``, so the kernel spreads connections evenly among them
-(one socket shared by all was measured 30/70 and barely faster than one
-process).  The service binds every socket before it drops privileges, so
+(one socket shared by all spread them unevenly and gained little).  The service binds every socket before it drops privileges, so
 port 25 works, and keeps a dead worker's socket, so connections that reach
 it wait for the worker to be started again instead of being refused.
 

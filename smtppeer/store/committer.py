@@ -15,9 +15,8 @@ of three places:
   of what was measured: syncing in worker threads made things *slower*
   (the workers and the reactor thread spent more time passing the GIL, about
   40 futex calls per message, than the disk took), and syncing on the
-  reactor thread left it waiting for the disk about a third of the time.
-  With the disk process one reactor took in 1.4x as many messages per second
-  (``docs/benchmarks.rst``).
+  reactor thread left it waiting for the disk about a third of the time;
+  the disk process beat both (figures in ``docs/benchmarks.rst``).
 * **Inline**, on the reactor thread (the spool, whose start-up recovery must
   never race with a commit still running elsewhere; and a fallback while the
   disk process cannot be started).
