@@ -9,9 +9,10 @@ off the reactor, a second process pays off only with cores to spare
 
 Each process accepts on a socket of its own, all bound to the same address
 with ``SO_REUSEPORT``, so the kernel spreads connections evenly among them
-(one socket shared by all spread them unevenly and gained little).  The service binds every socket before it drops privileges, so
-port 25 works, and keeps a dead worker's socket, so connections that reach
-it wait for the worker to be started again instead of being refused.
+(one socket shared by all spread them unevenly and gained little).  The
+service binds every socket before it drops privileges, so port 25 works,
+and keeps a dead worker's socket, so connections that reach it wait for the
+worker to be started again instead of being refused.
 
 A worker only receives.  It stores mail exactly as the service does
 (Maildirs, and the spool for mail to relay or hold, synced before its
