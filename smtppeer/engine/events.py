@@ -132,6 +132,16 @@ class ExtensionCommand(Decision):
 
 
 @dataclass(frozen=True)
+class Screened(Decision):
+    """A command the adapter asked to see first (``Receiver(screen=...)``): answer
+    a reply to refuse it (it is not run), or call ``Receiver.proceed`` to run it.
+    A test lab uses this to inject failures at EHLO, AUTH or any other command."""
+
+    verb: str
+    argument: str
+
+
+@dataclass(frozen=True)
 class Quit(Event):
     """221 has been queued; close the connection once it is written."""
 

@@ -50,7 +50,10 @@ class Receiver:
         secure: bool = False,
         require_tls: bool = False,
         only_commands: frozenset[str] | None = None,
+        screen: frozenset[str] = frozenset(),
     ) -> None:
+        """``screen``: commands (upper case) the adapter sees first, as ``Screened``
+        decisions, before they run."""
         self.hostname = hostname
         self.limits = limits or Limits()
         self.extensions = default_extensions() if extensions is None else extensions
@@ -61,6 +64,9 @@ class Receiver:
         self.secure = secure  # the session runs over TLS
         self.require_tls = require_tls
         self.only_commands = only_commands  # e.g. the ODMR port's restricted profile (RFC 2645 §4)
+        self.screen = screen
+        self._screened: tuple | None = None
+        self.started = False  # the greeting has been queued
         self.authenticated: str | None = None  # the AUTH identity, once there is one
         self.auth_failures = 0
         # An extension in mid-exchange (AUTH) takes the next line instead of the command parser.
@@ -93,6 +99,7 @@ class Receiver:
         code (421) closes the session at once.
         """
         greeting = greeting or reply(220, None, f"{self.hostname} ESMTP smtppeer")
+        self.started = True
         self._send(greeting)
         if greeting.is_permanent:
             self._refused = True
@@ -144,6 +151,8 @@ class Receiver:
         elif isinstance(decision, ev.StartTLSRequested):
             # Nothing more is read in clear: whatever followed STARTTLS is dropped at tls_started.
             self._tls_pending = response.code == 220
+        elif isinstance(decision, ev.Screened):
+            self._screened = None  # refused: it does not run
         self._send(response)
 
     def tls_started(self) -> int:
@@ -284,10 +293,26 @@ class Receiver:
             return self._error(reply(500, "5.5.1", "Command not recognized"))
         if self.require_tls and not self.secure and upper not in BEFORE_TLS:
             return self._error(reply(530, "5.7.0", "Must issue a STARTTLS command first"))
+        if upper in self.screen:
+            self._screened = (handler, upper, arg)
+            self._events.append(ev.Screened(upper, arg))
+            return None
+        return self._execute(handler, upper, arg)
+
+    def _execute(self, handler, upper: str, arg: str) -> None:
         if isinstance(handler, tuple):
             return self._run_extension_command(*handler, upper, arg)
         handler(upper, arg)
         return None
+
+    def proceed(self) -> None:
+        """Run the command the adapter was shown (``Screened``) as if nothing had stopped it."""
+        if not isinstance(self._awaiting, ev.Screened) or self._screened is None:
+            raise RuntimeError("no screened command is pending")
+        self._awaiting = None
+        handler, upper, arg = self._screened
+        self._screened = None
+        self._execute(handler, upper, arg)
 
     def _run_extension_command(self, ext: Extension, fn, upper: str, arg: str) -> None:
         if not ext.available(self):

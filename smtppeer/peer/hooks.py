@@ -21,7 +21,20 @@ from smtppeer.engine.session import Transaction
 
 ReplyOrDeferred = Reply | Deferred
 
-__all__ = ["MessageSink", "ReceiverHooks", "ReplyOrDeferred", "SenderJob", "Session", "Transaction"]
+__all__ = [
+    "DropConnection",
+    "MessageSink",
+    "ReceiverHooks",
+    "ReplyOrDeferred",
+    "SenderJob",
+    "Session",
+    "Transaction",
+]
+
+
+class DropConnection(Exception):  # noqa: N818 - it is an instruction, not an error
+    """A hook raises this (or fails its Deferred with it) to have the connection cut
+    at once, with no reply: a network failure, as a test lab injects one."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,12 @@ class MessageSink:
         raise NotImplementedError
 
     def abort(self) -> None:
-        """Throw away what was written (bad body, reset, lost connection)."""
+        """Throw away what was written (reset, lost connection)."""
+
+    def refused(self, why: str, response: Reply | None = None) -> None:
+        """The message itself was refused (by the engine: its size, a bare CR or LF,
+        a NUL, a long line); ``why`` is for the log.  By default, ``abort``."""
+        self.abort()
 
     def retract(self) -> ReplyOrDeferred | None:
         """Take back a finished message, because another part of it failed
@@ -72,7 +90,13 @@ class ReceiverHooks:
     """
 
     def greeting(self, session: Session) -> Reply | None:
-        """A 220 to greet with, a 554 to refuse the connection, or None (default 220)."""
+        """A 220 to greet with, a 554 to refuse the connection, or None (default 220).
+        May return a Deferred: nothing is read or answered until it fires."""
+        return None
+
+    def screen(self, session: Session, verb: str, argument: str) -> ReplyOrDeferred | None:
+        """A command listed in the factory's ``screen``, before it runs: None runs it,
+        a reply refuses it.  Nothing is screened unless a listener asks for it."""
         return None
 
     def mail_from(self, session: Session, path: Path, params: dict[str, str | None]) -> ReplyOrDeferred:

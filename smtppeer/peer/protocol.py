@@ -29,7 +29,7 @@ from smtppeer.engine.extensions import Extension
 from smtppeer.engine.sender import ClientSecurity
 from smtppeer.engine.session import SessionState
 
-from .hooks import MessageSink, ReceiverHooks, SenderJob, Session
+from .hooks import DropConnection, MessageSink, ReceiverHooks, SenderJob, Session
 from .sendnow import send_now
 
 log = Logger()
@@ -68,6 +68,7 @@ class SMTPPeer(Protocol):
         server_tls: object | None = None,
         require_tls: bool = False,
         only_commands: frozenset[str] | None = None,
+        screen: frozenset[str] = frozenset(),
         client_security: ClientSecurity | None = None,
         client_tls: object | None = None,
     ) -> None:
@@ -85,6 +86,7 @@ class SMTPPeer(Protocol):
         self.server_tls = server_tls
         self.require_tls = require_tls
         self.only_commands = only_commands
+        self.screen = screen  # commands the hooks see before they run (``ReceiverHooks.screen``)
         self.client_security = client_security
         self.client_tls = client_tls
         # What the connection has established; the receiver keeps it up to date while it
@@ -211,14 +213,29 @@ class SMTPPeer(Protocol):
             secure=self.state.secure,
             require_tls=self.require_tls,
             only_commands=self.only_commands,
+            screen=self.screen,
         )
         self._session = None
-        if self.over_limit:
-            self.receiver.start(reply(421, "4.7.0", f"{self.hostname} Too many connections, try again later"))
-        else:
-            self.receiver.start(self.hooks.greeting(self.session))
+        receiver = self.receiver
         if unread:
-            self.receiver.receive_data(unread)
+            receiver.receive_data(unread)
+        if self.over_limit:
+            busy = reply(421, "4.7.0", f"{self.hostname} Too many connections, try again later")
+            self._greet(receiver, busy)
+            return
+
+        def failed(failure: Failure) -> Reply | None:
+            if not self._dropped(failure):
+                log.failure("greeting hook failed; greeting as usual", failure)
+            return None
+
+        _call_hook(lambda: self.hooks.greeting(self.session), lambda g: self._greet(receiver, g), failed)
+
+    def _greet(self, receiver: Receiver, greeting: Reply | None) -> None:
+        """Start the receiver with its greeting: only now is anything read and answered."""
+        if receiver is not self.receiver or self._lost:
+            return
+        receiver.start(greeting)
         self._arm(self.limits.command_timeout)
         self._pump()
 
@@ -262,6 +279,8 @@ class SMTPPeer(Protocol):
 
     def _pump_receiver(self) -> None:
         receiver = self.receiver
+        if not receiver.started:
+            return  # the greeting is being decided
         while receiver is self.receiver:
             event = receiver.next_event()
             if event is ev.NEED_DATA:
@@ -306,8 +325,11 @@ class SMTPPeer(Protocol):
             self._decide(receiver, sink.finish, received=True)
 
     def _on_data_failed(self, receiver: Receiver, event: ev.DataFailed) -> None:
-        log.info("message refused by the engine: {reason}", reason=event.reason)
-        self._drop_sink()
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.refused(event.reason)
+        else:
+            log.info("message refused by the engine: {reason}", reason=event.reason)
 
     def _on_reset(self, receiver: Receiver, event: ev.Reset) -> None:
         self._drop_sink()
@@ -349,19 +371,56 @@ class SMTPPeer(Protocol):
     def _decide(self, receiver: Receiver, ask, received: bool = False) -> None:
         """Ask a hook; answer the engine now, or when its Deferred fires."""
 
-        def answer(response: Reply) -> None:
-            if receiver is not self.receiver or self._lost:
+        def answer(response: Reply | None) -> None:
+            if receiver is not self.receiver or self._lost or response is None:
                 return
             if received and response.is_positive:
                 self.summary.received += 1
             receiver.answer(response)
             self._pump()
 
-        def failed(failure: Failure) -> Reply:
+        def failed(failure: Failure) -> Reply | None:
+            if self._dropped(failure):
+                return None
             log.failure("hook failed; answering 451", failure)
             return reply(451, "4.3.0", "Local error in processing; try again later")
 
         _call_hook(ask, answer, failed)
+
+    def _on_screened(self, receiver: Receiver, event: ev.Screened) -> None:
+        """A command shown to the hooks first: None runs it, a reply refuses it."""
+
+        def decided(response: Reply | None) -> None:
+            if receiver is not self.receiver or self._lost:
+                return
+            if response is None:
+                receiver.proceed()
+            else:
+                receiver.answer(response)
+            self._pump()
+
+        def failed(failure: Failure) -> Reply | None:
+            if self._dropped(failure):
+                return None
+            log.failure("screen hook failed; running the command", failure)
+            return None
+
+        session = self.session
+        _call_hook(lambda: self.hooks.screen(session, event.verb, event.argument), decided, failed)
+
+    def _dropped(self, failure: Failure) -> bool:
+        """A hook said ``DropConnection``: cut the connection now, answering nothing."""
+        if not failure.check(DropConnection):
+            return False
+        if not self._lost:
+            log.info("{line}", line=f"connection with {self.client_address} dropped on purpose")
+            self.summary.error = "dropped"
+            self._flush()  # what was answered before goes out; nothing after it
+            self._drop_sink()
+            self._cancel_timer()
+            self._lost = True  # nothing more is written; connectionLost finishes the clean-up
+            self.transport.abortConnection()
+        return True
 
     def _on_turn(self, receiver: Receiver, event: ev.TurnRequested) -> None:
         """The hook returns the job to send after turning, or a refusal (None: 502)."""
@@ -381,7 +440,9 @@ class SMTPPeer(Protocol):
             self.state = receiver.state.after_turn()
             self._become_sender(job, receiver.take_unread())
 
-        def failed(failure: Failure) -> Reply:
+        def failed(failure: Failure) -> Reply | None:
+            if self._dropped(failure):
+                return None  # decided() finds the connection gone
             log.failure("turn hook failed; refusing", failure)
             return reply(451, "4.3.0", "Local error in processing; try again later")
 
@@ -577,6 +638,7 @@ _RECEIVER_EVENTS = {
     ev.Verify: SMTPPeer._on_verify,
     ev.TurnRequested: SMTPPeer._on_turn,
     ev.StartTLSRequested: SMTPPeer._on_starttls,
+    ev.Screened: SMTPPeer._on_screened,
     ev.Authenticated: SMTPPeer._on_authenticated,
     ev.AuthFailed: SMTPPeer._on_auth_failed,
     ev.QueueStartRequested: SMTPPeer._on_queue_start,

@@ -19,12 +19,14 @@ RFC 5321 §6.3) rather than passed round again.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Callable
 
 from twisted.internet import defer, interfaces
 from twisted.logger import Logger
 
+from smtppeer.activity import Activity, Kind
 from smtppeer.engine import Path, Reply, reply
 from smtppeer.engine.address import parse_mailbox
 from smtppeer.engine.framing import message_problem
@@ -60,12 +62,15 @@ class ReceivingPolicy(ReceiverHooks):
         owned: dict[str, list[str]] | None = None,
         peer_endpoints: dict[str, str | None] | None = None,
         clock: interfaces.IReactorTime | None = None,
+        activity: Activity | None = None,
     ) -> None:
         """``clock`` stamps each spooled message's arrival; it must be the queue
-        runner's, which measures the queue lifetime from it."""
+        runner's, which measures the queue lifetime from it.  ``activity`` is told
+        what was received and refused."""
         if clock is None:
             from twisted.internet import reactor as clock  # noqa: PLC0415
         self.clock = clock
+        self.activity = activity or Activity(clock)
         self.hostname = hostname
         self.router = router
         self.maildirs = maildirs
@@ -91,6 +96,10 @@ class ReceivingPolicy(ReceiverHooks):
         decision = self.decide(session, path)
         if not decision.accepted:
             log.info("refused {rcpt} from {client}", rcpt=str(path), client=session.client_address)
+            self.activity.report(
+                Kind.REFUSED, stage="rcpt", recipient=str(path)[1:-1], reply=str(decision.reply),
+                client=session.client_address,
+            )  # fmt: skip
             return decision.reply
         if decision.kind == LOCAL and not self.mailboxes.targets(path):
             return reply(550, "5.1.1", "No such user here")
@@ -125,7 +134,9 @@ class ReceivingPolicy(ReceiverHooks):
                 return reply(530, "5.7.0", "Authentication required")
             return None
         log.info("TURN from {client}: peer {name}", client=session.client_address, name=name)
-        return self.runner.release(name)
+        job = self.runner.release(name)
+        self.activity.report(Kind.RELEASED, peer=name, verb="TURN", messages=len(job.envelopes))
+        return job
 
     def atrn(self, session: Session, domains: list[str]):
         """RFC 2645 §5: 450 for domains that are not the identity's, 451 while another
@@ -152,6 +163,7 @@ class ReceivingPolicy(ReceiverHooks):
             self._atrn_sessions[domain] = job
         job.on_end = functools.partial(self._atrn_finished, asked, job, job.on_end)
         log.info("{line}", line=f"ATRN {','.join(asked)} from {session.authenticated}: peer {name}")
+        self.activity.report(Kind.RELEASED, peer=name, verb="ATRN", messages=len(job.envelopes))
         return job
 
     def _atrn_finished(self, domains: list[str], job: SenderJob, then: Callable[[], object] | None) -> None:
@@ -289,7 +301,18 @@ class ReceivingPolicy(ReceiverHooks):
             sinks.append(self.spool.new_message(envelope, header))
         rcpts = ", ".join(str(path) for path, _ in decisions)
         summary = f"from {reverse_path} via {client['helo']} [{client['address']}] to {rcpts}"
-        return IncomingMessage(self, sinks, queue_id, summary, envelope)
+        about = None
+        if self.activity.watched:  # what watchers are told, worked out only for them
+            about = {
+                "queue_id": queue_id,
+                "sender": str(reverse_path)[1:-1],
+                "recipients": [str(path)[1:-1] for path, _ in decisions],
+                "client": client["address"],
+                "local": [os.path.relpath(box, self.maildirs.root) for box in local],
+                "relayed": [r.address for r in spooled if r.state == PENDING],
+                "held": [r.address for r in spooled if r.state == HELD],
+            }
+        return IncomingMessage(self, sinks, queue_id, summary, envelope, about)
 
 
 class IncomingMessage(MessageSink):
@@ -306,9 +329,12 @@ class IncomingMessage(MessageSink):
         queue_id: str,
         summary: str,
         envelope: Envelope | None,
+        about: dict | None = None,
     ) -> None:
+        """``about``: what to tell the policy's activity watchers (None: nobody watches)."""
         self.policy, self.sinks, self.queue_id, self.summary = policy, sinks, queue_id, summary
         self.envelope = envelope
+        self.about = about
         self.size = 0
         self._head = b""
         self._head_done = False
@@ -334,8 +360,9 @@ class IncomingMessage(MessageSink):
         self._head_done = True
         hops = self.hops()
         if hops > self.policy.max_received:
-            self.abort(f"refused: {hops} Received: headers, a mail loop")
-            return reply(554, "5.4.6", "Too many hops (Received: headers): routing loop detected")
+            response = reply(554, "5.4.6", "Too many hops (Received: headers): routing loop detected")
+            self.refused(f"{hops} Received: headers, a mail loop", response)
+            return response
         if len(self.sinks) == 1:  # the common case, without the cost of gathering
             d = defer.maybeDeferred(self.sinks[0].finish)
         else:
@@ -364,7 +391,19 @@ class IncomingMessage(MessageSink):
         )
         if self.envelope is not None and self.policy.runner is not None:
             self.policy.runner.add(self.envelope)
+        if self.about is not None:
+            self.policy.activity.report(Kind.RECEIVED, size=self.size, **self.about)
         return reply(250, "2.0.0", f"Ok: queued as {self.queue_id}")
+
+    def refused(self, why: str, response: Reply | None = None) -> None:
+        """The message was refused (a loop here; a bare line end, its size or a long
+        line in the engine): thrown away, logged with its queue ID and the reason."""
+        self.abort(f"refused: {why}")
+        if self.about is not None:
+            self.policy.activity.report(
+                Kind.REFUSED, stage="data", reason=why, reply=str(response) if response else None,
+                queue_id=self.queue_id, client=self.about["client"],
+            )  # fmt: skip
 
     def abort(self, why: str = "abandoned before the end of DATA") -> None:
         log.info("{line}", line=f"{self.queue_id}: {why}", queue_id=self.queue_id)

@@ -18,6 +18,7 @@ from enum import StrEnum
 from twisted.internet import defer, endpoints, interfaces
 from twisted.logger import Logger
 
+from smtppeer.activity import Activity, Kind
 from smtppeer.engine import reply
 from smtppeer.peer.hooks import ReceiverHooks, SenderJob
 
@@ -73,7 +74,9 @@ class Holds:
         settings: RunnerSettings,
         clock: interfaces.IReactorTime,
         track: Callable[[defer.Deferred], None],
+        activity: Activity,
     ) -> None:
+        self.activity = activity
         self.queue = queue
         self.attempts = attempts
         self.results = results
@@ -108,6 +111,7 @@ class Holds:
         self.queue.mark(items)
         job, pending = self.attempts.job(items)
         log.info("{line}", line=f"ETRN: sending {len(items)} held messages to {peer_name} at {endpoint}")
+        self.activity.report(Kind.RELEASED, peer=peer_name, verb="ETRN", messages=len(items))
         d = defer.ensureDeferred(self.attempts.send(f"{peer_name} (ETRN)", endpoint, job, pending, items))
         d.addErrback(lambda f: log.failure("ETRN delivery failed", f))
         self.track(d)
@@ -156,6 +160,10 @@ class Holds:
                 outcome.error = _refusal(command, job)
         outcome.duration = self.clock.seconds() - started
         log.info("{line}", line=outcome.line(), peer=peer_name)
+        self.activity.report(
+            Kind.POLLED, peer=peer_name, method=str(method), ok=outcome.ok, sent=outcome.sent,
+            received=outcome.received, turned=outcome.turned, line=outcome.line(),
+        )  # fmt: skip
         return outcome
 
     def expire(self, now: float) -> None:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from twisted.internet import defer, interfaces
 from twisted.logger import Logger
 
+from smtppeer.activity import Activity, Kind
 from smtppeer.engine import Reply, reply
 from smtppeer.engine.address import AddressError, parse_path
 from smtppeer.peer.tls import endpoint_host
@@ -50,9 +51,11 @@ class Results:
         deliver_locally: LocalDelivery | None,
         look_again: Callable[[str], None],
         added: Callable[[Envelope], None],
+        activity: Activity,
     ) -> None:
         """``look_again(queue_id)``: a message has recipients left to send; ``added``:
-        a new message (a bounce) is in the spool."""
+        a new message (a bounce) is in the spool; ``activity`` is told every result."""
+        self.activity = activity
         self.hostname = hostname
         self.queue = queue
         self.spool = spool
@@ -97,6 +100,8 @@ class Results:
                 else:
                     rcpt.next_attempt = now + self.backoff(rcpt.attempts)
         await self.spool.update(envelope)
+        if self.activity.watched:
+            self._report(envelope, [r for r in rcpts if r.address in results], now)
         for rcpt in rcpts:
             if rcpt.address in results and rcpt.state != FAILED:  # failures are logged below
                 outcome = "delivered" if rcpt.state == DELIVERED else f"deferred (attempt {rcpt.attempts})"
@@ -111,12 +116,22 @@ class Results:
             log.info("{line}", line=f"{envelope.id}: {rcpt.address} failed: {response}", queue_id=envelope.id)
         await self.report_failures(envelope)
 
+    def _report(self, envelope: Envelope, rcpts: list[Recipient], now: float) -> None:
+        for rcpt in rcpts:
+            kind = {DELIVERED: Kind.DELIVERED, FAILED: Kind.FAILED}.get(rcpt.state, Kind.DEFERRED)
+            self.activity.report(
+                kind, queue_id=envelope.id, recipient=rcpt.address, reply=rcpt.last_reply,
+                attempts=rcpt.attempts, relay=rcpt.relay, hold=rcpt.hold, latency=now - envelope.arrival,
+            )  # fmt: skip
+
     async def expire(self, envelope: Envelope, rcpts: list[Recipient], why: Reply) -> None:
         """Fail ``rcpts`` for good without an attempt (held too long), and bounce them."""
         for rcpt in rcpts:
             rcpt.state = FAILED
             rcpt.last_reply = str(why)
         await self.spool.update(envelope)
+        if self.activity.watched:
+            self._report(envelope, rcpts, self.clock.seconds())
         await self.report_failures(envelope)
 
     async def report_failures(self, envelope: Envelope) -> None:
@@ -162,7 +177,12 @@ class Results:
             queue_id=envelope.id,
             arrival=datetime.fromtimestamp(envelope.arrival, UTC),
         )
-        await self.inject(new_queue_id(), envelope.reverse_path, dsn)
+        bounce_id = new_queue_id()
+        await self.inject(bounce_id, envelope.reverse_path, dsn)
+        self.activity.report(
+            Kind.BOUNCED, queue_id=envelope.id, bounce_id=bounce_id, to=envelope.reverse_path,
+            recipients=[r.address for r in failed],
+        )  # fmt: skip
 
     async def inject(self, queue_id: str, recipient: str, message: bytes) -> None:
         """Queue a locally made message from ``<>`` (a bounce) for ``recipient``."""

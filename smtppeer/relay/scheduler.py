@@ -25,6 +25,7 @@ from twisted.application import service
 from twisted.internet import defer, interfaces
 from twisted.logger import Logger
 
+from smtppeer.activity import Activity
 from smtppeer.engine import Limits
 from smtppeer.peer.hooks import ReceiverHooks, SenderJob
 from smtppeer.policy.routing import MX, Router
@@ -54,6 +55,7 @@ class QueueRunner(service.Service):
         clock: interfaces.IReactorTime | None = None,
         rng: random.Random | None = None,
         security: Callable[[str], Security] | None = None,
+        activity: Activity | None = None,
     ) -> None:
         """``security(endpoint)`` says how to secure a connection to a configured
         endpoint (a peer's TLS policy and credentials); MX hosts get opportunistic TLS.
@@ -66,6 +68,7 @@ class QueueRunner(service.Service):
         self.router = router
         self.settings = settings or RunnerSettings()
         self.clock = clock or reactor
+        self.activity = activity or Activity(self.clock)
         self.queue = Queue()
         self.results = Results(
             hostname,
@@ -78,6 +81,7 @@ class QueueRunner(service.Service):
             deliver_locally=deliver_locally,
             look_again=self._look_again,
             added=self.add,
+            activity=self.activity,
         )
         self.attempts = Attempts(
             hostname,
@@ -91,7 +95,9 @@ class QueueRunner(service.Service):
             security=security or (lambda endpoint: (None, None)),
             track=self._track,
         )
-        self.holds = Holds(self.queue, self.attempts, self.results, self.settings, self.clock, self._track)
+        self.holds = Holds(
+            self.queue, self.attempts, self.results, self.settings, self.clock, self._track, self.activity
+        )
         self._connections: dict[str, int] = defaultdict(int)
         self._timer = None
         self._running: set[defer.Deferred] = set()
