@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from smtppeer.activity import Activity
 from smtppeer.engine.sender import TLS_OPPORTUNISTIC, ClientSecurity
+from smtppeer.peer.hooks import ReceiverHooks
 from smtppeer.peer.protocol import SMTPPeerFactory
 from smtppeer.peer.tls import client_options, endpoint_host
 from smtppeer.policy.receiving import ReceivingPolicy
@@ -31,19 +38,47 @@ from .startup import DataDirectory, fail, twistd_owner
 
 log = Logger()
 
-__all__ = ["Options", "makeService", "build_service"]
+__all__ = ["Assembly", "Options", "assemble", "build_service", "makeService"]
 
 
 def makeService(options: Options) -> service.MultiService:  # noqa: N802 (the name ServiceMaker looks for)
     return build_service(options.config, owner=twistd_owner(options))
 
 
+@dataclass
+class Assembly:
+    """One configured service and the parts a lab (or a test) drives directly."""
+
+    service: service.MultiService
+    config: Config
+    receiving: Receiving
+    runner: QueueRunner
+    hooks: ReceiverHooks
+    listeners: list[ListeningService]
+    poller: Poller | None
+    activity: Activity
+
+
 def build_service(config: Config, owner: tuple[int, int] | None = None) -> service.MultiService:
+    return assemble(config, owner).service
+
+
+def assemble(
+    config: Config,
+    owner: tuple[int, int] | None = None,
+    *,
+    activity: Activity | None = None,
+    wrap_hooks: Callable[[ReceivingPolicy], ReceiverHooks] | None = None,
+    screen: frozenset[str] = frozenset(),
+) -> Assembly:
     """Children start in order and stop in reverse: listeners and polls stop
     first, the committer last, so everything accepted is on disk at the end.
 
     ``owner``: the uid and gid twistd switches to after ``privilegedStartService``
-    (``--uid``/``--gid``); the data directory is handed to them before that."""
+    (``--uid``/``--gid``); the data directory is handed to them before that.
+    ``activity`` is told what happens to mail; ``wrap_hooks`` may put something
+    (the lab's failures) between the listeners and the receiving policy, and
+    ``screen`` names commands those hooks see before they run."""
     top = service.MultiService()
     data_dir = os.path.abspath(config.data_dir)
     DataDirectory(data_dir, owner).setServiceParent(top)  # first: locked before anything in it is touched
@@ -55,6 +90,7 @@ def build_service(config: Config, owner: tuple[int, int] | None = None) -> servi
     if swept:
         log.info("removed {n} stale files from Maildir tmp/ directories", n=swept)
     resolver = resolver_from_address(*config.dns) if config.dns else None
+    activity = activity or Activity()
     runner = QueueRunner(
         config.hostname,
         side.spool,
@@ -64,26 +100,34 @@ def build_service(config: Config, owner: tuple[int, int] | None = None) -> servi
         settings=RunnerSettings(lifetime=config.queue_lifetime, backoff_base=config.retry_interval),
         limits=config.limits,
         security=_client_security(config),
+        activity=activity,
     )
     runner.setServiceParent(top)
-    hooks = side.policy(runner)
+    policy = side.policy(runner, activity)
+    hooks: ReceiverHooks = wrap_hooks(policy) if wrap_hooks is not None else policy
+    listeners: list[ListeningService] = []
     for index, listener in enumerate(config.listeners):
         factory = side.factory(listener, hooks)
+        if screen:
+            factory.peer_options["screen"] = screen
         if listener.processes > 1:
             from .workers import SharedListener  # noqa: PLC0415 - only for multi-process listeners
 
             SharedListener(config, index, factory, runner).setServiceParent(top)
         else:
-            _Listener(listener.endpoint, factory).setServiceParent(top)
+            served = ListeningService(listener.endpoint, factory)
+            served.setServiceParent(top)
+            listeners.append(served)
     endpoints = side.endpoints
+    poller = None
     poll_now = None
     if config.polls:
         schedules = [Schedule(p.peer, p.interval, p.jitter, p.max_backoff) for p in config.polls]
         polls = {p.peer: p for p in config.polls}
-        poller = Poller(schedules, lambda name: _poll(runner, hooks, config, polls[name], endpoints[name]))
+        poller = Poller(schedules, lambda name: _poll(runner, policy, config, polls[name], endpoints[name]))
         poller.setServiceParent(top)
         poll_now = poller.poll_now
-    ControlService(data_dir, ControlFactory(runner, hooks, poll_now)).setServiceParent(top)
+    ControlService(data_dir, ControlFactory(runner, policy, poll_now)).setServiceParent(top)
     log.info(
         "smtppeer {hostname}: domains {domains}, data in {data_dir}, listening on {listen}",
         hostname=config.hostname,
@@ -91,7 +135,7 @@ def build_service(config: Config, owner: tuple[int, int] | None = None) -> servi
         data_dir=data_dir,
         listen=", ".join(listener.endpoint for listener in config.listeners),
     )
-    return top
+    return Assembly(top, config, side, runner, hooks, listeners, poller, activity)
 
 
 def _client_security(config: Config):
@@ -129,25 +173,41 @@ def _poll(runner: QueueRunner, hooks: ReceivingPolicy, config: Config, poll, end
     return runner.poll(poll.peer, endpoint, hooks)
 
 
-class _Listener(service.MultiService):
+class ListeningService(service.Service):
     """A listening endpoint whose stop also closes its sessions (421 4.3.2), so a
-    SIGTERM never leaves a client waiting on a half-finished exchange."""
+    SIGTERM never leaves a client waiting on a half-finished exchange.
+
+    It listens in ``privilegedStartService`` (before twistd drops privileges:
+    port 25), and keeps the listening port, whose address a lab reports."""
 
     def __init__(self, endpoint: str, factory: SMTPPeerFactory) -> None:
-        super().__init__()
         self.endpoint = endpoint
         self.factory = factory
-        strports.service(endpoint, factory).setServiceParent(self)
+        self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:  # in use, or a privileged port without the privilege
-            cause = e.socketError
-            fail(f"cannot listen on {self.endpoint}: {getattr(cause, 'strerror', None) or cause}")
+        super().privilegedStartService()
+        if self.port is not None:
+            return
+        from twisted.internet import reactor  # noqa: PLC0415
 
-    def stopService(self):
-        d = defer.maybeDeferred(super().stopService)
+        outcome: list = []
+        serverFromString(reactor, self.endpoint).listen(self.factory).addBoth(outcome.append)
+        result = outcome[0] if outcome else None  # stream endpoints listen at once
+        if isinstance(result, Failure):
+            cause = result.value.socketError if result.check(CannotListenError) else result.value
+            # in use, or a privileged port without the privilege
+            fail(f"cannot listen on {self.endpoint}: {getattr(cause, 'strerror', None) or cause}")
+        self.port = result
+
+    def startService(self) -> None:
+        self.privilegedStartService()  # a service started without twistd (a lab, a test)
+        super().startService()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        port, self.port = self.port, None
+        d = defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
         d.addCallback(lambda _: self.factory.shutdown())
         return d
 

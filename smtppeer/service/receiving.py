@@ -12,6 +12,7 @@ import os
 
 from twisted.application import service
 
+from smtppeer.activity import Activity
 from smtppeer.engine.atrn import ODMR_COMMANDS, Atrn
 from smtppeer.engine.auth import Auth
 from smtppeer.engine.etrn import Etrn
@@ -64,8 +65,9 @@ class Receiving:
         self.accounts = Accounts(_logins(config))
         self.server_tls = server_options(config.tls.certificate, config.tls.key) if config.tls else None
 
-    def policy(self, runner) -> ReceivingPolicy:
-        """``runner``: the queue runner, or what tells it about new spool entries."""
+    def policy(self, runner, activity: Activity | None = None) -> ReceivingPolicy:
+        """``runner``: the queue runner, or what tells it about new spool entries;
+        ``activity``: told what is received and refused."""
         config = self.config
         return ReceivingPolicy(
             config.hostname,
@@ -79,6 +81,7 @@ class Receiving:
             accounts=self.accounts,
             owned=_owned_domains(config),
             peer_endpoints=self.endpoints,
+            activity=activity,
         )
 
     def factory(self, listener: Listener, hooks: ReceivingPolicy) -> SMTPPeerFactory:
