@@ -221,3 +221,22 @@ def test_a_failure_not_yet_bounced_when_the_process_died_is_bounced_at_start(spo
 )
 def test_a_bounce_names_the_relays_host_as_remote_mta(relay, host):
     assert _remote_host(relay) == host
+
+
+def test_a_session_that_ends_late_does_not_free_what_a_newer_one_is_sending():
+    """Marks belong to the session that took them.  A flush (or a poll) that comes
+    while the attempt that deferred a recipient is still ending starts a newer
+    attempt; when the old one ends it must not free the recipient the new one is
+    sending, or a third attempt sends it again (the lab saw the message twice)."""
+    from smtppeer.relay.queue import Queue
+
+    queue = Queue()
+    envelope = Envelope("M1", "a@peer.test", [Recipient("later@next.test")], 0.0)
+    rcpt = envelope.recipients[0]
+    first = queue.mark([(envelope, [rcpt])])
+    first.release(envelope, [rcpt])  # its result is written: the recipient is free
+    second = queue.mark([(envelope, [rcpt])])  # a retry takes it at once
+    first.release_all()  # the old session ends
+    assert queue.is_sending(envelope, rcpt)
+    second.release_all()
+    assert not queue.is_sending(envelope, rcpt) and queue.sending == 0

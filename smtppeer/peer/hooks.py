@@ -56,6 +56,7 @@ class Session:
     turn_by_address: bool = False  # the listener trusts peers' addresses for TURN (RFC 821 model)
     may_turn: bool = True  # False on a listener that never turns (shared with worker processes)
     turned: bool = False  # this connection has changed roles before
+    connection: int = 0  # which connection of this process: tells sessions of one client apart
 
 
 class MessageSink:

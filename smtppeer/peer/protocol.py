@@ -13,6 +13,7 @@ STARTTLS again.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass, field
 
 from twisted.internet import defer, interfaces
@@ -140,6 +141,7 @@ class SMTPPeer(Protocol):
             turn_by_address=getattr(factory, "turn_by_address", False),
             may_turn=getattr(factory, "may_turn", True),
             turned=self.state.turned,
+            connection=self.connection,
         )
 
     # -- connection life ------------------------------------------------------------
@@ -147,6 +149,7 @@ class SMTPPeer(Protocol):
     def connectionMade(self) -> None:
         if self.factory is not None:
             self.factory.peers.add(self)
+        self.connection = next(_connections)
         peer = self.transport.getPeer()
         self.client_address: str = getattr(peer, "host", str(peer))
         self.client_literal = address_literal(self.client_address)
@@ -656,6 +659,9 @@ _SENDER_EVENTS = {
     sev.TurnRefused: SMTPPeer._on_turn_refused,
     sev.SessionEnded: SMTPPeer._on_session_ended,
 }
+
+
+_connections = itertools.count(1)
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from smtppeer.policy.routing import MX
 from smtppeer.store.spool import Spool
 
 from .mx import DNSLookupError, MXResolver, endpoint_description
-from .queue import Item, Queue, RunnerSettings
+from .queue import Item, Marks, Queue, RunnerSettings
 from .results import Results
 
 log = Logger()
@@ -63,19 +63,19 @@ class Attempts:
         self.security = security
         self.track = track
 
-    async def deliver(self, target: str, domain: str, items: list[Item]) -> None:
+    async def deliver(self, target: str, domain: str, items: list[Item], marks: Marks) -> None:
         """Send ``items`` to ``target`` (an endpoint, or MX for ``domain``), trying each
         next hop in turn until one takes the connection."""
         try:
             descriptions = await self._endpoints(target, domain)
         except DNSLookupError as e:
             code = 550 if e.status.startswith("5") else 451
-            await self.results.record_all(items, reply(code, e.status, str(e)))
+            await self.results.record_all(items, reply(code, e.status, str(e)), marks)
             return
         last_error = "no next hop"
         security = MX_SECURITY if target == MX else self.security(target)
         for description, endpoint in descriptions:
-            job, pending = self.job(items)
+            job, pending = self.job(items, marks)
             factory = self.factory(ReceiverHooks(), job, security)
             try:
                 await self.session(description, endpoint, factory, pending)
@@ -83,7 +83,7 @@ class Attempts:
                 last_error = f"{description}: {e.__class__.__name__}: {e}"
                 continue
             return
-        await self.results.record_all(items, reply(451, "4.4.1", f"Cannot connect: {last_error}"))
+        await self.results.record_all(items, reply(451, "4.4.1", f"Cannot connect: {last_error}"), marks)
 
     async def _endpoints(self, target: str, domain: str) -> list[tuple[str, object]]:
         """``(description, endpoint)`` to try in order: the route's endpoint, or the MX hosts."""
@@ -110,16 +110,16 @@ class Attempts:
             client_tls=client_tls,
         )
 
-    def job(self, items: list[Item]) -> tuple[SenderJob, list[defer.Deferred]]:
-        """A job sending ``items``; each result is recorded as it comes, and frees its
-        recipients once written.  ``pending``: those recordings, to wait for."""
+    def job(self, items: list[Item], marks: Marks) -> tuple[SenderJob, list[defer.Deferred]]:
+        """A job sending ``items``; each result is recorded as it comes, and gives its
+        recipients back (``marks``) once written.  ``pending``: those recordings."""
         pending: list[defer.Deferred] = []
 
         def on_result(result: MessageResult) -> None:
             envelope, rcpts = result.envelope.tag
             d = defer.ensureDeferred(self.results.record(envelope, rcpts, result.results))
             d.addErrback(lambda f: log.failure("could not record results for {id}", f, id=envelope.id))
-            d.addBoth(lambda _: self.queue.unmark(envelope, rcpts))
+            d.addBoth(lambda _: marks.release(envelope, rcpts))
             pending.append(d)
             self.track(d)
 
@@ -136,7 +136,9 @@ class Attempts:
         ]
         return SenderJob(envelopes, on_result=on_result), pending
 
-    async def send(self, description: str, endpoint: str, job: SenderJob, pending, items: list[Item]) -> None:
+    async def send(
+        self, description: str, endpoint: str, job: SenderJob, pending, items: list[Item], marks: Marks
+    ) -> None:
         """Send a ready job over a new connection to ``endpoint``; if it cannot be
         opened, every message of it is deferred."""
         factory = self.factory(ReceiverHooks(), job, self.security(endpoint))
@@ -144,7 +146,8 @@ class Attempts:
         try:
             await self.session(description, connect, factory, pending)
         except Exception as e:  # noqa: BLE001 - the node is down: its mail stays where it was
-            await self.results.record_all(items, reply(451, "4.4.1", f"Cannot connect to {description}: {e}"))
+            failed = reply(451, "4.4.1", f"Cannot connect to {description}: {e}")
+            await self.results.record_all(items, failed, marks)
 
     async def session(self, description: str, endpoint, factory, pending) -> SessionSummary:
         """Connect (a failure raises), wait for the session to end and its results to be

@@ -92,8 +92,7 @@ class Holds:
         deliver keeps the mail held; a permanent refusal bounces it.
         """
         items = self.queue.held(peer_name, domains)
-        self.queue.mark(items)
-        job, _ = self.attempts.job(items)
+        job, _ = self.attempts.job(items, self.queue.mark(items))
         log.info("{line}", line=f"releasing {len(items)} held messages to {peer_name}")
         return job
 
@@ -108,11 +107,13 @@ class Holds:
         items = self.queue.held(peer_name, domains, exact)
         if not items:
             return 0
-        self.queue.mark(items)
-        job, pending = self.attempts.job(items)
+        marks = self.queue.mark(items)
+        job, pending = self.attempts.job(items, marks)
         log.info("{line}", line=f"ETRN: sending {len(items)} held messages to {peer_name} at {endpoint}")
         self.activity.report(Kind.RELEASED, peer=peer_name, verb="ETRN", messages=len(items))
-        d = defer.ensureDeferred(self.attempts.send(f"{peer_name} (ETRN)", endpoint, job, pending, items))
+        d = defer.ensureDeferred(
+            self.attempts.send(f"{peer_name} (ETRN)", endpoint, job, pending, items, marks)
+        )
         d.addErrback(lambda f: log.failure("ETRN delivery failed", f))
         self.track(d)
         return len(items)
@@ -133,8 +134,8 @@ class Holds:
         (``ETRN node``), and QUIT."""
         started = self.clock.seconds()
         items = self.queue.pending_via({endpoint, f"peer:{peer_name}"}) if send_queued else []
-        self.queue.mark(items)
-        job, pending = self.attempts.job(items)
+        marks = self.queue.mark(items)
+        job, pending = self.attempts.job(items, marks)
         job.finish = command
         job.requests = list(requests or [])
         client_security, client_tls = self.attempts.security(endpoint)
@@ -147,7 +148,9 @@ class Holds:
             connect = endpoints.clientFromString(self.attempts.reactor, endpoint)
             summary = await self.attempts.session(f"{peer_name} (poll)", connect, factory, pending)
         except Exception as e:  # noqa: BLE001 - the peer is down: what we had stays queued
-            await self.results.record_all(items, reply(451, "4.4.1", f"Cannot connect to {peer_name}: {e}"))
+            await self.results.record_all(
+                items, reply(451, "4.4.1", f"Cannot connect to {peer_name}: {e}"), marks
+            )
             outcome.error = f"cannot connect: {e}"
         else:
             outcome.sent = sum(len(r.delivered) for r in summary.sent)

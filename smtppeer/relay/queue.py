@@ -2,8 +2,10 @@
 
 The spool on disk is the truth; this is the runner's index of it.  A
 recipient is *marked* while a session is sending it, so that no second
-session (another delivery, a TURN, an ETRN) sends the same message: marks
-are taken when a job is made and given back when its result is recorded.
+session (another delivery, a TURN, an ETRN, a poll) sends the same message.
+The marks a session took are its own (``Marks``) and only it gives them
+back: a session that ends late (its results still being written) cannot
+free a recipient that a newer session is sending now.
 """
 
 from __future__ import annotations
@@ -29,19 +31,44 @@ class RunnerSettings:
     connect_timeout: float = 30.0
 
 
+class Marks:
+    """The recipients one session took to send; it gives them back as their results
+    are written, and whatever is left when it ends."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.keys: set[tuple[str, str]] = set()
+
+    def release(self, envelope: Envelope, rcpts: list[Recipient]) -> None:
+        sending = self.queue._sending
+        for rcpt in rcpts:
+            key = (envelope.id, rcpt.address)
+            self.keys.discard(key)
+            if sending.get(key) is self:
+                del sending[key]
+
+    def release_all(self) -> None:
+        sending = self.queue._sending
+        for key in self.keys:
+            if sending.get(key) is self:
+                del sending[key]
+        self.keys.clear()
+
+
 class Queue:
     def __init__(self) -> None:
         self.entries: dict[str, Envelope] = {}
-        self._sending: set[tuple[str, str]] = set()
+        self._sending: dict[tuple[str, str], Marks] = {}
 
-    def mark(self, items: list[Item]) -> None:
+    def mark(self, items: list[Item]) -> Marks:
+        """Take ``items``' recipients for one session."""
+        marks = Marks(self)
         for envelope, rcpts in items:
             for rcpt in rcpts:
-                self._sending.add((envelope.id, rcpt.address))
-
-    def unmark(self, envelope: Envelope, rcpts: list[Recipient]) -> None:
-        for rcpt in rcpts:
-            self._sending.discard((envelope.id, rcpt.address))
+                key = (envelope.id, rcpt.address)
+                marks.keys.add(key)
+                self._sending[key] = marks
+        return marks
 
     def is_sending(self, envelope: Envelope, rcpt: Recipient) -> bool:
         return (envelope.id, rcpt.address) in self._sending

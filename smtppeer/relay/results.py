@@ -27,7 +27,7 @@ from smtppeer.store.ids import new_queue_id
 from smtppeer.store.spool import DELIVERED, FAILED, HELD, PENDING, Envelope, Recipient, Spool
 
 from . import bounce
-from .queue import Item, Queue, RunnerSettings
+from .queue import Item, Marks, Queue, RunnerSettings
 
 log = Logger()
 
@@ -67,12 +67,12 @@ class Results:
         self.look_again = look_again
         self.added = added
 
-    async def record_all(self, items: list[Item], response: Reply) -> None:
+    async def record_all(self, items: list[Item], response: Reply, marks: Marks) -> None:
         """The same result for everything of a session that never got going; the
         recipients are free for the next attempt afterwards."""
         for envelope, rcpts in items:
             await self.record(envelope, rcpts, {r.address: response for r in rcpts})
-            self.queue.unmark(envelope, rcpts)
+            marks.release(envelope, rcpts)
 
     async def record(self, envelope: Envelope, rcpts: list[Recipient], results: dict[str, Reply]) -> None:
         """Write the results durably first; then bounce what failed."""

@@ -225,15 +225,15 @@ class QueueRunner(service.Service):
                 sum(self._connections.values()) >= self.settings.max_connections
             ):
                 return [item for rest in chunks[n:] for item in rest]
-            self.queue.mark(chunk)
+            marks = self.queue.mark(chunk)
             self._connections[dest] += 1
-            d = defer.ensureDeferred(self.attempts.deliver(target, domain, chunk))
+            d = defer.ensureDeferred(self.attempts.deliver(target, domain, chunk, marks))
             self._track(d)
 
-            def done(result, dest=dest, chunk=chunk):
+            def done(result, dest=dest, chunk=chunk, marks=marks):
                 self._connections[dest] -= 1
-                for envelope, rcpts in chunk:
-                    self.queue.unmark(envelope, rcpts)
+                marks.release_all()
+                for envelope, _ in chunk:
                     self._ready[envelope.id] = None  # anything left of it is looked at again
                 self.kick()
                 return result

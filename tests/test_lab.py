@@ -1,0 +1,133 @@
+"""A lab of real smtppeer hosts in this process: mail moves between dial-up sites
+through their provider only when their links are up; faults strike as asked."""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+import pytest_twisted
+from twisted.internet import threads
+
+from smtppeer.lab.lab import Lab
+from smtppeer.lab.topology import loads_topology
+
+TWO_SITES = """
+[hosts.provider]
+domains = ["provider.test"]
+
+[hosts.alpha]
+role = "dialup"
+domains = ["alpha.test"]
+provider = "provider"
+poll = { method = "turn", every = "1h" }
+
+[hosts.beta]
+role = "dialup"
+domains = ["beta.test"]
+provider = "provider"
+poll = { method = "turn", every = "1h" }
+"""
+
+
+def send(address: tuple[str, int], sender: str, recipients: list[str], subject: str) -> dict:
+    with smtplib.SMTP(*address, timeout=30) as client:
+        return client.sendmail(sender, recipients, f"Subject: {subject}\r\n\r\nhello\r\n".encode())
+
+
+@pytest_twisted.async_yield_fixture
+async def two_sites(tmp_path):
+    lab = Lab(loads_topology(TWO_SITES, "two-sites.toml"), data_dir=str(tmp_path / "lab"))
+    await lab.start()
+    try:
+        yield lab
+    finally:
+        await lab.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_mail_from_one_dialup_site_reaches_another_through_the_provider(two_sites):
+    lab = two_sites
+    alpha = lab.hosts["alpha"]
+    received = lab.wait_for_event("received", host="provider", timeout=20)
+    yield threads.deferToThread(send, alpha.smtp, "a@alpha.test", ["b@beta.test"], "across")
+    yield received  # alpha sends through its provider at once; the provider holds it for beta
+    assert [e["recipients"] for e in lab.hosts["provider"].held("beta")] == [
+        [
+            {
+                "address": "b@beta.test",
+                "state": "held",
+                "relay": None,
+                "hold": "beta",
+                "attempts": 0,
+                "last_reply": None,
+            }
+        ]
+    ]
+    assert lab.hosts["beta"].messages() == []
+    outcome = yield lab.hosts["beta"].poll()
+    assert outcome.ok and outcome.received == 1
+    [message] = yield lab.wait_for_messages("beta", 1, {"subject": "across"}, timeout=20)
+    assert message.mailbox == "b@beta.test"
+    yield lab.wait_until(lambda: not lab.hosts["provider"].held("beta"), what="the hold queue emptied")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_link_down_keeps_mail_queued_and_the_site_polls_when_it_comes_up(two_sites):
+    lab = two_sites
+    with lab.link_down("alpha-provider"):
+        deferred = lab.wait_for_event("deferred", host="alpha", timeout=20)
+        yield threads.deferToThread(
+            send, lab.hosts["alpha"].smtp, "a@alpha.test", ["p@provider.test"], "later"
+        )
+        assert (yield deferred).fields["recipient"] == "p@provider.test"
+        yield lab.wait_for_no_messages("provider", 0.5)
+        polled = lab.wait_for_event("polled", host="alpha", timeout=20)
+    # up again: alpha polls at once, which sends what it had queued
+    assert (yield polled).fields["sent"] == 1
+    messages = yield lab.wait_for_messages("provider", 1, timeout=20)
+    assert [m.subject for m in messages] == ["later"], [m.raw for m in messages]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_452_fault_on_one_recipient_is_retried_and_then_delivered(two_sites):
+    lab = two_sites
+    lab.add_fault(
+        {
+            "host": "provider",
+            "phase": "rcpt",
+            "recipient": "busy@*",
+            "reply": "452 4.2.2 Mailbox full",
+            "times": 1,
+        }
+    )
+    fired = lab.wait_for_event("fault", host="provider", timeout=20)
+    deferred = lab.wait_for_event("deferred", host="alpha", timeout=20)
+    yield threads.deferToThread(send, lab.hosts["alpha"].smtp, "a@alpha.test", ["busy@provider.test"], "busy")
+    assert (yield fired).fields["fault"].startswith("fault-")
+    assert (yield deferred).fields["reply"].startswith("452 4.2.2")
+    # the retry (forced now rather than after the back-off) gets through
+    lab.hosts["alpha"].assembly.runner.flush()
+    [message] = yield lab.wait_for_messages("provider", 1, {"mailbox": "busy@provider.test"}, timeout=20)
+    assert message.subject == "busy"
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (
+            '[hosts.a]\ndomains = ["a.test"]\nrole = "dialup"\n',
+            'two.toml: hosts.a: a dial-up host needs a "provider"',
+        ),
+        (
+            '[hosts.a]\ndomains = ["a.test"]\n[links.x]\nfrom = "a"\nto = "b"\n',
+            'two.toml: links.x.to: no host named "b"',
+        ),
+    ],
+)
+def test_a_wrong_topology_is_one_line_naming_the_key(bad, error):
+    from smtppeer.service.configfile import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        loads_topology(bad, "two.toml")
+    assert str(raised.value).startswith(error)
