@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import _parse, _parseServer
 from twisted.names import client
@@ -39,7 +39,10 @@ def parse_server_endpoint(description: str) -> tuple[Any, tuple, dict[str, Any]]
 def idle_socket(transport: object) -> socket.socket | None:
     """The socket of a plain (not TLS) TCP transport that is connected, not closing,
     and has nothing of its own buffered: data sent on it now cannot overtake
-    anything.  None for anything else."""
+    anything.  None for anything else (a wrapper in front of one, which would not
+    see what is sent past it, included)."""
+    if not isinstance(transport, tcp.Connection):
+        return None
     sock = getattr(transport, "socket", None)
     if (
         sock is None

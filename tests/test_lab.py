@@ -131,3 +131,13 @@ def test_a_wrong_topology_is_one_line_naming_the_key(bad, error):
     with pytest.raises(ConfigError) as raised:
         loads_topology(bad, "two.toml")
     assert str(raised.value).startswith(error)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_host_keeps_transcripts_of_its_sessions(two_sites):
+    lab = two_sites
+    yield threads.deferToThread(send, lab.hosts["provider"].smtp, "x@else.test", ["p@provider.test"], "seen")
+    yield lab.wait_for_messages("provider", 1, timeout=20)
+    text = [t.as_dict()["text"] for t in lab.hosts["provider"].transcripts.sessions]
+    [session] = [t for t in text if "FROM:<x@else.test>" in t]  # smtplib says "mail FROM:"
+    assert "C: mail FROM:<x@else.test>" in session and "S: 250 2.0.0 Ok: queued as" in session

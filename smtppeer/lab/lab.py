@@ -37,6 +37,7 @@ from .faults import SCREENED, Fault, FaultBook, FaultyHooks
 from .hosts import ODMR, SMTP, host_config, listeners_of
 from .links import Link
 from .topology import FaultSpec, LinkSpec, Role, Topology, TopologyReader
+from .transcripts import Transcripts
 
 log = Logger()
 
@@ -124,8 +125,11 @@ def matcher(match: Match) -> Callable[[Message], bool]:
 class LabHost:
     """One host of a running lab."""
 
-    def __init__(self, lab: Lab, name: str, config: Config, assembly: Assembly) -> None:
+    def __init__(
+        self, lab: Lab, name: str, config: Config, assembly: Assembly, transcripts: Transcripts
+    ) -> None:
         self.lab, self.name, self.config, self.assembly = lab, name, config, assembly
+        self.transcripts = transcripts
         self.spec = lab.topology.hosts[name]
 
     @property
@@ -303,14 +307,16 @@ class Lab(service.MultiService):
             config = host_config(self.topology, name, self.data_dir, self._link_address)
             activity = Activity(self.clock)
             activity.watch(lambda record, host=name: self._record(host, record))
+            transcripts = Transcripts(name, self.clock)
             assembly = assemble(
                 config,
                 activity=activity,
                 wrap_hooks=lambda policy, host=name: FaultyHooks(policy, host, self.faults),
                 screen=SCREENED,
+                wrap_listener=transcripts.wrap,
             )
             assembly.service.setServiceParent(self)
-            self.hosts[name] = LabHost(self, name, config, assembly)
+            self.hosts[name] = LabHost(self, name, config, assembly, transcripts)
 
     def _link(self, source: str, target: str, spec: LinkSpec | None = None) -> Link:
         for link in self.links.values():

@@ -11,7 +11,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -70,6 +70,7 @@ def assemble(
     activity: Activity | None = None,
     wrap_hooks: Callable[[ReceivingPolicy], ReceiverHooks] | None = None,
     screen: frozenset[str] = frozenset(),
+    wrap_listener: Callable[[SMTPPeerFactory], IProtocolFactory] | None = None,
 ) -> Assembly:
     """Children start in order and stop in reverse: listeners and polls stop
     first, the committer last, so everything accepted is on disk at the end.
@@ -78,7 +79,8 @@ def assemble(
     (``--uid``/``--gid``); the data directory is handed to them before that.
     ``activity`` is told what happens to mail; ``wrap_hooks`` may put something
     (the lab's failures) between the listeners and the receiving policy, and
-    ``screen`` names commands those hooks see before they run."""
+    ``screen`` names commands those hooks see before they run; ``wrap_listener``
+    may put a factory of its own (a lab's transcripts) in front of each listener's."""
     top = service.MultiService()
     data_dir = os.path.abspath(config.data_dir)
     DataDirectory(data_dir, owner).setServiceParent(top)  # first: locked before anything in it is touched
@@ -115,7 +117,7 @@ def assemble(
 
             SharedListener(config, index, factory, runner).setServiceParent(top)
         else:
-            served = ListeningService(listener.endpoint, factory)
+            served = ListeningService(listener.endpoint, factory, wrap_listener)
             served.setServiceParent(top)
             listeners.append(served)
     endpoints = side.endpoints
@@ -180,9 +182,15 @@ class ListeningService(service.Service):
     It listens in ``privilegedStartService`` (before twistd drops privileges:
     port 25), and keeps the listening port, whose address a lab reports."""
 
-    def __init__(self, endpoint: str, factory: SMTPPeerFactory) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        factory: SMTPPeerFactory,
+        wrap: Callable[[SMTPPeerFactory], IProtocolFactory] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.factory = factory
+        self.serving: IProtocolFactory = wrap(factory) if wrap is not None else factory
         self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
@@ -192,7 +200,7 @@ class ListeningService(service.Service):
         from twisted.internet import reactor  # noqa: PLC0415
 
         outcome: list = []
-        serverFromString(reactor, self.endpoint).listen(self.factory).addBoth(outcome.append)
+        serverFromString(reactor, self.endpoint).listen(self.serving).addBoth(outcome.append)
         result = outcome[0] if outcome else None  # stream endpoints listen at once
         if isinstance(result, Failure):
             cause = result.value.socketError if result.check(CannotListenError) else result.value
