@@ -2,6 +2,6 @@
 
 import sys
 
-from smtppeer.service.cli import main
+from smtppeer.app import main
 
 sys.exit(main())

@@ -27,6 +27,7 @@ FLOORS = {
     "smtppeer.lab": 6,
     "smtppeer.testing": 7,
     "smtppeer.__main__": 8,
+    "smtppeer.app": 8,
     "smtppeer": 0,  # the package's __init__: its version only
 }
 

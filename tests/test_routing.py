@@ -100,3 +100,21 @@ def test_address_literals():
     endpoint = endpoints.clientFromString(reactor, d.target)  # a valid endpoint description
     assert (endpoint._host, endpoint._port) == ("2001:db8::1", 25)
     assert decide(r, "<u@[192.0.2.1]>", "127.0.0.1").target == "tcp:host=192.0.2.1:port=25"
+
+
+def test_accept_any_domain_makes_every_unrouted_domain_local_but_keeps_routes_and_holds():
+    router = Router(
+        "capture.test",
+        ["capture.test"],
+        routes={"far.test": "tcp:host=127.0.0.1:port=9"},
+        holds={"held.test": "peer"},
+        accept_any_domain=True,
+    )
+
+    def kind(r: Router, address: str):
+        return r.decide(parse_path(f"<{address}>", reverse=False)[0], "192.0.2.1").kind
+
+    assert kind(router, "u@anything.example") == LOCAL
+    assert kind(router, "u@far.test") == RELAY
+    assert kind(router, "u@held.test") == HOLD
+    assert kind(Router("a.test", ["a.test"]), "u@anything.example") == REFUSE

@@ -314,6 +314,7 @@ class Lab(service.MultiService):
                 wrap_hooks=lambda policy, host=name: FaultyHooks(policy, host, self.faults),
                 screen=SCREENED,
                 wrap_listener=transcripts.wrap,
+                control=False,
             )
             assembly.service.setServiceParent(self)
             self.hosts[name] = LabHost(self, name, config, assembly, transcripts)

@@ -68,7 +68,11 @@ class Router:
         holds: dict[str, str] | None = None,
         relay_from: Iterable[str] = (),
         honour_source_routes: bool = True,
+        accept_any_domain: bool = False,
     ) -> None:
+        """``accept_any_domain``: every domain that is not routed or held is local (a
+        capturing server for tests keeps everything it is sent)."""
+        self.accept_any_domain = accept_any_domain
         self.hostname = hostname.lower().rstrip(".")
         self.local_domains = {d.lower().rstrip(".") for d in local_domains}
         self.routes = {k.lower(): v for k, v in (routes or {}).items()}
@@ -110,6 +114,8 @@ class Router:
         target = _lookup(self.routes, domain)
         if target is not None:
             return Decision(RELAY, target, domain=domain, path=_plain(path))
+        if self.accept_any_domain:
+            return Decision(LOCAL, domain=domain, path=_plain(path))
         target = self.routes.get("*")
         if target is not None and self.is_trusted(client_ip, authenticated):
             return Decision(RELAY, target, domain=domain, path=_plain(path))

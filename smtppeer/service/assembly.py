@@ -71,6 +71,7 @@ def assemble(
     wrap_hooks: Callable[[ReceivingPolicy], ReceiverHooks] | None = None,
     screen: frozenset[str] = frozenset(),
     wrap_listener: Callable[[SMTPPeerFactory], IProtocolFactory] | None = None,
+    control: bool = True,
 ) -> Assembly:
     """Children start in order and stop in reverse: listeners and polls stop
     first, the committer last, so everything accepted is on disk at the end.
@@ -80,7 +81,8 @@ def assemble(
     ``activity`` is told what happens to mail; ``wrap_hooks`` may put something
     (the lab's failures) between the listeners and the receiving policy, and
     ``screen`` names commands those hooks see before they run; ``wrap_listener``
-    may put a factory of its own (a lab's transcripts) in front of each listener's."""
+    may put a factory of its own (a lab's transcripts) in front of each listener's.
+    Without ``control`` there is no control socket (a lab is driven by its own API)."""
     top = service.MultiService()
     data_dir = os.path.abspath(config.data_dir)
     DataDirectory(data_dir, owner).setServiceParent(top)  # first: locked before anything in it is touched
@@ -129,7 +131,8 @@ def assemble(
         poller = Poller(schedules, lambda name: _poll(runner, policy, config, polls[name], endpoints[name]))
         poller.setServiceParent(top)
         poll_now = poller.poll_now
-    ControlService(data_dir, ControlFactory(runner, policy, poll_now)).setServiceParent(top)
+    if control:
+        ControlService(data_dir, ControlFactory(runner, policy, poll_now)).setServiceParent(top)
     log.info(
         "smtppeer {hostname}: domains {domains}, data in {data_dir}, listening on {listen}",
         hostname=config.hostname,

@@ -606,6 +606,9 @@ COMMANDS = [
 
 
 class Options(CommandOptions):
+    """The ``smtppeer`` command's options for ``COMMANDS``; ``for_commands`` makes
+    them for another list (the lab's command is added above this floor)."""
+
     synopsis = "Usage: smtppeer COMMAND [options] [arguments]"
     longdesc = (
         "Administer an smtppeer: 'smtppeer COMMAND --help' describes each command. "
@@ -624,17 +627,29 @@ class Options(CommandOptions):
     opt_c = opt_config
     opt_d = opt_data_dir
 
+    commands: Sequence[Command] = COMMANDS
+
+    @classmethod
+    def for_commands(cls, commands: Sequence[Command]) -> type[Options]:
+        subs = [[c.name, None, c.options, c.help] for c in commands]
+        return type("Options", (cls,), {"commands": list(commands), "subCommands": subs})
+
     def postOptions(self) -> None:  # noqa: N802 -- usage.Options' name
         if self.subCommand is None:
-            raise usage.UsageError("give a command (" + ", ".join(c.name for c in COMMANDS) + ")")
+            raise usage.UsageError("give a command (" + ", ".join(c.name for c in self.commands) + ")")
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    commands: Sequence[Command] = COMMANDS,
+) -> int:
     """Run ``smtppeer`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     argv = sys.argv[1:] if argv is None else list(argv)
-    options = Options()
+    options = Options() if commands is COMMANDS else Options.for_commands(commands)()
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
@@ -644,7 +659,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return EXIT_USAGE
     except SystemExit as e:  # --help, --version
         return e.code if isinstance(e.code, int) else EXIT_OK
-    command = next(c for c in COMMANDS if c.name == options.subCommand)
+    command = next(c for c in commands if c.name == options.subCommand)
     return command.run(options.subOptions, out, err)
 
 

@@ -129,4 +129,5 @@ class Config:
     retry_interval: float = 60.0
     dns: tuple[str, int] | None = None
     honour_source_routes: bool = True
+    accept_any_domain: bool = False  # every domain not routed or held is local (a capturing test server)
     json_log: bool = False

@@ -61,6 +61,7 @@ class Receiving:
             holds=config.holds,
             relay_from=config.relay_from,
             honour_source_routes=config.honour_source_routes,
+            accept_any_domain=config.accept_any_domain,
         )
         self.accounts = Accounts(_logins(config))
         self.server_tls = server_options(config.tls.certificate, config.tls.key) if config.tls else None

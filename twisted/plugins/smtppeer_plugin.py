@@ -5,7 +5,7 @@ from twisted.application.service import ServiceMaker
 
 smtppeer = ServiceMaker(
     "smtppeer",
-    "smtppeer.service.assembly",
+    "smtppeer.app",
     "A bidirectional SMTP peer for hosts that are not always online (TURN, ATRN, ETRN)",
     "smtppeer",
 )

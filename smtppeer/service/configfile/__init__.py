@@ -16,6 +16,8 @@ The schema (``examples/`` has annotated files for each use)::
     relay_from = ["127.0.0.0/8"]        # client networks that may use the "*" route
     dns = "127.0.0.1:53"                # HOST[:PORT] for MX routes; default: the system resolver
     honour_source_routes = true         # false: route <@a,@b:u@c> by u@c (RFC 5321)
+    accept_any_domain = false           # true: any domain not routed or held is local (a test's
+                                        #   capturing server; never on a real mail host)
     json_log = false
 
     [tls]                               # the server certificate for STARTTLS; none: STARTTLS is not offered

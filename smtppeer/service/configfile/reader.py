@@ -103,6 +103,7 @@ class Reader(Listeners, Domains, Peers, Polls, LimitsSection):
         "relay_from",
         "dns",
         "honour_source_routes",
+        "accept_any_domain",
         "json_log",
         "tls",
         "peers",
@@ -144,6 +145,8 @@ class Reader(Listeners, Domains, Peers, Polls, LimitsSection):
             )
         if "json_log" in data:
             config.json_log = self.boolean(data["json_log"], ("json_log",))
+        if "accept_any_domain" in data:
+            config.accept_any_domain = self.boolean(data["accept_any_domain"], ("accept_any_domain",))
         config.polls = self.polls(data.get("polls", []), config)
         self.limits(data.get("limits", {}), config)
         return config
