@@ -221,6 +221,7 @@ _SCHEDULE = re.compile(
     re.IGNORECASE,
 )
 _BANDWIDTH = re.compile(r"(\d+)\s*([KMG]?)(?:i?B)?\s*/\s*s", re.IGNORECASE)
+_MILLISECONDS = re.compile(r"(\d+(?:\.\d*)?)\s*ms", re.IGNORECASE)
 _REPLY = re.compile(r"([245]\d\d)(?:\s+([245]\.\d{1,3}\.\d{1,3}))?(?:\s+(.*))?", re.DOTALL)
 
 
@@ -354,9 +355,9 @@ class TopologyReader(Values):
             link.schedule = self.schedule(spec["schedule"], (*key, "schedule"))
         toxics = link.toxics
         if "latency" in spec:
-            toxics.latency = self.duration(spec["latency"], (*key, "latency"), zero=True)
+            toxics.latency = self.short_duration(spec["latency"], (*key, "latency"), zero=True)
         if "jitter" in spec:
-            toxics.jitter = self.duration(spec["jitter"], (*key, "jitter"), zero=True)
+            toxics.jitter = self.short_duration(spec["jitter"], (*key, "jitter"), zero=True)
         if "bandwidth" in spec:
             toxics.bandwidth = self.bandwidth(spec["bandwidth"], (*key, "bandwidth"))
         if "reset_after" in spec:
@@ -364,7 +365,7 @@ class TopologyReader(Values):
         if "hang" in spec:
             toxics.hang = self.boolean(spec["hang"], (*key, "hang"))
         if "slow_close" in spec:
-            toxics.slow_close = self.duration(spec["slow_close"], (*key, "slow_close"), zero=True)
+            toxics.slow_close = self.short_duration(spec["slow_close"], (*key, "slow_close"), zero=True)
         return link
 
     def schedule(self, value: Any, key: Key) -> Schedule:
@@ -414,7 +415,7 @@ class TopologyReader(Values):
         actions = [a for a in ("reply", "disconnect", "accept_then_drop") if spec.get(a) not in (None, False)]
         if len(actions) > 1:
             raise self.error(key, f"one action at a time, not {' and '.join(actions)}")
-        delay = self.duration(spec["delay"], (*key, "delay"), zero=True) if "delay" in spec else 0.0
+        delay = self.short_duration(spec["delay"], (*key, "delay"), zero=True) if "delay" in spec else 0.0
         if not actions and not delay:
             raise self.error(key, 'say what happens: "reply", "delay", "disconnect" or "accept_then_drop"')
         action = Action(actions[0].replace("_", "-")) if actions else Action.DELAY
@@ -473,6 +474,15 @@ class TopologyReader(Values):
             fault.seed = self.integer(spec["seed"], (*key, "seed"), 0)
 
     # -- small values -----------------------------------------------------------
+
+    def short_duration(self, value: Any, key: Key, *, zero: bool = False) -> float:
+        """A duration as the file's, or milliseconds ("80ms"): latencies are short."""
+        if isinstance(value, str) and _MILLISECONDS.fullmatch(value.strip()):
+            seconds = float(_MILLISECONDS.fullmatch(value.strip()).group(1)) / 1000
+            if seconds == 0 and not zero:
+                raise self.error(key, f"{_show(value)}: must be more than 0 seconds")
+            return seconds
+        return self.duration(value, key, zero=zero)
 
     def choice(self, value: Any, key: Key, kind: type[StrEnum]) -> Any:
         text = self.string(value, key).strip().lower()
