@@ -85,15 +85,21 @@ class Harness:
 
 
 @pytest_twisted.inlineCallbacks
-def test_messages_are_delivered_over_one_connection_and_leave_the_spool(spool, next_hop):
+def test_messages_are_spread_over_the_connections_allowed_and_leave_the_spool(spool, next_hop):
+    """Ten messages, two connections allowed to the destination: five on each.  A
+    receiver syncs each message before its 250, so messages on parallel
+    connections share its syncs where one connection would wait for each."""
     hooks, port = next_hop
-    h = Harness(spool, port)
+    h = Harness(spool, port, per_destination=2)
     try:
         for n in range(3):
             yield h.queue(f"Q{n}", f"u{n}@next.test", "v@next.test")
+        for n in range(3, 10):
+            yield h.queue(f"Q{n}", f"u{n}@next.test")
         h.runner.startService()
         yield h.run()
-        assert len(hooks.stored) == 3 and len(hooks.sessions) == 1  # one connection
+        assert len(hooks.stored) == 10 and len(hooks.sessions) == 2  # two connections
+        assert sorted(len(s.recipients) for s in hooks.stored) == [1] * 7 + [2] * 3
         assert hooks.stored[0].recipients == ["u0@next.test", "v@next.test"]
         assert hooks.stored[0].body.startswith(b"Received: by peer.test\r\nSubject: test Q0")
         assert spool.ids() == [] and h.runner.entries == {}

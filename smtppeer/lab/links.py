@@ -172,6 +172,7 @@ class _Side(protocol.Protocol):
         self.pipe, self.name = pipe, name
 
     def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)  # a proxy passes each chunk on as it comes
         pipe = self.pipe
         if pipe._done:  # the host hung up, or the link went down, while we connected
             self.transport.abortConnection()
@@ -193,6 +194,7 @@ class _Inbound(_Side):
         self.kind = kind
 
     def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
         link = self.pipe.link
         target = link.targets[self.kind]()
         if not link.up or target is None:

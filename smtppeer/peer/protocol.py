@@ -39,6 +39,7 @@ log = Logger()
 # so a client that pipelines without limit cannot fill our memory.
 MAX_BUFFERED_INPUT = 1024 * 1024
 BODY_CHUNK = 64 * 1024  # read from a body source at a time, while the transport takes it
+WRITE_SIZE = 256 * 1024  # written at once, at most, while more is ready
 
 
 @dataclass
@@ -526,15 +527,27 @@ class SMTPPeer(Protocol):
         if self._lost:
             return
         engine = self.receiver if self.receiver is not None else self.sender
+        # What is ready goes out in one write: a body and its final dot (or a reply and the
+        # next) in separate small writes would wait on the peer's delayed ACK (Nagle).
+        pending: list[bytes] = []
+        size = 0
         while engine is not None and not self._write_paused:
             data = engine.data_to_send()
-            if not data:
-                if engine is self.sender and self._feed_body(engine):
-                    continue
+            if data:
+                pending.append(data)
+                size += len(data)
+                if size >= WRITE_SIZE:
+                    self._write(b"".join(pending))
+                    pending, size = [], 0
+            elif not (engine is self.sender and self._feed_body(engine)):
                 break
-            rest = send_now(self.transport, data)
-            if rest:
-                self.transport.write(rest)
+        if pending:
+            self._write(b"".join(pending))
+
+    def _write(self, data: bytes) -> None:
+        rest = send_now(self.transport, data)
+        if rest:
+            self.transport.write(rest)
 
     def _feed_body(self, sender: Sender) -> bool:
         """Hand the sender the next piece of the body it wants, read here (the engine

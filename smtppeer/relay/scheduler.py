@@ -215,16 +215,24 @@ class QueueRunner(service.Service):
         self.kick(max(0.0, delay))
 
     def _start_connections(self, key: tuple[str, str], items: list[Item]) -> list[Item]:
-        """Open connections for ``items`` while limits allow; return what must wait."""
+        """Open connections for ``items`` while limits allow; return what must wait.
+
+        The items are spread over as many connections as may be opened, not
+        packed into the first: a receiver syncs each message before its ``250``,
+        so one connection moves one message per sync, while messages on
+        several connections share a sync (group commit)."""
         target, domain = key
         dest = target + "|" + domain
-        per = self.settings.messages_per_connection
+        settings = self.settings
+        free = min(
+            settings.per_destination - self._connections[dest],
+            settings.max_connections - sum(self._connections.values()),
+        )
+        if free <= 0:
+            return items
+        per = min(settings.messages_per_connection, -(-len(items) // free))
         chunks = [items[i : i + per] for i in range(0, len(items), per)]
-        for n, chunk in enumerate(chunks):
-            if self._connections[dest] >= self.settings.per_destination or (
-                sum(self._connections.values()) >= self.settings.max_connections
-            ):
-                return [item for rest in chunks[n:] for item in rest]
+        for chunk in chunks[:free]:
             marks = self.queue.mark(chunk)
             self._connections[dest] += 1
             d = defer.ensureDeferred(self.attempts.deliver(target, domain, chunk, marks))
@@ -240,7 +248,7 @@ class QueueRunner(service.Service):
 
             d.addBoth(done)
             d.addErrback(lambda f: log.failure("delivery batch failed", f))
-        return []
+        return [item for rest in chunks[free:] for item in rest]
 
     # -- turning around (see holds.py) ----------------------------------------------
 
