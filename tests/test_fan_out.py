@@ -14,7 +14,6 @@ import shutil
 import signal
 import smtplib
 import subprocess
-import time
 
 import pytest
 
@@ -27,6 +26,14 @@ RECIPIENTS = ["u@a.test", "v@b.test"]
 def disk_processes(parent: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True, text=True)
     return [int(line.split()[0]) for line in out.stdout.splitlines() if "-m smtppeer.store.commits" in line]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture
@@ -75,7 +82,12 @@ def test_when_the_maildir_fails_the_spool_entry_is_taken_back(peer):
     code, text = send(peer)
     assert code == 451, text
     assert len(os.listdir(peer.maildir("a.test", "u") / "new")) == 1
-    assert wait_until(lambda: queued(peer) == before, timeout=10), queued(peer)
+    wait_until(
+        lambda: queued(peer) == before,
+        timeout=10,
+        what="the spool entry taken back",
+        detail=lambda: queued(peer),
+    )
     assert disk_processes(peer.proc.pid) == disk  # a failed commit is an answer, not a crash
 
 
@@ -84,13 +96,8 @@ def test_the_disk_process_ends_with_the_service(peer, sig):
     assert send(peer)[0] == 250
     [disk] = disk_processes(peer.proc.pid)
     peer.stop(sig)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(disk, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
+    try:
+        wait_until(lambda: not alive(disk), timeout=10, what="the disk process to end with the service")
+    except AssertionError:
         os.kill(disk, signal.SIGKILL)
-        pytest.fail("the disk process outlived the service")
+        raise
