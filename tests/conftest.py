@@ -116,8 +116,11 @@ def smtppeer(
     timeout: float = 60,
 ) -> subprocess.CompletedProcess:
     """Run the admin command, ``python -m smtppeer ARGS``, from this checkout; its output
-    captured (``text`` for str, else bytes; ``stdin`` of the same kind).  ``env`` replaces
-    this process's environment (``PYTHONPATH`` is always the checkout)."""
+    captured (``text`` for str, else bytes; ``stdin`` of the same kind, empty by default:
+    it never reads the terminal).  ``env`` replaces this process's environment
+    (``PYTHONPATH`` is always the checkout)."""
+    if stdin is None:
+        stdin = "" if text else b""
     return subprocess.run(
         [sys.executable, "-m", "smtppeer", *args],
         input=stdin,
