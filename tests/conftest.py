@@ -53,9 +53,23 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def _timed_out(timeout: float, what: str, detail: Callable[[], object] | None) -> AssertionError:
-    message = f"timed out after {timeout}s waiting for {what}"
-    return AssertionError(message if detail is None else f"{message}: {detail()}")
+def _bounded(
+    predicate: Callable[[], object], timeout: float, what: str, detail: Callable[[], object] | None
+) -> Callable[[], object]:
+    """One check of a wait of at most ``timeout`` s from now: ``predicate()``'s value when
+    true, else None while there is time left, else AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+
+    def check() -> object:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            message = f"timed out after {timeout}s waiting for {what}"
+            raise AssertionError(message if detail is None else f"{message}: {detail()}")
+        return None
+
+    return check
 
 
 def wait_until(
@@ -69,14 +83,10 @@ def wait_until(
     Blocks the calling thread: for tests that drive real processes, or a thread
     of their own.  On timeout raises AssertionError naming ``what`` (and, with
     ``detail``, what ``detail()`` says about the state at that moment)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise _timed_out(timeout, what, detail)
+    check = _bounded(predicate, timeout, what, detail)
+    while not (result := check()):
         time.sleep(0.05)
+    return result
 
 
 async def wait_until_async(
@@ -91,14 +101,10 @@ async def wait_until_async(
     From an ``inlineCallbacks`` test: ``yield defer.ensureDeferred(wait_until_async(...))``."""
     from twisted.internet import reactor, task
 
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise _timed_out(timeout, what, detail)
+    check = _bounded(predicate, timeout, what, detail)
+    while not (result := check()):
         await task.deferLater(reactor, 0.01, lambda: None)
+    return result
 
 
 def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
