@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,24 +11,13 @@ from smtppeer.engine.sasl import hash_password
 from smtppeer.peer.tls import make_self_signed
 from smtppeer.service.cli import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, main
 
-REPO = Path(__file__).resolve().parent.parent
+from .conftest import REPO, smtppeer
+
 EXAMPLES = REPO / "examples"
 
 
-def smtppeer(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "smtppeer", *args],
-        cwd=cwd or REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_good_file(example_certs):
-    result = smtppeer("check-config", str(EXAMPLES / "dialup.toml"), cwd=example_certs)
+    result = smtppeer("check-config", str(EXAMPLES / "dialup.toml"), cwd=example_certs, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
@@ -54,7 +39,7 @@ def test_good_file(example_certs):
 
 @pytest.mark.parametrize("name", ["single-host.toml", "provider.toml", "dialup.toml"])
 def test_every_example_checks(name, example_certs):
-    result = smtppeer("check-config", str(EXAMPLES / name), cwd=example_certs)
+    result = smtppeer("check-config", str(EXAMPLES / name), cwd=example_certs, text=True)
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.startswith(f"{EXAMPLES / name}: ok\n")
 
@@ -63,7 +48,7 @@ def test_summary_never_shows_a_password(tmp_path):
     (tmp_path / "p.toml").write_text(
         '[peers.p]\naddresses = ["192.0.2.1"]\nusername = "u"\npassword = "s3cret"\n'
     )
-    result = smtppeer("check-config", "p.toml", cwd=tmp_path)
+    result = smtppeer("check-config", "p.toml", cwd=tmp_path, text=True)
     assert result.returncode == 0, result.stderr
     assert "p (from 192.0.2.1; as u with a password)" in result.stdout
     assert "s3cret" not in result.stdout
@@ -129,7 +114,7 @@ peer = "backup"
 method = "etrn"
 """
     )
-    result = smtppeer("check-config", "t.toml", cwd=tmp_path)
+    result = smtppeer("check-config", "t.toml", cwd=tmp_path, text=True)
     assert (result.returncode, result.stderr) == (0, "")
     summary = _summary(result.stdout)
     assert summary["tls"].startswith("cert.pem (CN=mail.example.org, until 20")
@@ -157,7 +142,7 @@ def test_bad_file(tmp_path):
     (tmp_path / "smtppeer.toml").write_text(
         '[[listen]]\nendpoint = "tcp:2525"\n[[listen]]\nendpoint = "tcp:2525"\n'
     )
-    result = smtppeer("check-config", "smtppeer.toml", cwd=tmp_path)
+    result = smtppeer("check-config", "smtppeer.toml", cwd=tmp_path, text=True)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == 'smtppeer.toml: listen[1].endpoint: "tcp:2525" duplicates listen[0]\n'
@@ -165,7 +150,7 @@ def test_bad_file(tmp_path):
 
 def test_unknown_peer_in_route(tmp_path):
     (tmp_path / "smtppeer.toml").write_text('[routes]\n"*" = "peer:provider"\n')
-    result = smtppeer("check-config", "smtppeer.toml", cwd=tmp_path)
+    result = smtppeer("check-config", "smtppeer.toml", cwd=tmp_path, text=True)
     assert (result.returncode, result.stdout) == (2, "")
     assert (
         result.stderr
@@ -175,38 +160,38 @@ def test_unknown_peer_in_route(tmp_path):
 
 def test_syntax_error_and_missing_file(tmp_path):
     (tmp_path / "broken.toml").write_text('hostname = "a.example"\n[limits\nrecipients = 100\n')
-    result = smtppeer("check-config", "broken.toml", cwd=tmp_path)
+    result = smtppeer("check-config", "broken.toml", cwd=tmp_path, text=True)
     assert result.returncode == 2
     assert result.stderr == (
         "broken.toml: line 2, column 8: TOML syntax error: Expected ']' at the end of a table declaration\n"
     )
-    result = smtppeer("check-config", "missing.toml", cwd=tmp_path)
+    result = smtppeer("check-config", "missing.toml", cwd=tmp_path, text=True)
     assert (result.returncode, result.stdout, result.stderr) == (2, "", "missing.toml: no such file\n")
 
 
 def test_usage_errors():
-    result = smtppeer("check-config")
+    result = smtppeer("check-config", text=True)
     assert result.returncode == 64
     assert result.stderr.splitlines()[-1] == "Try 'smtppeer check-config --help'."
-    result = smtppeer("check-config", "a.toml", "b.toml")
+    result = smtppeer("check-config", "a.toml", "b.toml", text=True)
     assert result.returncode == 64
-    result = smtppeer()
+    result = smtppeer(text=True)
     assert result.returncode == 64
     assert "give a command (check-config, send, queue, poll, make-cert, hash-password)" in result.stderr
-    result = smtppeer("frobnicate")
+    result = smtppeer("frobnicate", text=True)
     assert (result.returncode, result.stdout) == (64, "")
     assert "Unknown command: frobnicate" in result.stderr
 
 
 def test_help():
-    result = smtppeer("--help")
+    result = smtppeer("--help", text=True)
     assert result.returncode == 0
     assert result.stdout.startswith("Usage: smtppeer COMMAND")
     assert "check-config" in result.stdout
-    result = smtppeer("check-config", "--help")
+    result = smtppeer("check-config", "--help", text=True)
     assert result.returncode == 0
     assert result.stdout.startswith("Usage: smtppeer check-config FILE\n")
-    result = smtppeer("--version")
+    result = smtppeer("--version", text=True)
     assert (result.returncode, result.stdout) == (0, f"smtppeer {__version__}\n")
 
 
@@ -227,6 +212,6 @@ def test_main_in_process(tmp_path, example_certs):
 
 def test_summary_shows_a_multi_process_listener(tmp_path):
     (tmp_path / "p.toml").write_text('[[listen]]\nendpoint = "tcp:2599"\nprocesses = 3\n')
-    result = smtppeer("check-config", "p.toml", cwd=tmp_path)
+    result = smtppeer("check-config", "p.toml", cwd=tmp_path, text=True)
     assert result.returncode == 0, result.stderr
     assert "  listeners:  tcp:2599 (smtp, 3 processes, receive only)\n" in result.stdout

@@ -7,14 +7,13 @@ import json
 import re
 import smtplib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from smtppeer.peer.tls import make_self_signed
 
-from .conftest import REPO, TWISTD, free_port, wait_for_port, wait_until
+from .conftest import REPO, TWISTD, free_port, smtppeer, wait_for_port, wait_until
 
 EXAMPLES = REPO / "examples"
 
@@ -176,12 +175,8 @@ def test_smtppeer_poll_runs_one_cycle_now_and_prints_the_summary(pair, tmp_path)
     dialup.start()
     with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:
         s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: now\r\n\r\nx\r\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "smtppeer", "poll", "--config", str(dialup.config), "provider"],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        timeout=60,
+    done = smtppeer(
+        "poll", "--config", str(dialup.config), "provider", cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().startswith("poll provider: sent 0, received 1, turned, ")

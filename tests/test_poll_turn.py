@@ -12,7 +12,7 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet import defer, endpoints, reactor
 
 from smtppeer.peer.protocol import SMTPPeerFactory
 from smtppeer.policy.receiving import ReceivingPolicy
@@ -22,6 +22,8 @@ from smtppeer.relay.scheduler import QueueRunner
 from smtppeer.store.committer import Committer
 from smtppeer.store.maildir import MaildirStore
 from smtppeer.store.spool import HELD, PENDING, Envelope, Recipient, Spool
+
+from .conftest import wait_until_async
 
 
 class Host:
@@ -65,11 +67,15 @@ class Host:
 
     @defer.inlineCallbacks
     def settle(self):
-        """Wait (boundedly) until this host's sessions are over and its results recorded."""
-        for _ in range(500):
-            if self.port is None or self.factory.active == 0:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        """Wait (bounded: AssertionError on timeout) until this host's sessions are over
+        and its results recorded."""
+        yield defer.ensureDeferred(
+            wait_until_async(
+                lambda: self.port is None or self.factory.active == 0,
+                what=f"{self.hostname}'s sessions to end",
+                detail=lambda: f"{self.factory.active} still active",
+            )
+        )
         yield self.runner.idle()
 
     @defer.inlineCallbacks
