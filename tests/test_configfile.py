@@ -499,7 +499,7 @@ def test_example_single_host():
 
 def test_example_provider(example_certs):
     config = load_config(EXAMPLES / "provider.toml")
-    assert config.holds == {"dialup.example.org": "dialup", ".dialup.example.org": "dialup"}
+    assert config.holds == {"dialup.example.org": "dialup"}
     dialup = config.peers["dialup"]
     assert (dialup.endpoint, dialup.addresses, dialup.username) == (None, [], "dialup")
     assert [(x.endpoint, x.mode, x.require_tls, x.turn) for x in config.listeners] == [

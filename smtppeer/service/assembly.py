@@ -119,7 +119,9 @@ def _peer_security(peer: Peer) -> tuple[ClientSecurity, object | None]:
 def _poll(runner: QueueRunner, hooks: ReceivingPolicy, config: Config, poll, endpoint: str):
     """One poll of ``poll.peer`` by its method: TURN (send, then receive on the same
     connection), ATRN (log in and receive; RFC 2645 sends nothing the other way)
-    or ETRN (send, then ask the peer to connect back)."""
+    or ETRN (send, then ask the peer to connect back).  Whatever comes back over a
+    turned connection comes from that peer (``ReceivingPolicy.polling``)."""
+    hooks = hooks.polling(poll.peer)
     if poll.method == PollMethod.ATRN:
         command = "ATRN " + ",".join(poll.domains) if poll.domains else "ATRN"
         return runner.poll(poll.peer, endpoint, hooks, command, send_queued=False, method=PollMethod.ATRN)
