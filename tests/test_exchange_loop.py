@@ -118,3 +118,34 @@ def test_the_dialup_hosts_own_mail_for_a_domain_held_for_it_is_refused_by_the_pr
     finally:
         dialup.stop()
         provider.stop()
+
+
+RELAY = """
+hostname = "{name}.test"
+data_dir = "{{data_dir}}"
+listen = ["tcp:{port}:interface=127.0.0.1"]
+[domains."{name}.test"]
+catch_all = true
+[routes]
+"x.test" = "tcp:host=127.0.0.1:port={other}"
+[limits]
+max_received = 6
+"""
+
+
+def test_a_loop_no_peer_relationship_shows_ends_at_the_received_limit_with_a_bounce(twistd_config):
+    """Two hosts that each route ``x.test`` to the other, as plain relays (no login, no poll): the
+    ``Received:`` count (``max_received``, 100 by default as RFC 5321 §6.3 asks) is the backstop,
+    and the refusal (554 5.4.6) comes back to the sender as a bounce, nothing dropped."""
+    a_port, b_port = free_port(), free_port()
+    b = twistd_config(RELAY.format(name="b", port=b_port, other=a_port), b_port, "b")
+    a = twistd_config(RELAY.format(name="a", port=a_port, other=b_port), a_port, "a")
+    with smtplib.SMTP("127.0.0.1", a.port) as s:
+        s.sendmail("s@a.test", ["u@x.test"], b"Subject: ping-pong\r\n\r\nx\r\n")
+    sender = a.maildir("a.test", "s")
+    wait_until(lambda: maildir_count(sender) == 1, what="the bounce to the sender")
+    text = next((sender / "new").iterdir()).read_bytes().decode()
+    assert "u@x.test" in text and "554 5.4.6" in text
+    for host in (a, b):
+        queue = host.data_dir / "spool" / "queue"
+        wait_until(lambda queue=queue: not list(queue.iterdir()), what="both spools to empty")
