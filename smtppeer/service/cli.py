@@ -17,6 +17,7 @@ import base64
 import email
 import email.policy
 import email.utils
+import getopt
 import getpass
 import os
 import re
@@ -37,6 +38,7 @@ from smtppeer.store.spool import HELD, PENDING, Spool
 from . import control
 from .config import Config, Listener, Mailbox, Peer, Poll, TLSFiles
 from .configfile import ConfigError, load_config
+from .configfile.loops import hold_warnings, pair_warnings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -70,12 +72,35 @@ class CommandOptions(usage.Options):
 
 
 class CheckConfigOptions(CommandOptions):
-    synopsis = "FILE"
+    synopsis = "[--peer PEER-FILE ...] FILE"
     longdesc = (
         "Read a TOML configuration file and check everything in it without starting anything: "
         "print 'FILE: ok' and a summary (exit status 0), or one line naming the file, the key and "
-        "what is wrong (exit status 2)."
+        "what is wrong (exit status 2). Warnings ('FILE: warning: ...', exit status 0) name holds "
+        "a peer cannot take: beyond its domains or, with --peer and that peer's own configuration, "
+        "domains it routes back (a loop) or has no route for."
     )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["peers"] = []
+
+    def opt_peer(self, path: str) -> None:
+        """The configuration of a peer of this host (another smtppeer), to check the pair
+        for holds it cannot take (repeatable)"""
+        self["peers"].append(path)
+
+    opt_p = opt_peer
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:  # noqa: N802 -- usage.Options'
+        """Options before or after FILE (``check-config provider.toml --peer dialup.toml``):
+        usage.Options stops at the first argument, so the options are put first."""
+        argv = list(sys.argv[1:] if options is None else options)
+        try:
+            flags, rest = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        super().parseOptions([part for flag in flags for part in flag] + rest)
 
     def parseArgs(self, file: str) -> None:  # noqa: N802 -- usage.Options' name
         self["file"] = file
@@ -84,12 +109,21 @@ class CheckConfigOptions(CommandOptions):
 def check_config(options: CheckConfigOptions, out: TextIO, err: TextIO) -> int:
     try:
         config = load_config(options["file"])
+        peers = [(path, load_config(path)) for path in options["peers"]]
     except ConfigError as e:
         print(e, file=err)
         return EXIT_CONFIG
     print(f"{options['file']}: ok", file=out)
     for line in summary(config):
         print("  " + line, file=out)
+    source = options["file"]
+    warnings = [(source, line) for line in hold_warnings(config)]
+    for path, other in peers:  # each side's holds for the other, against the other's routes
+        print(f"{path}: ok", file=out)
+        warnings += [(source, line) for line in pair_warnings(config, other, path)]
+        warnings += [(path, line) for line in pair_warnings(other, config, source)]
+    for where, line in warnings:
+        print(f"{where}: warning: {line}", file=err)
     return EXIT_OK
 
 

@@ -49,7 +49,7 @@ The schema (``examples/`` has annotated files for each use)::
     "dialup.example" = "dialup"
 
     [peers.dialup]                      # a host this one exchanges mail with
-    domains = ["dialup.example"]
+    domains = ["dialup.example"]        # what it owns and accepts (".DOMAIN": every subdomain)
     addresses = ["192.0.2.10"]          # how it is recognised when it calls in (until AUTH)
     endpoint = "tcp:host=dialup.example:port=25"      # how to reach it (polls, routes)
     username = "dialup"                 # the credentials of the relationship, used in whichever
@@ -101,7 +101,8 @@ and how keys and values are shown), ``values`` (the shared checks: types,
 durations, sizes, domains, endpoints, addresses), ``listeners``, ``domains``
 (domains, routes, holds), ``peers`` (peers, users, the server's TLS files),
 ``polls`` and ``limits``; ``reader`` puts them together for the whole
-document.
+document.  ``loops`` is not part of reading: the warnings of ``smtppeer
+check-config`` about holds a peer cannot take.
 """
 
 from .errors import ConfigError, format_key

@@ -96,7 +96,9 @@ class Peers(Values):
             self.table(spec, key, self.PEER)
             peer = Peer(name)
             peer.domains = self.array(
-                spec.get("domains", []), (*key, "domains"), lambda v, k: self.domain(self.string(v, k), k)
+                spec.get("domains", []),
+                (*key, "domains"),
+                lambda v, k: self.domain(self.string(v, k), k, pattern=True),
             )
             peer.addresses = self.array(spec.get("addresses", []), (*key, "addresses"), self.address)
             if "endpoint" in spec:
