@@ -115,33 +115,83 @@ def test_one_poll_carries_mail_both_ways(pair, tmp_path):
     assert "TURN from 127.0.0.1: peer dialup" in provider.log()
 
 
-def test_atrn_poll_to_the_odmr_port(tmp_path):
-    """The same pair with ``method = "atrn"``: log in on the ODMR port, ATRN, receive."""
+def test_atrn_poll_to_the_odmr_port_and_outgoing_mail_to_the_smtp_port(tmp_path):
+    """The same pair with ``method = "atrn"`` (issue 12, item 2): the poll logs in on the
+    provider's ODMR port (the peer's ``odmr_endpoint``), ATRN, receives; what the dial-up
+    host has queued for the world goes to the provider's SMTP port (its ``endpoint``) in
+    the same poll cycle, never to the ODMR port, which takes no mail."""
     make_self_signed(
         "provider.example.org", str(tmp_path / "provider-cert.pem"), str(tmp_path / "provider-key.pem")
     )
     ports = {"2526": free_port(), "2366": free_port(), "2625": free_port(), "2527": free_port()}
     atrn = {
         'method = "turn"': 'method = "atrn"',
-        f"port={ports['2526']}": f"port={ports['2366']}",
-        'interval = "5m"': 'interval = "1s"',
+        'interval = "5m"': 'interval = "1h"',
+        "jitter = 0.1": "jitter = 0",
     }
     provider = Proc(tmp_path, adapt("provider.toml", tmp_path, ports), ports["2526"])
     dialup = Proc(tmp_path, adapt("dialup.toml", tmp_path, ports, atrn), ports["2527"])
+    carol = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "carol"
+    dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
     try:
         provider.start()
         with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:
             s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: a\r\n\r\nx\r\n")
             s.sendmail("boss@provider.example.org", ["carol@dialup.example.org"], b"Subject: b\r\n\r\nx\r\n")
-        dialup.start()  # the first poll is at once
-        carol = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "carol"
-        dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
+        dialup.start()  # the first poll is at once (no jitter), the next in an hour
         wait_until(lambda: maildir_count(carol) == 1 and maildir_count(dave) == 1, what="mail by ATRN")
-        wait_until(lambda: ", turned, " in dialup.log(), what="the poll's log line")
+        wait_until(lambda: ", turned, " in dialup.log(), what="the first poll's log line")
+        with smtplib.SMTP("127.0.0.1", ports["2527"]) as s:  # mail for the world, queued for the poll
+            s.sendmail("carol@dialup.example.org", ["boss@provider.example.org"], b"Subject: up\r\n\r\nx\r\n")
+            s.sendmail("<>", ["ann@provider.example.org"], b"Subject: a bounce\r\n\r\nx\r\n")
+        with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:
+            s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: c\r\n\r\nx\r\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "smtppeer", "poll", "--config", str(dialup.config), "provider"],
+            cwd=tmp_path,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert done.stdout.decode().startswith("poll provider: sent 2, received 1, turned, ")
+        assert maildir_count(dave) == 2
+        boss = tmp_path / "provider-data" / "mail" / "provider.example.org" / "boss"
+        ann = tmp_path / "provider-data" / "mail" / "provider.example.org" / "ann"
+        assert maildir_count(boss) == 1 and maildir_count(ann) == 1  # over the SMTP port
+        assert not list((tmp_path / "dialup-data" / "spool" / "queue").iterdir())
         assert "ATRN dialup.example.org from dialup: peer dialup" in provider.log()
+        assert "502" not in dialup.log()
     finally:
         dialup.stop()
         provider.stop()
+
+
+def test_a_peer_polled_by_atrn_at_its_only_endpoint_cannot_take_mail(tmp_path):
+    """Issue 12's setup: ``method = "atrn"`` with the ODMR port as the only endpoint, and
+    mail routed through that peer: refused when the file is read, one line, exit 2."""
+    ports = {"2526": free_port(), "2366": free_port(), "2625": free_port(), "2527": free_port()}
+    smtp, odmr = (f'endpoint = "tcp:host=127.0.0.1:port={ports[p]}"' for p in ("2526", "2366"))
+    odmr_only = {'method = "turn"': 'method = "atrn"', smtp: odmr}
+    config = adapt("dialup.toml", tmp_path, ports, odmr_only)
+    text = config.read_text()
+    config.write_text("\n".join(line for line in text.splitlines() if not line.startswith("odmr_endpoint")))
+    make_self_signed(
+        "provider.example.org", str(tmp_path / "provider-cert.pem"), str(tmp_path / "provider-key.pem")
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "smtppeer", "check-config", str(config)],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        f'{config}: routes."*": peer "provider" is polled by ATRN at its endpoint, an ODMR port, which '
+        "takes no mail (RFC 2645): give its SMTP port as endpoint and the ODMR port as odmr_endpoint\n"
+    )
 
 
 def test_unknown_user_on_a_listed_domain_is_refused(pair):

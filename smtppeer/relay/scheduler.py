@@ -255,10 +255,18 @@ class QueueRunner(service.Service):
         *,
         requests: list[str] | None = None,
         send_queued: bool = True,
+        send_to: str | None = None,
         method: PollMethod = PollMethod.TURN,
     ) -> PollOutcome:
         return await self.holds.poll(
-            peer_name, endpoint, hooks, command, requests=requests, send_queued=send_queued, method=method
+            peer_name,
+            endpoint,
+            hooks,
+            command,
+            requests=requests,
+            send_queued=send_queued,
+            send_to=send_to,
+            method=method,
         )
 
     # -- administration (smtppeer queue ...) --------------------------------------

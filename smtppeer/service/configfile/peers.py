@@ -101,9 +101,10 @@ class Peers(Values):
                 lambda v, k: self.domain(self.string(v, k), k, pattern=True),
             )
             peer.addresses = self.array(spec.get("addresses", []), (*key, "addresses"), self.address)
-            if "endpoint" in spec:
-                peer.endpoint = self.string(spec["endpoint"], (*key, "endpoint")).strip()
-                self.client_endpoint(peer.endpoint, (*key, "endpoint"))
+            for where in ("endpoint", "odmr_endpoint"):
+                if where in spec:
+                    setattr(peer, where, self.string(spec[where], (*key, where)).strip())
+                    self.client_endpoint(getattr(peer, where), (*key, where))
             self.credentials(spec, key, peer)
             if "username" in spec:
                 peer.username = self.string(spec["username"], (*key, "username"))
@@ -134,6 +135,7 @@ class Peers(Values):
         "domains",
         "addresses",
         "endpoint",
+        "odmr_endpoint",
         "username",
         "password",
         "password_hash",
@@ -178,11 +180,14 @@ class Peers(Values):
             except ValueError:
                 name = self.domain(name, (*key, "tls_name"))
             peer.tls_name = name
-        elif peer.tls == TLS_VERIFY and peer.endpoint is not None and not _endpoint_host(peer.endpoint):
-            raise self.error(
-                (*key, "tls_name"),
-                f"missing: the endpoint {_show(peer.endpoint)} names no host to verify the certificate for",
-            )
+        elif peer.tls == TLS_VERIFY:
+            for endpoint in (peer.endpoint, peer.odmr_endpoint):
+                if endpoint is not None and not _endpoint_host(endpoint):
+                    raise self.error(
+                        (*key, "tls_name"),
+                        f"missing: the endpoint {_show(endpoint)} names no host to verify "
+                        "the certificate for",
+                    )
 
     def ca_file(self, path: str, key: Key) -> None:
         self.certificates(self.read_file(path, key), path, key, "a file of PEM certificates")

@@ -145,6 +145,7 @@ class Reader(Listeners, Domains, Peers, Polls, LimitsSection):
         if "json_log" in data:
             config.json_log = self.boolean(data["json_log"], ("json_log",))
         config.polls = self.polls(data.get("polls", []), config)
+        self.odmr_routes(config)
         self.limits(data.get("limits", {}), config)
         return config
 
