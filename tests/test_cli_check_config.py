@@ -46,7 +46,8 @@ def test_good_file(example_certs):
     assert summary["holds"] == "(none)"
     assert summary["peers"] == (
         "provider (for provider.example.org; at tcp:host=127.0.0.1:port=2526"
-        " with tls verify for provider.example.org under provider-cert.pem; as dialup with a password)"
+        " with tls verify for provider.example.org under provider-cert.pem; sends on-poll;"
+        " ATRN at tcp:host=127.0.0.1:port=2366; as dialup with a password)"
     )
     assert summary["users"] == "(none)"
     assert summary["polls"] == "provider every 5m ±10% (turn)"

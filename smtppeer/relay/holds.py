@@ -20,12 +20,17 @@ from twisted.logger import Logger
 
 from smtppeer.engine import reply
 from smtppeer.peer.hooks import ReceiverHooks, SenderJob
+from smtppeer.store.spool import HELD
 
 from .attempt import Attempts
 from .queue import Queue, RunnerSettings
 from .results import Results
 
 log = Logger()
+
+
+HELD_TOO_LONG = reply(451, "4.4.7", "Held too long: the peer did not call in")
+NOT_POLLED = reply(451, "4.4.7", "Delivery time expired: no poll of the peer sent it")
 
 
 class PollMethod(StrEnum):
@@ -190,10 +195,11 @@ class Holds:
             outcome.error = f"sending: {summary.error}"
 
     def expire(self, now: float) -> None:
-        """Return held mail older than the queue lifetime: the peer did not call in."""
-        why = reply(451, "4.4.7", "Held too long: the peer did not call in")
-        for envelope, rcpts in self.queue.expired_holds(now, self.settings.lifetime):
-            d = defer.ensureDeferred(self.results.expire(envelope, rcpts, why))
+        """Return held mail older than the queue lifetime: the peer did not call in; and
+        mail that waited as long for a poll to send it (``send = "on-poll"``)."""
+        for envelope, rcpts in self.queue.expired_holds(now, self.settings.lifetime, self.settings.on_poll):
+            reasons = [(r, HELD_TOO_LONG if r.state == HELD else NOT_POLLED) for r in rcpts]
+            d = defer.ensureDeferred(self.results.expire(envelope, reasons))
             d.addErrback(lambda f: log.failure("could not expire held mail", f))
             self.track(d)
 

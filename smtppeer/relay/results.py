@@ -129,9 +129,10 @@ class Results:
             log.info("{line}", line=f"{envelope.id}: {rcpt.address} failed: {response}", queue_id=envelope.id)
         await self.report_failures(envelope)
 
-    async def expire(self, envelope: Envelope, rcpts: list[Recipient], why: Reply) -> None:
-        """Fail ``rcpts`` for good without an attempt (held too long), and bounce them."""
-        for rcpt in rcpts:
+    async def expire(self, envelope: Envelope, reasons: list[tuple[Recipient, Reply]]) -> None:
+        """Fail recipients for good without an attempt (held too long, or never polled
+        for), each for its reason, and bounce them in one report."""
+        for rcpt, why in reasons:
             rcpt.state = FAILED
             rcpt.last_reply = str(why)
         await self.spool.update(envelope)

@@ -22,7 +22,7 @@ from smtppeer.relay.queue import RunnerSettings
 from smtppeer.relay.scheduler import QueueRunner
 from smtppeer.store.maildir import MaildirStore
 
-from .config import TLS_NONE, TLS_VERIFY, Config, Peer
+from .config import TLS_NONE, TLS_VERIFY, Config, Peer, SendMode
 from .control import ControlFactory, ControlService
 from .logs import JSONLogFile, json_log_path
 from .options import Options
@@ -61,7 +61,9 @@ def build_service(config: Config, owner: tuple[int, int] | None = None) -> servi
         side.router,
         deliver_locally=functools.partial(_deliver_bounce, side.store, side.router),
         resolver=MXResolver(resolver, local_names=[config.hostname]),
-        settings=RunnerSettings(lifetime=config.queue_lifetime, backoff_base=config.retry_interval),
+        settings=RunnerSettings(
+            lifetime=config.queue_lifetime, backoff_base=config.retry_interval, on_poll=_on_poll(config)
+        ),
         limits=config.limits,
         security=_client_security(config),
     )
@@ -91,6 +93,17 @@ def build_service(config: Config, owner: tuple[int, int] | None = None) -> servi
         listen=", ".join(listener.endpoint for listener in config.listeners),
     )
     return top
+
+
+def _on_poll(config: Config) -> frozenset[str]:
+    """The relays whose mail waits for a poll of their peer (``send = "on-poll"``): its
+    endpoint (what routes through it are resolved to) and ``peer:NAME``."""
+    relays = [
+        (peer.endpoint, f"peer:{peer.name}")
+        for peer in config.peers.values()
+        if peer.send == SendMode.ON_POLL and peer.endpoint is not None
+    ]
+    return frozenset(relay for pair in relays for relay in pair)
 
 
 def _client_security(config: Config):

@@ -36,7 +36,7 @@ from smtppeer.peer import tls
 from smtppeer.store.spool import HELD, PENDING, Spool
 
 from . import control
-from .config import Config, Listener, Mailbox, Peer, Poll, TLSFiles
+from .config import Config, Listener, Mailbox, Peer, Poll, SendMode, TLSFiles
 from .configfile import ConfigError, load_config
 from .configfile.loops import hold_warnings, pair_warnings
 
@@ -197,6 +197,10 @@ def _peer(peer: Peer) -> str:
         if peer.ca_file:
             tls += f" under {peer.ca_file}"
         parts.append(f"at {peer.endpoint} with {tls}")
+        if peer.send != SendMode.NOW:
+            parts.append(f"sends {peer.send}")
+    if peer.odmr_endpoint:
+        parts.append(f"ATRN at {peer.odmr_endpoint}")
     if peer.username:  # what kind of secret, never the secret
         parts.append(f"as {peer.username} with {'a password' if peer.password is not None else 'a hash'}")
     return f"{peer.name} ({'; '.join(parts)})" if parts else peer.name

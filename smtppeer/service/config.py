@@ -30,6 +30,14 @@ class ListenerMode(StrEnum):
 
 SMTP, ODMR = ListenerMode
 
+
+class SendMode(StrEnum):
+    """When mail routed through a peer ("peer:NAME") is sent."""
+
+    NOW = "now"  # at once, over a connection of its own (an always-online peer)
+    ON_POLL = "on-poll"  # on the next poll of the peer: a dial-up host sends only when it calls
+
+
 # Client-side TLS policies for a peer (``Peer.tls``): the engine's, defined there once.
 TLS_POLICIES = tuple(TlsPolicy)
 
@@ -97,6 +105,7 @@ class Peer:
     tls: TlsPolicy = TLS_OPPORTUNISTIC  # when we connect to it
     ca_file: str | None = None  # trust roots for tls = "verify"
     tls_name: str | None = None  # the name its certificate must carry; default: the endpoint's host
+    send: SendMode = SendMode.NOW  # mail routed through it: at once, or on the next poll of it
 
     def poll_endpoint(self, method: PollMethod) -> str | None:
         """Where a poll by ``method`` connects: ATRN to the ODMR port when there is one

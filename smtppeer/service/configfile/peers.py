@@ -10,12 +10,14 @@ from typing import Any
 
 from smtppeer.peer.tls import endpoint_host as _endpoint_host
 
-from ..config import TLS_POLICIES, TLS_VERIFY, Config, Peer, TLSFiles, TlsPolicy, User
+from ..config import TLS_POLICIES, TLS_VERIFY, Config, Peer, SendMode, TLSFiles, TlsPolicy, User
 from .errors import Key, _show, _ssl_why, _why
 from .values import _PEER_NAME, Values
 
 # A user's login: a name like a peer's (with "+"), or an address, as many mail setups use.
 # Nothing SASL would have to escape (SCRAM's "," and "="), no spaces (CRAM-MD5).
+SEND_MODES = tuple(SendMode)
+
 _LOGIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*(@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)?")
 
 
@@ -121,6 +123,12 @@ class Peers(Values):
             if peer.username is not None and peer.password is None and peer.password_hash is None:
                 raise self.error((*key, "password"), "missing: username needs password (or password_hash)")
             self.peer_tls(spec, key, peer)
+            if "send" in spec:
+                text = self.string(spec["send"], (*key, "send")).strip().lower()
+                if text not in SEND_MODES:
+                    modes = " or ".join(f'"{m}"' for m in SEND_MODES)
+                    raise self.error((*key, "send"), f"{_show(spec['send'])} is not a send mode: {modes}")
+                peer.send = SendMode(text)
             for i, address in enumerate(peer.addresses):
                 for other in peers.values():
                     if address in other.addresses:
@@ -142,6 +150,7 @@ class Peers(Values):
         "tls",
         "ca_file",
         "tls_name",
+        "send",
     )
 
     def credentials(self, spec: dict[str, Any], key: Key, who: Peer | User) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from smtppeer.relay.holds import PollMethod
 
-from ..config import ODMR_PORT, Config, Peer, Poll
+from ..config import ODMR_PORT, Config, Peer, Poll, SendMode
 from .errors import Key, _show
 from .values import _PEER_NAME, Values, endpoint_port
 
@@ -45,6 +45,26 @@ class Polls(Values):
                 )
             polls.append(poll)
         return polls
+
+    def on_poll_peers(self, config: Config) -> None:
+        """``send = "on-poll"`` leaves mail for the peer's polls: it needs polls that can send
+        it, or it would wait for nothing until the queue lifetime bounces it."""
+        polled = {p.peer: p for p in config.polls}
+        for peer in config.peers.values():
+            if peer.send != SendMode.ON_POLL:
+                continue
+            key: Key = ("peers", peer.name, "send")
+            if peer.endpoint is None:
+                raise self.error(key, f'"on-poll": peer "{peer.name}" has no endpoint to send its mail to')
+            poll = polled.get(peer.name)
+            if poll is None:
+                raise self.error(key, f'"on-poll" waits for polls of "{peer.name}": no [[polls]] polls it')
+            if poll.method == PollMethod.ATRN and peer.odmr_endpoint is None:
+                raise self.error(
+                    key,
+                    f'"on-poll": peer "{peer.name}" is polled by ATRN at its endpoint, an ODMR port, which '
+                    "takes no mail (RFC 2645): give the ODMR port as odmr_endpoint",
+                )
 
     def odmr_routes(self, config: Config) -> None:
         """A route through a peer whose endpoint is an ODMR port is mail that can never be

@@ -146,6 +146,7 @@ class Reader(Listeners, Domains, Peers, Polls, LimitsSection):
             config.json_log = self.boolean(data["json_log"], ("json_log",))
         config.polls = self.polls(data.get("polls", []), config)
         self.odmr_routes(config)
+        self.on_poll_peers(config)
         self.limits(data.get("limits", {}), config)
         return config
 
