@@ -237,3 +237,44 @@ def test_smtppeer_poll_runs_one_cycle_now_and_prints_the_summary(pair, tmp_path)
     assert done.stdout.decode().startswith("poll provider: sent 0, received 1, turned, ")
     dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
     assert maildir_count(dave) == 1
+
+
+def smtppeer_command(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "smtppeer", *args],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_outgoing_mail_waits_for_the_next_poll_and_flush_sends_it_now(pair, tmp_path):
+    """dialup.toml's ``send = "on-poll"`` (issue 12, item 3): what its users send through the
+    provider goes with the next poll, not at once on a connection of its own; ``smtppeer
+    queue flush provider`` sends it now all the same."""
+    provider, dialup, ports = pair
+    text = dialup.config.read_text().replace('interval = "1s"', 'interval = "1h"')
+    dialup.config.write_text(
+        text.replace('max_backoff = "3s"', 'max_backoff = "2h"').replace("jitter = 0.1", "jitter = 0")
+    )
+    provider.start()
+    dialup.start()  # its first poll is at once, the next in an hour
+    wait_until(lambda: "poll provider: sent 0, received 0, turned" in dialup.log(), what="the first poll")
+    with smtplib.SMTP("127.0.0.1", ports["2527"]) as s:
+        s.sendmail("carol@dialup.example.org", ["boss@provider.example.org"], b"Subject: 1\r\n\r\nx\r\n")
+    listed = smtppeer_command(tmp_path, "queue", "list", "-c", str(dialup.config))
+    assert "    boss@provider.example.org: waiting for the next poll of provider\n" in listed.stdout
+    boss = tmp_path / "provider-data" / "mail" / "provider.example.org" / "boss"
+    assert maildir_count(boss) == 0 and "session with tcp:" not in dialup.log()  # no connection of its own
+    polled = smtppeer_command(tmp_path, "poll", "-c", str(dialup.config), "provider")
+    assert polled.stdout.startswith("poll provider: sent 1, received 0, turned, "), polled
+    assert maildir_count(boss) == 1
+    with smtplib.SMTP("127.0.0.1", ports["2527"]) as s:
+        s.sendmail("carol@dialup.example.org", ["boss@provider.example.org"], b"Subject: 2\r\n\r\nx\r\n")
+    flushed = smtppeer_command(tmp_path, "queue", "flush", "-c", str(dialup.config), "provider")
+    assert (flushed.returncode, flushed.stdout) == (0, "1 recipients will be tried now\n")
+    wait_until(lambda: maildir_count(boss) == 2, what="the flushed message at the provider")
+    assert dialup.log().count("poll provider: sent") == 2  # the first poll and ours: no other
+    wait_until(lambda: not list((tmp_path / "dialup-data" / "spool" / "queue").iterdir()), what="spool empty")

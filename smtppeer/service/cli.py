@@ -440,6 +440,7 @@ def queue(options: QueueOptions, out: TextIO, err: TextIO) -> int:
     if sub in ("list", "show"):
         try:
             data_dir = opts.data_dir()
+            config = opts.config()
         except ConfigError as e:
             print(e, file=err)
             return EXIT_CONFIG
@@ -454,7 +455,7 @@ def queue(options: QueueOptions, out: TextIO, err: TextIO) -> int:
             print(f"smtppeer queue show: no message {opts['id']!r}", file=err)
             return EXIT_FAILED
         spool = Spool(spool_dir, committer=None)
-        return _list(spool, out) if sub == "list" else _show(spool, opts["id"], out, err)
+        return _list(spool, out, _polled(config)) if sub == "list" else _show(spool, opts["id"], out, err)
     if sub == "flush":
         route = None
         if opts["peer"]:
@@ -482,7 +483,16 @@ def queue(options: QueueOptions, out: TextIO, err: TextIO) -> int:
 _DONE = {"hold": "held", "release": "released", "delete": "deleted"}
 
 
-def _list(spool: Spool, out: TextIO) -> int:
+def _polled(config: Config | None) -> dict[str, str]:
+    """Relays whose mail waits for a poll (``send = "on-poll"``) -> the peer; known with -c only."""
+    waits: dict[str, str] = {}
+    for peer in config.peers.values() if config is not None else ():
+        if peer.send == SendMode.ON_POLL and peer.endpoint is not None:
+            waits[peer.endpoint] = waits[f"peer:{peer.name}"] = peer.name
+    return waits
+
+
+def _list(spool: Spool, out: TextIO, polled: dict[str, str] | None = None) -> int:
     """mailq's shape: each message and its recipients, then a total (or that there is none)."""
     now = time.time()
     messages = octets = waiting = 0
@@ -492,7 +502,7 @@ def _list(spool: Spool, out: TextIO) -> int:
         arrived = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(envelope.arrival))
         print(f"{envelope.id}  {arrived}  {envelope.size:>9}  from {sender}{flags}", file=out)
         for r in envelope.recipients:
-            print(f"    {r.address}: {_why(r, now)}", file=out)
+            print(f"    {r.address}: {_why(r, now, polled or {})}", file=out)
         messages += 1
         octets += envelope.size
         waiting += sum(1 for r in envelope.recipients if r.state in (PENDING, HELD))
@@ -508,9 +518,12 @@ def _count(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
 
 
-def _why(r, now: float) -> str:
+def _why(r, now: float, polled: dict[str, str]) -> str:
     if r.state == HELD:
         return f"held for peer {r.hold} until it calls in"
+    if r.state == PENDING and r.relay in polled:
+        last = f" (after {r.attempts} attempts: {r.last_reply})" if r.attempts else ""
+        return f"waiting for the next poll of {polled[r.relay]}{last}"
     if r.state == PENDING:
         if r.attempts == 0:
             return "waiting for its first attempt"
