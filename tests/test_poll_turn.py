@@ -23,6 +23,8 @@ from smtppeer.store.committer import Committer
 from smtppeer.store.maildir import MaildirStore
 from smtppeer.store.spool import HELD, PENDING, Envelope, Recipient, Spool
 
+from .conftest import free_port
+
 
 class Host:
     """One peer: a policy, a spool and a runner under ``root``."""
@@ -185,3 +187,25 @@ def test_on_poll_mail_is_due_but_waits_for_the_poll_and_goes_with_it(hosts):
     yield provider.settle()
     assert (outcome.sent, outcome.turned, outcome.ok) == (2, True, True)
     assert len(provider.mailbox("provider.test", "boss")) == 2 and dialup.spool.ids() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_poll_that_sends_elsewhere_first_still_receives_when_that_fails(hosts):
+    """``send_to`` (an ATRN poll's SMTP port): sending goes over its own connection first;
+    when that fails the mail stays queued, the poll still receives, and it counts as failed."""
+    provider, dialup = hosts
+    endpoint = yield prepare(provider, dialup)
+    down = f"tcp:host=127.0.0.1:port={free_port()}"
+    for envelope in dialup.spool.envelopes():  # queued for the SMTP port, which is down
+        envelope.recipients[0].route = {"relay": down}
+        yield dialup.spool.update(envelope)
+        dialup.runner.entries[envelope.id] = envelope
+    outcome = yield defer.ensureDeferred(
+        dialup.runner.poll("provider", endpoint, dialup.policy, send_queued=False, send_to=down)
+    )
+    yield provider.settle()
+    assert (outcome.sent, outcome.received, outcome.turned) == (0, 2, True)
+    assert outcome.error.startswith("cannot connect to send: ")
+    assert sorted(dialup.spool.ids()) == ["D0", "D1", "D2"]
+    assert [r.attempts for e in dialup.spool.envelopes() for r in e.recipients] == [1, 1, 1]
+    assert provider.mailbox("provider.test", "boss") == []
