@@ -72,6 +72,17 @@ def maildir_count(path: Path) -> int:
     return len(list(new.iterdir())) if new.is_dir() else 0
 
 
+def smtppeer_command(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "smtppeer", *args],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture
 def pair(tmp_path):
     # the lab certificate, as the provider example's header says to make it
@@ -146,15 +157,9 @@ def test_atrn_poll_to_the_odmr_port_and_outgoing_mail_to_the_smtp_port(tmp_path)
             s.sendmail("<>", ["ann@provider.example.org"], b"Subject: a bounce\r\n\r\nx\r\n")
         with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:
             s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: c\r\n\r\nx\r\n")
-        done = subprocess.run(
-            [sys.executable, "-m", "smtppeer", "poll", "--config", str(dialup.config), "provider"],
-            cwd=tmp_path,
-            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            timeout=60,
-        )
+        done = smtppeer_command(tmp_path, "poll", "--config", str(dialup.config), "provider")
         assert done.returncode == 0, (done.stdout, done.stderr)
-        assert done.stdout.decode().startswith("poll provider: sent 2, received 1, turned, ")
+        assert done.stdout.startswith("poll provider: sent 2, received 1, turned, ")
         assert maildir_count(dave) == 2
         boss = tmp_path / "provider-data" / "mail" / "provider.example.org" / "boss"
         ann = tmp_path / "provider-data" / "mail" / "provider.example.org" / "ann"
@@ -179,14 +184,7 @@ def test_a_peer_polled_by_atrn_at_its_only_endpoint_cannot_take_mail(tmp_path):
     make_self_signed(
         "provider.example.org", str(tmp_path / "provider-cert.pem"), str(tmp_path / "provider-key.pem")
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "smtppeer", "check-config", str(config)],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = smtppeer_command(tmp_path, "check-config", str(config))
     assert done.returncode == 2
     assert done.stderr == (
         f'{config}: routes."*": peer "provider" is polled by ATRN at its endpoint, an ODMR port, which '
@@ -226,28 +224,11 @@ def test_smtppeer_poll_runs_one_cycle_now_and_prints_the_summary(pair, tmp_path)
     dialup.start()
     with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:
         s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: now\r\n\r\nx\r\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "smtppeer", "poll", "--config", str(dialup.config), "provider"],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        timeout=60,
-    )
+    done = smtppeer_command(tmp_path, "poll", "--config", str(dialup.config), "provider")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.decode().startswith("poll provider: sent 0, received 1, turned, ")
+    assert done.stdout.startswith("poll provider: sent 0, received 1, turned, ")
     dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
     assert maildir_count(dave) == 1
-
-
-def smtppeer_command(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "smtppeer", *args],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_outgoing_mail_waits_for_the_next_poll_and_flush_sends_it_now(pair, tmp_path):

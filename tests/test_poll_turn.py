@@ -205,7 +205,7 @@ def test_a_poll_that_sends_elsewhere_first_still_receives_when_that_fails(hosts)
     )
     yield provider.settle()
     assert (outcome.sent, outcome.received, outcome.turned) == (0, 2, True)
-    assert outcome.error.startswith("cannot connect to send: ")
+    assert outcome.error.startswith("cannot send: 451 4.4.1 Cannot connect to provider (poll, sending): ")
     assert sorted(dialup.spool.ids()) == ["D0", "D1", "D2"]
     assert [r.attempts for e in dialup.spool.envelopes() for r in e.recipients] == [1, 1, 1]
     assert provider.mailbox("provider.test", "boss") == []

@@ -237,33 +237,21 @@ def test_mail_for_an_on_poll_peer_waits_for_the_poll_and_flush_sends_it_now(spoo
     h = Harness(spool, port, **on_poll(port))
     try:
         yield h.queue("W1", "u@next.test")
+        yield h.queue("W2", "later@next.test")
         h.runner.startService()
         yield h.run()
         yield h.run(advance=3 * 3600)  # however long: no connection of its own
         assert hooks.stored == [] and hooks.sessions == []
-        rcpt = spool.load("W1").recipients[0]
-        assert (rcpt.state, rcpt.attempts) == (PENDING, 0)
+        assert [spool.load(i).recipients[0].attempts for i in ("W1", "W2")] == [0, 0]
         # smtppeer queue flush PEER: now, over a connection of its own
-        assert h.runner.flush(f"tcp:host=127.0.0.1:port={port}") == 1
+        assert h.runner.flush(f"tcp:host=127.0.0.1:port={port}") == 2
         yield h.run()
         assert [s.recipients for s in hooks.stored] == [["u@next.test"]]
-        assert spool.ids() == []
-    finally:
-        h.runner.stopService()
-
-
-@pytest_twisted.inlineCallbacks
-def test_a_flushed_on_poll_message_that_is_deferred_waits_for_the_poll_again(spool, next_hop):
-    hooks, port = next_hop
-    h = Harness(spool, port, **on_poll(port))
-    try:
-        yield h.queue("W2", "later@next.test")
-        h.runner.startService()
-        h.runner.flush()  # every route, on-poll ones too
-        yield h.run()
+        assert spool.ids() == ["W2"]
+        # deferred by the next hop (450): it waits for the poll again, not for its retry time
         rcpt = spool.load("W2").recipients[0]
         assert (rcpt.state, rcpt.attempts, rcpt.last_reply[:9]) == (PENDING, 1, "450 4.2.1")
-        yield h.run(advance=2 * 3600)  # past its retry time: still no connection of its own
+        yield h.run(advance=2 * 3600)
         assert len(hooks.sessions) == 1
     finally:
         h.runner.stopService()

@@ -182,13 +182,10 @@ class Holds:
             return
         self.queue.mark(items)
         job, pending = self.attempts.job(items)
-        factory = self.attempts.factory(ReceiverHooks(), job, self.attempts.security(send_to))
-        try:
-            connect = endpoints.clientFromString(self.attempts.reactor, send_to)
-            summary = await self.attempts.session(f"{peer_name} (poll, sending)", connect, factory, pending)
-        except Exception as e:  # noqa: BLE001 - the peer is down: what we had stays queued
-            await self.results.record_all(items, reply(451, "4.4.1", f"Cannot connect to {peer_name}: {e}"))
-            outcome.error = f"cannot connect to send: {e}"
+        summary = await self.attempts.send(f"{peer_name} (poll, sending)", send_to, job, pending, items)
+        if summary is None:  # not connected: each recipient was deferred with the reason
+            _, rcpts = items[0]
+            outcome.error = f"cannot send: {rcpts[0].last_reply}"
             return
         outcome.sent = sum(len(r.delivered) for r in summary.sent)
         if not summary.clean:
