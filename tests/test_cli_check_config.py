@@ -31,7 +31,8 @@ def test_good_file(example_certs):
     assert summary["holds"] == "(none)"
     assert summary["peers"] == (
         "provider (for provider.example.org; at tcp:host=127.0.0.1:port=2526"
-        " with tls verify for provider.example.org under provider-cert.pem; as dialup with a password)"
+        " with tls verify for provider.example.org under provider-cert.pem; sends on-poll;"
+        " ATRN at tcp:host=127.0.0.1:port=2366; as dialup with a password)"
     )
     assert summary["users"] == "(none)"
     assert summary["polls"] == "provider every 5m ±10% (turn)"
@@ -190,7 +191,7 @@ def test_help():
     assert "check-config" in result.stdout
     result = smtppeer("check-config", "--help", text=True)
     assert result.returncode == 0
-    assert result.stdout.startswith("Usage: smtppeer check-config FILE\n")
+    assert result.stdout.startswith("Usage: smtppeer check-config [--peer PEER-FILE ...] FILE\n")
     result = smtppeer("--version", text=True)
     assert (result.returncode, result.stdout) == (0, f"smtppeer {__version__}\n")
 
@@ -215,3 +216,91 @@ def test_summary_shows_a_multi_process_listener(tmp_path):
     result = smtppeer("check-config", "p.toml", cwd=tmp_path, text=True)
     assert result.returncode == 0, result.stderr
     assert "  listeners:  tcp:2599 (smtp, 3 processes, receive only)\n" in result.stdout
+
+
+# -- holds a peer cannot take (issue 12, item 1) ---------------------------------------------
+
+SUBDOMAINS = '"dialup.example.org" = "dialup"\n'
+
+
+def _with_subdomain_hold(tmp_path) -> str:
+    """provider.toml as issue 12 found it: it also held every subdomain for the dial-up host."""
+    text = (EXAMPLES / "provider.toml").read_text()
+    assert SUBDOMAINS in text
+    (tmp_path / "p2.toml").write_text(
+        text.replace(SUBDOMAINS, SUBDOMAINS + '".dialup.example.org" = "dialup"\n')
+    )
+    return "p2.toml"
+
+
+def test_the_example_pair_holds_only_what_the_other_accepts(example_certs):
+    provider, dialup = str(EXAMPLES / "provider.toml"), str(EXAMPLES / "dialup.toml")
+    for args in ((provider, "--peer", dialup), ("--peer", provider, dialup)):
+        result = smtppeer("check-config", *args, cwd=example_certs, text=True)
+        assert (result.returncode, result.stderr) == (0, ""), args
+        assert f"{dialup}: ok\n" in result.stdout or f"{provider}: ok\n" in result.stdout
+
+
+def test_a_hold_the_peer_routes_back_is_a_warning(example_certs):
+    p2 = _with_subdomain_hold(example_certs)
+    dialup = str(EXAMPLES / "dialup.toml")
+    alone = smtppeer("check-config", p2, cwd=example_certs, text=True)
+    assert alone.returncode == 0 and alone.stdout.startswith("p2.toml: ok\n")
+    assert alone.stderr == (
+        'p2.toml: warning: holds.".dialup.example.org": held for peer "dialup", but the subdomains of '
+        "dialup.example.org are not among its domains (peers.dialup.domains): what it does not accept "
+        "itself it refuses (a routing loop, or relaying) and the mail bounces here; hold only what it "
+        'accepts, or add ".dialup.example.org" to its domains if it does accept it\n'
+    )
+    loop = (
+        'p2.toml: warning: holds.".dialup.example.org": held for peer "dialup", which routes '
+        f"any-subdomain.dialup.example.org back here ({dialup}: peer:provider): a routing loop; such mail "
+        "bounces when it calls in: hold only the domains it accepts\n"
+    )
+    paired = smtppeer("check-config", p2, "--peer", dialup, cwd=example_certs, text=True)
+    assert paired.returncode == 0
+    assert paired.stderr == alone.stderr + loop
+    # from the dial-up host's side, the warning is the provider file's
+    other = smtppeer("check-config", dialup, "-p", p2, cwd=example_certs, text=True)
+    assert other.returncode == 0
+    assert other.stderr == loop
+
+
+def test_a_peer_that_says_it_takes_every_subdomain_silences_the_one_file_warning(tmp_path):
+    (tmp_path / "p.toml").write_text(
+        '[holds]\n".cust.test" = "cust"\n'
+        '[peers.cust]\ndomains = ["cust.test", ".cust.test"]\nusername = "cust"\npassword = "x"\n'
+    )
+    result = smtppeer("check-config", "p.toml", cwd=tmp_path, text=True)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "cust (for cust.test .cust.test; as cust with a password)" in result.stdout
+
+
+def test_a_hold_the_peer_has_no_route_for_is_a_warning(tmp_path):
+    (tmp_path / "provider.toml").write_text(
+        'hostname = "provider.test"\n[holds]\n"cust.test" = "cust"\n"extra.test" = "cust"\n'
+        '[peers.cust]\nusername = "cust"\npassword = "x"\n'
+    )
+    (tmp_path / "cust.toml").write_text(
+        'hostname = "cust.test"\n[domains."cust.test"]\ncatch_all = true\n'
+        '[peers.provider]\nendpoint = "tcp:host=127.0.0.1:port=2526"\nusername = "cust"\npassword = "x"\n'
+    )
+    result = smtppeer("check-config", "provider.toml", "--peer", "cust.toml", cwd=tmp_path, text=True)
+    assert result.returncode == 0
+    assert result.stderr == (
+        'provider.toml: warning: holds."extra.test": held for peer "cust", which does not accept '
+        "extra.test (cust.toml has no domain or route for it); such mail bounces when it calls in: "
+        "hold only the domains it accepts\n"
+    )
+
+
+def test_a_broken_peer_file_is_a_broken_configuration(example_certs, tmp_path):
+    (tmp_path / "bad.toml").write_text("[limits]\nrecipients = 10\n")
+    result = smtppeer(
+        "check-config", str(EXAMPLES / "provider.toml"), "--peer", "bad.toml", cwd=example_certs, text=True
+    )
+    assert result.returncode == EXIT_CONFIG
+    assert (
+        result.stderr == "bad.toml: limits.recipients: 10 is too small: at least 100 (RFC 5321 §4.5.3.1.8)\n"
+    )
+    assert smtppeer("check-config", "p.toml", "--peer", text=True).returncode == EXIT_USAGE

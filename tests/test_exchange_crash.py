@@ -464,8 +464,8 @@ def test_three_hosts_dialup_to_dialup_via_the_provider(tmp_path):
         ports,
         [
             (
-                '".dialup.example.org" = "dialup"\n',
-                f'".dialup.example.org" = "dialup"\n"{DIALUP2}" = "dialup2"\n',
+                '"dialup.example.org" = "dialup"\n',
+                f'"dialup.example.org" = "dialup"\n"{DIALUP2}" = "dialup2"\n',
             ),
         ],
     )

@@ -136,15 +136,18 @@ class Attempts:
         ]
         return SenderJob(envelopes, on_result=on_result), pending
 
-    async def send(self, description: str, endpoint: str, job: SenderJob, pending, items: list[Item]) -> None:
+    async def send(
+        self, description: str, endpoint: str, job: SenderJob, pending, items: list[Item]
+    ) -> SessionSummary | None:
         """Send a ready job over a new connection to ``endpoint``; if it cannot be
-        opened, every message of it is deferred."""
+        opened, every message of it is deferred (and None is returned)."""
         factory = self.factory(ReceiverHooks(), job, self.security(endpoint))
         connect = endpoints.clientFromString(self.reactor, endpoint)
         try:
-            await self.session(description, connect, factory, pending)
+            return await self.session(description, connect, factory, pending)
         except Exception as e:  # noqa: BLE001 - the node is down: its mail stays where it was
             await self.results.record_all(items, reply(451, "4.4.1", f"Cannot connect to {description}: {e}"))
+            return None
 
     async def session(self, description: str, endpoint, factory, pending) -> SessionSummary:
         """Connect (a failure raises), wait for the session to end and its results to be

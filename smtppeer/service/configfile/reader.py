@@ -145,6 +145,8 @@ class Reader(Listeners, Domains, Peers, Polls, LimitsSection):
         if "json_log" in data:
             config.json_log = self.boolean(data["json_log"], ("json_log",))
         config.polls = self.polls(data.get("polls", []), config)
+        self.odmr_routes(config)
+        self.on_poll_peers(config)
         self.limits(data.get("limits", {}), config)
         return config
 
