@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -54,15 +55,90 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    """Poll ``predicate`` (bounded) until it returns something true; return that."""
+def _bounded(
+    predicate: Callable[[], object], timeout: float, what: str, detail: Callable[[], object] | None
+) -> Callable[[], object]:
+    """One check of a wait of at most ``timeout`` s from now: ``predicate()``'s value when
+    true, else None while there is time left, else AssertionError naming ``what``."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def check() -> object:
         result = predicate()
         if result:
             return result
+        if time.monotonic() >= deadline:
+            message = f"timed out after {timeout}s waiting for {what}"
+            raise AssertionError(message if detail is None else f"{message}: {detail()}")
+        return None
+
+    return check
+
+
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float = 30.0,
+    what: str = "condition",
+    detail: Callable[[], object] | None = None,
+):
+    """Poll ``predicate`` (bounded) until it returns something true; return that.
+
+    Blocks the calling thread: for tests that drive real processes, or a thread
+    of their own.  On timeout raises AssertionError naming ``what`` (and, with
+    ``detail``, what ``detail()`` says about the state at that moment)."""
+    check = _bounded(predicate, timeout, what, detail)
+    while not (result := check()):
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return result
+
+
+async def wait_until_async(
+    predicate: Callable[[], object],
+    timeout: float = 30.0,
+    what: str = "condition",
+    detail: Callable[[], object] | None = None,
+):
+    """``wait_until`` for tests that run inside the reactor: polls without blocking it
+    (``task.deferLater``), so the connections it waits on go on meanwhile.
+
+    From an ``inlineCallbacks`` test: ``yield defer.ensureDeferred(wait_until_async(...))``."""
+    from twisted.internet import reactor, task
+
+    check = _bounded(predicate, timeout, what, detail)
+    while not (result := check()):
+        await task.deferLater(reactor, 0.01, lambda: None)
+    return result
+
+
+def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (by default this process's environment) with ``PYTHONPATH`` set to this
+    checkout, so that ``python -m smtppeer`` runs the code under test, installed or not."""
+    return {**(os.environ if env is None else env), "PYTHONPATH": str(REPO)}
+
+
+def smtppeer(
+    *args: str,
+    stdin: bytes | str | None = None,
+    text: bool = False,
+    cwd: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess:
+    """Run the admin command, ``python -m smtppeer ARGS``, from this checkout; its output
+    captured (``text`` for str, else bytes; ``stdin`` of the same kind, empty by default:
+    it never reads the terminal).  ``env`` replaces this process's environment
+    (``PYTHONPATH`` is always the checkout)."""
+    if stdin is None:
+        stdin = "" if text else b""
+    return subprocess.run(
+        [sys.executable, "-m", "smtppeer", *args],
+        input=stdin,
+        capture_output=True,
+        text=text,
+        cwd=cwd,
+        env=cli_env(env),
+        timeout=timeout,
+        check=False,
+    )
 
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]

@@ -61,7 +61,7 @@ from typing import TypeVar
 
 import pytest
 
-from .conftest import IN_CI, free_port, require_tool
+from .conftest import IN_CI, free_port, require_tool, wait_until
 
 T = TypeVar("T")
 
@@ -627,28 +627,17 @@ class PrivatePostfix:
         """``postqueue -f``: attempt delivery of all queued mail now."""
         self.command("postqueue", "-f")
 
-    def wait_for(
-        self, predicate: Callable[[], T], timeout: float = 15.0, interval: float = 0.1, what: str = ""
-    ) -> T:
-        """Poll ``predicate`` until it returns something true, and return that.
+    def wait_for(self, predicate: Callable[[], T], timeout: float = 15.0, what: str = "") -> T:
+        """``wait_until`` (bounded polling; AssertionError naming ``what`` on timeout),
+        with Postfix's queue and log in the error."""
+        return wait_until(predicate, timeout, what or repr(predicate), detail=self._state)
 
-        PostfixError (with queue and log) when ``timeout`` seconds pass first.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            if time.monotonic() >= deadline:
-                try:
-                    queue = self.mailq()
-                except PostfixError as e:
-                    queue = str(e).partition("\n")[0]
-                raise PostfixError(
-                    f"timed out after {timeout}s waiting for {what or predicate}\n"
-                    f"queue:\n{queue}\nlog:\n{self.log_tail()}"
-                )
-            time.sleep(interval)
+    def _state(self) -> str:
+        try:
+            queue = self.mailq()
+        except PostfixError as e:
+            queue = str(e).partition("\n")[0]
+        return f"\nqueue:\n{queue}\nlog:\n{self.log_tail()}"
 
     def wait_for_log(self, pattern: str, timeout: float = 15.0) -> re.Match:
         """Wait until the log matches the regular expression ``pattern`` (MULTILINE); the match."""
@@ -742,14 +731,15 @@ class SmtpSink:
 
     def wait_for_dumps(self, count: int = 1, timeout: float = 15.0) -> list[bytes]:
         """Wait (bounded) until at least ``count`` complete dumps exist; all of them."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def complete() -> list[bytes] | None:
             dumps = self.dumps()
             # a dump ends with the empty line smtp-sink appends after the message
-            if len(dumps) >= count and all(d.endswith(b"\n\n") for d in dumps):
-                return dumps
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"{len(dumps)} of {count} dumps after {timeout}s; smtp-sink: {self.output()}"
-                )
-            time.sleep(0.05)
+            return dumps if len(dumps) >= count and all(d.endswith(b"\n\n") for d in dumps) else None
+
+        return wait_until(
+            complete,
+            timeout,
+            f"{count} complete dumps",
+            detail=lambda: f"{len(self.dumps())} dumps; smtp-sink: {self.output()}",
+        )

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
+
+from .conftest import wait_until
 
 TIMEOUT = 30.0
 
@@ -90,13 +91,13 @@ class RawSink:
                 self.sessions.append(bytes(raw))
 
     def wait_for_messages(self, n: int, timeout: float = 60.0) -> list[bytes]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def enough() -> list[bytes] | None:
             with self._lock:
-                if len(self.messages) >= n:
-                    return list(self.messages)
-            time.sleep(0.05)
-        raise AssertionError(f"the sink got {len(self.messages)} messages in {timeout}s, not {n}")
+                return list(self.messages) if len(self.messages) >= n else None
+
+        return wait_until(
+            enough, timeout, f"{n} messages at the sink", detail=lambda: f"it got {len(self.messages)}"
+        )
 
     def close(self) -> None:
         self._stop.set()

@@ -9,21 +9,8 @@ import json
 import os
 import re
 import subprocess
-import sys
 
-from .conftest import REPO, TWISTD, free_port, wait_for_port, wait_until
-
-
-def smtppeer(*args: str, stdin: bytes = b"", cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "smtppeer", *args],
-        input=stdin,
-        capture_output=True,
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=60,
-    )
-
+from .conftest import REPO, TWISTD, free_port, smtppeer, wait_for_port, wait_until
 
 MESSAGE = b"From: me@localhost\nTo: u@localhost\nSubject: from the command line\n\n.dot\nbody\n"
 

@@ -6,7 +6,6 @@ import io
 import os
 import pty
 import select
-import subprocess
 import sys
 import time
 
@@ -16,20 +15,7 @@ from smtppeer.engine.sasl import Credentials, parse_secret
 from smtppeer.service import cli
 from smtppeer.service.configfile import loads_config
 
-from .conftest import REPO
-
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def smtppeer(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "smtppeer", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=60,
-    )
+from .conftest import cli_env, smtppeer
 
 
 def verifies(hashed: str, password: str) -> bool:
@@ -37,7 +23,7 @@ def verifies(hashed: str, password: str) -> bool:
 
 
 def test_hash_from_standard_input():
-    result = smtppeer("hash-password", stdin="correct horse battery staple\n")
+    result = smtppeer("hash-password", stdin="correct horse battery staple\n", text=True)
     assert (result.returncode, result.stderr) == (0, "")
     [hashed] = result.stdout.splitlines()
     assert hashed.startswith("SCRAM-SHA-256$4096:")
@@ -49,30 +35,30 @@ def test_hash_from_standard_input():
 
 
 def test_the_hash_is_what_the_configuration_takes():
-    hashed = smtppeer("hash-password", stdin="s3cret\n").stdout.strip()
+    hashed = smtppeer("hash-password", stdin="s3cret\n", text=True).stdout.strip()
     config = loads_config(f'[users.alice]\npassword_hash = "{hashed}"\n')
     assert config.users["alice"].password_hash == hashed
 
 
 def test_one_line_only_and_crlf():
-    hashed = smtppeer("hash-password", stdin="first line\nsecond line\n").stdout.strip()
+    hashed = smtppeer("hash-password", stdin="first line\nsecond line\n", text=True).stdout.strip()
     assert verifies(hashed, "first line") and not verifies(hashed, "second line")
-    hashed = smtppeer("hash-password", stdin="windows\r\n").stdout.strip()
+    hashed = smtppeer("hash-password", stdin="windows\r\n", text=True).stdout.strip()
     assert verifies(hashed, "windows") and not verifies(hashed, "windows\r")
-    hashed = smtppeer("hash-password", stdin="no newline").stdout.strip()
+    hashed = smtppeer("hash-password", stdin="no newline", text=True).stdout.strip()
     assert verifies(hashed, "no newline")
-    hashed = smtppeer("hash-password", stdin="  spaces kept  \n").stdout.strip()
+    hashed = smtppeer("hash-password", stdin="  spaces kept  \n", text=True).stdout.strip()
     assert verifies(hashed, "  spaces kept  ") and not verifies(hashed, "spaces kept")
 
 
 def test_salted_every_time():
-    a = smtppeer("hash-password", stdin="same\n").stdout.strip()
-    b = smtppeer("hash-password", stdin="same\n").stdout.strip()
+    a = smtppeer("hash-password", stdin="same\n", text=True).stdout.strip()
+    b = smtppeer("hash-password", stdin="same\n", text=True).stdout.strip()
     assert a != b and verifies(a, "same") and verifies(b, "same")
 
 
 def test_iterations():
-    result = smtppeer("hash-password", "--iterations", "8192", stdin="pw\n")
+    result = smtppeer("hash-password", "--iterations", "8192", stdin="pw\n", text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("SCRAM-SHA-256$8192:")
     assert parse_secret(result.stdout.strip()).iterations == 8192
@@ -80,31 +66,31 @@ def test_iterations():
 
 
 def test_too_few_iterations_is_a_usage_error():
-    result = smtppeer("hash-password", "--iterations", "1000", stdin="pw\n")
+    result = smtppeer("hash-password", "--iterations", "1000", stdin="pw\n", text=True)
     assert (result.returncode, result.stdout) == (cli.EXIT_USAGE, "")
     assert "--iterations must be at least 4096" in result.stderr
-    result = smtppeer("hash-password", "--iterations", "many", stdin="pw\n")
+    result = smtppeer("hash-password", "--iterations", "many", stdin="pw\n", text=True)
     assert result.returncode == cli.EXIT_USAGE
 
 
 def test_empty_password_is_refused():
     for stdin in ("", "\n", "\r\n"):
-        result = smtppeer("hash-password", stdin=stdin)
+        result = smtppeer("hash-password", stdin=stdin, text=True)
         assert (result.returncode, result.stdout) == (cli.EXIT_FAILED, ""), stdin
         assert result.stderr == "smtppeer hash-password: no password (an empty line)\n"
 
 
 def test_a_password_saslprep_refuses():
-    result = smtppeer("hash-password", stdin="bell\x07\n")
+    result = smtppeer("hash-password", stdin="bell\x07\n", text=True)
     assert (result.returncode, result.stdout) == (cli.EXIT_FAILED, "")
     assert result.stderr.startswith("smtppeer hash-password: ")
 
 
 def test_help():
-    result = smtppeer("hash-password", "--help")
+    result = smtppeer("hash-password", "--help", text=True)
     assert result.returncode == 0
     assert result.stdout.startswith("Usage: smtppeer hash-password [--iterations N] < password\n")
-    assert "hash-password" in smtppeer("--help").stdout
+    assert "hash-password" in smtppeer("--help", text=True).stdout
 
 
 def _talk(fd: int, expect: bytes, timeout: float = 30.0) -> bytes:
@@ -133,7 +119,7 @@ def _on_a_terminal(*answers: str) -> tuple[int, str]:
     pid, fd = pty.fork()
     if pid == 0:  # the child: stdin, stdout and /dev/tty are the terminal
         try:
-            os.execve(sys.executable, [sys.executable, "-m", "smtppeer", "hash-password"], ENV)
+            os.execve(sys.executable, [sys.executable, "-m", "smtppeer", "hash-password"], cli_env())
         finally:
             os._exit(127)
     try:

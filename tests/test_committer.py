@@ -8,10 +8,12 @@ import signal
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 
 from smtppeer.store.commits import Commit, run_batch, settle
-from smtppeer.store.committer import CommitError, Committer
+from smtppeer.store.committer import RESPAWN_INTERVAL, CommitError, Committer
+
+from .conftest import wait_until_async
 
 
 def body(path, data: bytes, streamed: bool) -> dict:
@@ -135,13 +137,16 @@ def test_unlink_steps_tolerate_missing_files_and_sync_no_directory(root):
 
 @pytest_twisted.inlineCallbacks
 def test_commits_the_disk_process_never_answered_fail_and_it_is_started_again(root):
-    committer = Committer(disk_process=True)
+    clock = task.Clock()  # times the restarts only; batches still run on the reactor
+    committer = Committer(disk_process=True, clock=clock)
     committer.startService()
     try:
         first = committer._process
         os.kill(first.transport.pid, signal.SIGSTOP)  # it takes the batch but cannot act on it
         d = committer.submit(file_commit(root, "lost", b"1"))
-        yield task.deferLater(reactor, 0.05, lambda: None)
+        yield defer.ensureDeferred(
+            wait_until_async(lambda: first.waiting, what="the batch sent to the process")
+        )
         os.kill(first.transport.pid, signal.SIGKILL)
         with pytest.raises(CommitError, match="ended before finishing"):
             yield d
@@ -149,7 +154,8 @@ def test_commits_the_disk_process_never_answered_fail_and_it_is_started_again(ro
         assert committer._process is None
         # Started again for the next batch (at most once a second; inline meanwhile).
         yield committer.submit(file_commit(root, "soon", b"2"))
-        yield task.deferLater(reactor, 1.1, lambda: None)
+        assert committer._process is None  # less than a second since the last start: inline
+        clock.advance(RESPAWN_INTERVAL)
         yield committer.submit(file_commit(root, "later", b"3"))
         assert committer._process is not None
         assert committer._process.transport.pid != first.transport.pid

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from smtppeer.engine import Limits
 from smtppeer.engine.sasl import hash_password
 from smtppeer.peer.tls import make_self_signed
+from smtppeer.relay.holds import PollMethod
 from smtppeer.service.config import Config, Listener, Mailbox, Peer, Poll, TLSFiles, User
 from smtppeer.service.configfile import ConfigError, load_config, loads_config
 from smtppeer.service.options import DEFAULT_LISTEN, Options
@@ -499,7 +500,7 @@ def test_example_single_host():
 
 def test_example_provider(example_certs):
     config = load_config(EXAMPLES / "provider.toml")
-    assert config.holds == {"dialup.example.org": "dialup", ".dialup.example.org": "dialup"}
+    assert config.holds == {"dialup.example.org": "dialup"}
     dialup = config.peers["dialup"]
     assert (dialup.endpoint, dialup.addresses, dialup.username) == (None, [], "dialup")
     assert [(x.endpoint, x.mode, x.require_tls, x.turn) for x in config.listeners] == [
@@ -526,6 +527,10 @@ def test_example_dialup_polls_the_provider(example_certs):
         provider.peers["dialup"].password,
     )
     assert (peer.tls, peer.ca_file, peer.tls_name) == ("verify", provider.tls.certificate, provider.hostname)
+    # ATRN polls go to the provider's ODMR listener, mail to its customer port, on the polls
+    odmr_port = next(x.endpoint for x in provider.listeners if x.mode == "odmr").split(":")[1]
+    assert peer.odmr_endpoint == f"tcp:host=127.0.0.1:port={odmr_port}"
+    assert peer.send == "on-poll"
     assert provider.holds[dialup.hostname] == "dialup"
     assert set(dialup.domains) <= set(provider.peers["dialup"].domains)
     # and all three examples can run side by side
@@ -896,6 +901,65 @@ BROKEN = [
         f'{PEER}[[polls]]\npeer = "upstream"\nmethod = "etrn"\ndomains = ["a.example", "A.example."]',
         "polls[0].domains[1]: a.example is listed twice",
     ),
+    # odmr_endpoint, send = "on-poll" (issue 12, items 2 and 3)
+    (
+        "odmr-endpoint-bad",
+        f'{PEER}odmr_endpoint = "tcp:nohost"',
+        'peers.upstream.odmr_endpoint: "tcp:nohost" is not a client endpoint description (...',
+    ),
+    (
+        "odmr-only-peer-polled-by-turn",
+        '[peers.p]\nodmr_endpoint = "tcp:host=127.0.0.1:port=2366"\n[[polls]]\npeer = "p"',
+        'polls[0].peer: peer "p" has no endpoint to poll (peers.p)',
+    ),
+    (
+        "atrn-poll-without-any-endpoint",
+        f'{NO_ENDPOINT_PEER}username = "u"\npassword = "p"\n[[polls]]\npeer = "dialup"\nmethod = "atrn"',
+        'polls[0].peer: peer "dialup" has no endpoint or odmr_endpoint to poll (peers.dialup)',
+    ),
+    (
+        "route-to-port-366",
+        '[peers.p]\nendpoint = "tcp:host=192.0.2.1:port=366"\n[routes]\n"*" = "peer:p"',
+        'routes."*": peer "p" has port 366 as its endpoint, the ODMR port, which takes no mail (RFC 2645): '
+        "give its SMTP port as endpoint and the ODMR port as odmr_endpoint",
+    ),
+    (
+        "route-to-the-odmr-endpoint",
+        '[peers.p]\nendpoint = "tcp:host=192.0.2.1:port=2366"\nodmr_endpoint = "tcp:host=192.0.2.1:port=2366"\n'
+        '[routes]\n"x.example" = "peer:p"',
+        'routes."x.example": peer "p" has its odmr_endpoint as its endpoint, an ODMR port, which takes no '
+        "mail (RFC 2645): give its SMTP port as endpoint and the ODMR port as odmr_endpoint",
+    ),
+    (
+        "route-to-a-peer-polled-by-atrn-at-its-endpoint",
+        f'{PEER}username = "u"\npassword = "p"\n[routes]\n"*" = "peer:upstream"\n'
+        '[[polls]]\npeer = "upstream"\nmethod = "atrn"',
+        'routes."*": peer "upstream" is polled by ATRN at its endpoint, an ODMR port, which takes no mail '
+        "(RFC 2645): give its SMTP port as endpoint and the ODMR port as odmr_endpoint",
+    ),
+    ("send-bad", f'{PEER}send = "later"', 'peers.upstream.send: "later" is not a send mode: "now" or "on-poll"'),
+    ("send-type", f"{PEER}send = true", "peers.upstream.send: expected a string, got a boolean (true)"),
+    (
+        "send-on-poll-unpolled",
+        f'{PEER}send = "on-poll"',
+        'peers.upstream.send: "on-poll" waits for polls of "upstream": no [[polls]] polls it',
+    ),
+    (
+        "send-on-poll-without-endpoint",
+        f'{NO_ENDPOINT_PEER}send = "on-poll"',
+        'peers.dialup.send: "on-poll": peer "dialup" has no endpoint to send its mail to',
+    ),
+    (
+        "send-on-poll-atrn-at-its-endpoint",
+        f'{PEER}username = "u"\npassword = "p"\nsend = "on-poll"\n[[polls]]\npeer = "upstream"\nmethod = "atrn"',
+        'peers.upstream.send: "on-poll": peer "upstream" is polled by ATRN at its endpoint, an ODMR port, '
+        "which takes no mail (RFC 2645): give the ODMR port as odmr_endpoint",
+    ),
+    (
+        "odmr-endpoint-unix-verify",
+        '[peers.p]\nodmr_endpoint = "unix:/run/odmr.sock"\ntls = "verify"',
+        'peers.p.tls_name: missing: the endpoint "unix:/run/odmr.sock" names no host to verify the certificate for',
+    ),
     # the file itself
     ("syntax", 'hostname = "a.example"\n[limits\nrecipients = 100', "line 2, column 8: TOML syntax error: Expected ']' at the end of a table declaration"),
     ("syntax-end", 'hostname = """a.example', "end of file: TOML syntax error: Unterminated string"),
@@ -951,3 +1015,26 @@ def test_not_utf8(tmp_path):
 def test_loads_names_its_source():
     with pytest.raises(ConfigError, match=r"^inline: colour: unknown key$"):
         loads_config('colour = "blue"', "inline")
+
+
+def test_a_peer_with_two_ports_polled_by_atrn_and_sending_on_polls():
+    config = loads_config(
+        '[peers.provider]\nendpoint = "tcp:host=192.0.2.1:port=587"\n'
+        'odmr_endpoint = "tcp:host=192.0.2.1:port=366"\nusername = "u"\npassword = "p"\nsend = "on-poll"\n'
+        '[routes]\n"*" = "peer:provider"\n[[polls]]\npeer = "provider"\nmethod = "atrn"\n'
+    )
+    peer = config.peers["provider"]
+    assert (peer.endpoint, peer.odmr_endpoint, peer.send) == (
+        "tcp:host=192.0.2.1:port=587",
+        "tcp:host=192.0.2.1:port=366",
+        "on-poll",
+    )
+    assert peer.poll_endpoint(config.polls[0].method) == "tcp:host=192.0.2.1:port=366"
+    assert peer.poll_endpoint(PollMethod.TURN) == "tcp:host=192.0.2.1:port=587"
+    # an ATRN-only peer (no endpoint) may be polled, and takes no routes and no on-poll mail
+    only = loads_config(
+        '[peers.p]\nodmr_endpoint = "tcp:host=192.0.2.1:port=366"\nusername = "u"\npassword = "p"\n'
+        '[[polls]]\npeer = "p"\nmethod = "atrn"\n'
+    )
+    assert only.peers["p"].poll_endpoint(PollMethod.ATRN) == "tcp:host=192.0.2.1:port=366"
+    assert only.peers["p"].send == "now"  # the default

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import wait_until
+
 pytestmark = pytest.mark.slow
 
 CLIENTS = 6
@@ -179,15 +181,6 @@ def maildir_files(maildir: Path) -> list[Path]:
     ]
 
 
-def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
-
-
 def children(parent: int, module: str) -> list[int]:
     """Child processes of ``parent`` running ``python -m module``."""
     ps = ["ps", "-o", "pid=,args=", "--ppid", str(parent)]
@@ -251,11 +244,16 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(twistd_peer, proces
 
     # A relays what it still has; B's 250 means B has it on disk.
     queue = a.data_dir / "spool" / "queue"
-    drained = wait_until(lambda: not any(queue.iterdir()), timeout=30)
-    a_log = a.log()
-    a.stop()
-    b.stop()
-    assert drained, f"A's spool did not drain: {sorted(p.name for p in queue.iterdir())}\n{a_log[-3000:]}"
+    try:
+        wait_until(
+            lambda: not any(queue.iterdir()),
+            timeout=30,
+            what="A's spool to drain",
+            detail=lambda: f"{sorted(p.name for p in queue.iterdir())}\n{a.log()[-3000:]}",
+        )
+    finally:
+        a.stop()
+        b.stop()
     assert not list((a.data_dir / "spool" / "incoming").iterdir()), "leftover in A's spool/incoming"
     assert not list(queue.iterdir()), "leftover in A's spool/queue"
 

@@ -24,6 +24,7 @@ from smtppeer.engine.receiver import Receiver
 from smtppeer.engine.replies import Reply, reply
 from smtppeer.engine.starttls import StartTls
 
+from .enginedriver import merge_chunks, pump
 from .logins import lookup
 
 # Small limits, so that short inputs reach every one of them.
@@ -55,18 +56,8 @@ def run(chunks: list[bytes], limits: Limits, kind: str) -> tuple[bytes, list]:
     events: list = []
     for chunk in chunks:
         rx.receive_data(chunk)
-        for _ in range(100_000):
-            e = rx.next_event()
-            if e in (ev.NEED_DATA, ev.CLOSED):
-                break
-            assert e is not ev.PAUSED
-            if isinstance(e, ev.DataChunk) and events and isinstance(events[-1], ev.DataChunk):
-                events[-1] = ev.DataChunk(events[-1].data + e.data)  # boundaries follow the input's
-            else:
-                events.append(e)
-            if e.needs_answer:
-                rx.answer(answer(e))
-    return rx.data_to_send(), events
+        assert pump(rx, answer, events) is not ev.PAUSED
+    return rx.data_to_send(), merge_chunks(events)
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:

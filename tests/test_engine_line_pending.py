@@ -11,15 +11,7 @@ from smtppeer.engine import events as ev
 from smtppeer.engine.receiver import Receiver
 from smtppeer.engine.replies import reply
 
-
-def drain(rx: Receiver, answer: bool = True) -> object:
-    for _ in range(1000):
-        e = rx.next_event()
-        if e in (ev.NEED_DATA, ev.PAUSED, ev.CLOSED):
-            return e
-        if e.needs_answer and answer:
-            rx.answer(reply(250, "2.0.0", "OK"))
-    raise AssertionError("no end")
+from .enginedriver import accept_all, pump
 
 
 def test_a_line_is_pending_from_its_first_octet_to_its_line_end():
@@ -28,13 +20,13 @@ def test_a_line_is_pending_from_its_first_octet_to_its_line_end():
     assert not rx.line_pending
     for byte in b"EHLO slow.example":
         rx.receive_data(bytes([byte]))
-        drain(rx)
+        pump(rx, accept_all)
         assert rx.line_pending
     rx.receive_data(b"\r")
-    drain(rx)
+    pump(rx, accept_all)
     assert rx.line_pending
     rx.receive_data(b"\n")
-    drain(rx)
+    pump(rx, accept_all)
     assert not rx.line_pending
 
 
@@ -42,10 +34,10 @@ def test_an_overlong_line_being_skipped_is_pending_until_its_end():
     rx = Receiver("mx.example")
     rx.start()
     rx.receive_data(b"x" * 5000)
-    drain(rx)
+    pump(rx, accept_all)
     assert rx.buffered_input == 0 and rx.line_pending  # nothing buffered, still mid-line
     rx.receive_data(b"y\r\n")
-    drain(rx)
+    pump(rx, accept_all)
     assert not rx.line_pending
 
 
@@ -53,14 +45,14 @@ def test_not_inside_data_nor_while_a_decision_is_ours():
     rx = Receiver("mx.example")
     rx.start()
     rx.receive_data(b"EHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\npartial body")
-    drain(rx)
+    pump(rx, accept_all)
     assert rx.in_data and not rx.line_pending
     rx.receive_data(b"\r\n.\r\nNOOP")
-    assert drain(rx, answer=False) is ev.PAUSED  # the DataEnd decision
+    assert pump(rx, answer=None) is ev.PAUSED  # the DataEnd decision
     assert not rx.line_pending
     rx.answer(reply(250, "2.0.0", "Queued"))
-    drain(rx)
+    pump(rx, accept_all)
     assert rx.line_pending  # "NOOP" without its CRLF
     rx.receive_data(b"\r\nQUIT\r\n")
-    drain(rx)
+    pump(rx, accept_all)
     assert rx.closed and not rx.line_pending

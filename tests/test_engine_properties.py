@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from smtppeer.engine import events as ev
 from smtppeer.engine.framing import DataDecoder, DotStuffer
 from smtppeer.engine.receiver import Receiver
-from smtppeer.engine.replies import reply
+
+from .enginedriver import accept_all, merge_chunks, pump
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -120,23 +121,12 @@ def test_any_bare_cr_or_lf_is_flagged(body, where, bare, cuts):
 def run_receiver(chunks: list[bytes]) -> tuple[bytes, list]:
     rx = Receiver("mx.example")
     rx.start()
-    events = []
+    events: list = []
     for chunk in chunks:
         rx.receive_data(chunk)
-        while (e := rx.next_event()) not in (ev.NEED_DATA, ev.CLOSED):
-            if e is ev.PAUSED:
-                raise AssertionError("unanswered decision")
-            events.append(e)
-            if e.needs_answer:
-                rx.answer(reply(250, "2.0.0", "OK"))
+        assert pump(rx, accept_all, events) is not ev.PAUSED, "unanswered decision"
     # merge body chunks: their boundaries depend on the input chunking
-    merged: list = []
-    for e in events:
-        if isinstance(e, ev.DataChunk) and merged and isinstance(merged[-1], ev.DataChunk):
-            merged[-1] = ev.DataChunk(merged[-1].data + e.data)
-        else:
-            merged.append(e)
-    return rx.data_to_send(), merged
+    return rx.data_to_send(), merge_chunks(events)
 
 
 @settings(max_examples=100, deadline=None)

@@ -9,87 +9,22 @@ from smtppeer.engine.address import Mailbox, Path
 from smtppeer.engine.extensions import Extension
 from smtppeer.engine.limits import Limits
 from smtppeer.engine.receiver import Receiver
-from smtppeer.engine.replies import Reply, ReplyParser, reply
+from smtppeer.engine.replies import Reply, reply
 
-HOST = "mx.example"
+from .enginedriver import HOST, Driver, answering, default_answer, parse_replies
 
 SMUGGLING = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r"]
 
 
-def parse_replies(data: bytes) -> list[Reply]:
-    parser = ReplyParser()
-    parser.feed(data)
-    out = []
-    while (r := parser.next_reply()) is not None:
-        out.append(r)
-    assert parser.take_rest() == b""
-    return out
-
-
-def default_answer(event: ev.Event) -> Reply:
-    if isinstance(event, ev.MailFrom):
-        return reply(250, "2.1.0", "Sender OK")
-    if isinstance(event, ev.RcptTo):
-        return reply(250, "2.1.5", "Recipient OK")
-    if isinstance(event, ev.DataEnd):
-        return reply(250, "2.0.0", "Queued")
-    if isinstance(event, ev.Verify):
-        return reply(252, "2.5.0", "Cannot verify, will attempt delivery")
-    if isinstance(event, ev.TurnRequested):
-        return reply(502, "5.5.1", "TURN not allowed")
-    return reply(502, "5.5.1", "Not implemented")
-
-
-class Peer:
-    """Drives a Receiver; ``answer`` decides every decision at once unless None."""
-
-    def __init__(self, limits: Limits | None = None, answer=default_answer, greeting=None, **kw) -> None:
-        self.rx = Receiver(HOST, limits, **kw)
-        self.rx.start(greeting)
-        self.answer = answer
-        self.events: list[ev.Event] = []
-        self.raw = b""
-        self.greeting = parse_replies(self.rx.data_to_send())
-
-    def pump(self) -> object:
-        while True:
-            event = self.rx.next_event()
-            if event in (ev.NEED_DATA, ev.PAUSED, ev.CLOSED):
-                return event
-            self.events.append(event)
-            if event.needs_answer and self.answer is not None:
-                self.rx.answer(self.answer(event))
-
-    def send(self, data: bytes) -> list[Reply]:
-        self.rx.receive_data(data)
-        self.pump()
-        return self.out()
-
-    def out(self) -> list[Reply]:
-        data = self.rx.data_to_send()
-        self.raw += data
-        return parse_replies(data)
-
-    def codes(self, data: bytes) -> list[int]:
-        return [r.code for r in self.send(data)]
-
-    def take_events(self) -> list[ev.Event]:
-        events, self.events = self.events, []
-        return events
-
-    def of(self, kind: type) -> list:
-        return [e for e in self.events if isinstance(e, kind)]
-
-
-def ready(limits: Limits | None = None, **kw) -> Peer:
-    p = Peer(limits, **kw)
+def ready(limits: Limits | None = None, **kw) -> Driver:
+    p = Driver(limits, **kw)
     assert p.codes(b"EHLO client.example\r\n") == [250]
     p.take_events()
     p.raw = b""
     return p
 
 
-def in_tx(limits: Limits | None = None, **kw) -> Peer:
+def in_tx(limits: Limits | None = None, **kw) -> Driver:
     p = ready(limits, **kw)
     assert p.codes(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\n") == [250, 250]
     p.take_events()
@@ -103,7 +38,7 @@ MESSAGE = b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n"
 
 
 def test_greeting():
-    p = Peer()
+    p = Driver()
     assert p.greeting == [Reply(220, (f"{HOST} ESMTP smtppeer",))]
     assert not p.rx.closed
 
@@ -111,7 +46,7 @@ def test_greeting():
 def test_greeting_554_waits_for_quit_and_answers_503():
     # RFC 5321 §3.1: after a 554 greeting the server "MUST still wait for the
     # client to send a QUIT" and "SHOULD respond to any intervening commands with 503".
-    p = Peer(greeting=reply(554, "5.7.1", "No service for you"))
+    p = Driver(greeting=reply(554, "5.7.1", "No service for you"))
     assert p.greeting == [Reply(554, ("No service for you",), "5.7.1")]
     assert not p.rx.closed
     replies = p.send(b"EHLO x\r\nMAIL FROM:<a@x.example>\r\nNOOP\r\nTURN\r\nQUIT\r\n")
@@ -121,7 +56,7 @@ def test_greeting_554_waits_for_quit_and_answers_503():
 
 
 def test_greeting_554_client_that_never_quits_is_dropped():
-    p = Peer(Limits(bad_commands=3), greeting=reply(554, "5.7.1", "No"))
+    p = Driver(Limits(bad_commands=3), greeting=reply(554, "5.7.1", "No"))
     assert p.codes(b"EHLO x\r\nEHLO x\r\nEHLO x\r\nEHLO x\r\n") == [503, 503, 503, 421]
     assert p.rx.closed
 
@@ -140,14 +75,14 @@ def test_greeting_421_closes():
 
 
 def test_helo():
-    p = Peer()
+    p = Driver()
     assert p.send(b"HELO client.example\r\n") == [Reply(250, (f"{HOST} greets client.example",))]
     assert p.events == [ev.Hello("HELO", "client.example")]
     assert p.rx.helo_name == "client.example" and not p.rx.esmtp
 
 
 def test_ehlo_multi_line_format():
-    p = Peer()
+    p = Driver()
     p.send(b"EHLO client.example\r\n")
     assert p.raw == (
         b"250-mx.example greets client.example\r\n"
@@ -163,19 +98,19 @@ def test_ehlo_multi_line_format():
 
 
 def test_ehlo_size_follows_limit():
-    p = Peer(Limits(message_size=1234))
+    p = Driver(Limits(message_size=1234))
     assert "SIZE 1234" in p.send(b"EHLO c\r\n")[0].lines
 
 
 def test_ehlo_address_literal_and_case():
-    p = Peer()
+    p = Driver()
     assert p.codes(b"ehlo [192.0.2.1]\r\n") == [250]
     assert p.events == [ev.Hello("EHLO", "[192.0.2.1]")]
 
 
 @pytest.mark.parametrize("line", [b"HELO\r\n", b"EHLO\r\n", b"EHLO \r\n", b"HELO a b\r\n", b"EHLO a b\r\n"])
 def test_hello_bad_arguments(line):
-    p = Peer()
+    p = Driver()
     [r] = p.send(line)
     assert (r.code, r.enhanced) == (501, "5.5.4")
     assert p.rx.helo_name is None and p.events == []
@@ -193,7 +128,7 @@ def test_ehlo_resets_transaction():
 
 
 def test_mail_before_helo():
-    p = Peer()
+    p = Driver()
     [r] = p.send(b"MAIL FROM:<a@x.example>\r\n")
     assert (r.code, r.enhanced) == (503, "5.5.1")
     assert p.events == []
@@ -348,7 +283,7 @@ def test_rcpt_before_mail():
 
 
 def test_rcpt_before_helo():
-    p = Peer()
+    p = Driver()
     assert p.codes(b"RCPT TO:<b@y.example>\r\n") == [503]
 
 
@@ -450,7 +385,7 @@ def test_data_without_recipients():
 
 
 def test_data_when_every_recipient_was_refused():
-    p = ready(answer=lambda e: reply(550, "5.1.1", "No") if isinstance(e, ev.RcptTo) else default_answer(e))
+    p = ready(answer=answering(ev.RcptTo, reply(550, "5.1.1", "No")))
     assert p.codes(MESSAGE + b"body\r\n.\r\n") == [250, 550, 554, 500, 500]
     # the body lines were read as commands (there was no DATA), each refused
     assert not p.of(ev.DataStarted)
@@ -483,9 +418,7 @@ def test_empty_body():
 
 
 def test_data_end_refused_by_adapter():
-    p = in_tx(
-        answer=lambda e: reply(451, "4.3.0", "Disk full") if isinstance(e, ev.DataEnd) else default_answer(e)
-    )
+    p = in_tx(answer=answering(ev.DataEnd, reply(451, "4.3.0", "Disk full")))
     assert p.codes(b"DATA\r\nx\r\n.\r\n") == [354, 451]
     assert p.rx.transaction is None
 
@@ -596,7 +529,7 @@ def test_rset():
 
 
 def test_rset_before_helo():
-    p = Peer()
+    p = Driver()
     assert p.codes(b"RSET\r\n") == [250]
 
 
@@ -609,7 +542,7 @@ def test_rset_with_argument():
 
 @pytest.mark.parametrize("line", [b"NOOP\r\n", b"NOOP anything at all\r\n", b"noop\r\n"])
 def test_noop(line):
-    p = Peer()
+    p = Driver()
     [r] = p.send(line)
     assert (r.code, r.enhanced) == (250, "2.0.0")
 
@@ -630,7 +563,7 @@ def test_quit():
 
 
 def test_quit_with_argument():
-    p = Peer()
+    p = Driver()
     [r] = p.send(b"QUIT now\r\n")
     assert (r.code, r.enhanced) == (501, "5.5.4")
     assert not p.rx.closed
@@ -638,7 +571,7 @@ def test_quit_with_argument():
 
 @pytest.mark.parametrize("line", [b"HELP\r\n", b"HELP MAIL\r\n"])
 def test_help(line):
-    p = Peer()
+    p = Driver()
     p.send(line)
     [r] = parse_replies(p.raw)
     assert r.code == 214 and r.enhanced == "2.0.0" and len(r.lines) == 3
@@ -647,7 +580,7 @@ def test_help(line):
 
 @pytest.mark.parametrize("verb", ["VRFY", "EXPN"])
 def test_verify_commands_ask_policy(verb):
-    p = Peer(answer=None)
+    p = Driver(answer=None)
     p.rx.receive_data(f"{verb} someone\r\nNOOP\r\n".encode())
     assert p.pump() is ev.PAUSED
     assert p.events == [ev.Verify(verb, "someone")]
@@ -659,7 +592,7 @@ def test_verify_commands_ask_policy(verb):
 
 @pytest.mark.parametrize("verb", [b"VRFY", b"EXPN"])
 def test_verify_needs_argument(verb):
-    p = Peer()
+    p = Driver()
     [r] = p.send(verb + b"\r\n")
     assert (r.code, r.enhanced) == (501, "5.5.4")
 
@@ -676,7 +609,7 @@ def test_send_not_implemented(line):
 
 
 def test_turn_before_helo():
-    p = Peer()
+    p = Driver()
     [r] = p.send(b"TURN\r\n")
     assert (r.code, r.enhanced) == (503, "5.5.1")
 
@@ -699,8 +632,8 @@ def test_turn_with_argument():
     assert (r.code, r.enhanced) == (501, "5.5.4")
 
 
-def test_turn_refused_by_default_policy():
-    p = ready()
+def test_turn_refused_by_the_policy():
+    p = ready(answer=answering(ev.TurnRequested, reply(502, "5.5.1", "TURN not allowed")))
     [r] = p.send(b"TURN\r\n")
     assert (r.code, r.enhanced) == (502, "5.5.1")
     assert p.events == [ev.TurnRequested()]
@@ -719,9 +652,7 @@ def test_turn_accepted_and_unread_bytes_handed_over():
 
 
 def test_turn_after_completed_transaction():
-    p = ready(
-        answer=lambda e: reply(250, "2.0.0", "OK") if isinstance(e, ev.TurnRequested) else default_answer(e)
-    )
+    p = ready(answer=answering(ev.TurnRequested, reply(250, "2.0.0", "OK")))
     assert p.codes(MESSAGE + b"x\r\n.\r\nTURN\r\n") == [250, 250, 354, 250, 250]
     assert isinstance(p.events[-1], ev.TurnRequested)
 
@@ -779,7 +710,7 @@ def test_long_line_tail_not_run_as_command():
 
 
 def test_command_line_limit_configurable():
-    p = Peer(Limits(command_line=8))
+    p = Driver(Limits(command_line=8))
     assert p.codes(b"HELO ab\r\n") == [500]
     assert p.codes(b"HELO a\r\n") == [250]
     assert p.codes(b"NOOP x\r\n") == [250]
@@ -841,7 +772,7 @@ def test_answer_without_decision():
 
 
 def test_pipelined_session_in_one_feed():
-    p = Peer()
+    p = Driver()
     stream = (
         b"EHLO c\r\n"
         + MESSAGE
@@ -900,10 +831,8 @@ def test_body_arrives_while_data_end_pending():
     p = in_tx()
     p.answer = None
     p.rx.receive_data(b"DATA\r\nx\r\n.\r\nMAIL FROM:<a@x.example>\r\n")
-    events = []
-    while (e := p.rx.next_event()) not in (ev.PAUSED, ev.NEED_DATA):
-        events.append(e)
-    assert [type(e) for e in events] == [ev.DataStarted, ev.DataChunk, ev.DataEnd]
+    p.pump()
+    assert [type(e) for e in p.events] == [ev.DataStarted, ev.DataChunk, ev.DataEnd]
     p.rx.receive_data(b"RCPT TO:<b@y.example>\r\n")
     assert p.rx.next_event() is ev.PAUSED
     p.rx.answer(reply(250, "2.0.0", "stored"))
@@ -993,7 +922,7 @@ def test_extension_command_and_params():
 
 def test_parameters_after_helo_are_refused_with_555():
     """Service extensions exist only in an EHLO session (RFC 5321 §4.1.1.1)."""
-    p = Peer()
+    p = Driver()
     p.send(b"HELO a.example\r\n")
     [r] = p.send(b"MAIL FROM:<a@x.example> SIZE=100\r\n")
     assert (r.code, r.enhanced) == (555, "5.5.4")

@@ -21,6 +21,8 @@ from smtppeer.engine.sender import (
     TurnRefused,
 )
 
+from .enginedriver import pump
+
 EHLO_PIPELINING = (
     b"250-mx.example greets client.example\r\n"
     b"250-PIPELINING\r\n"
@@ -649,16 +651,10 @@ def run_pair(sender: Sender, receiver: Receiver) -> list[ev.Event]:
     for _ in range(1000):
         to_server = sender.data_to_send()
         receiver.receive_data(to_server)
-        while True:
-            event = receiver.next_event()
-            if event in (ev.NEED_DATA, ev.CLOSED, ev.PAUSED):
-                break
-            received.append(event)
-            if event.needs_answer:
-                receiver.answer(answer_all(event))
-            if isinstance(event, ev.TurnRequested):
-                sender.receive_data(receiver.data_to_send())
-                return received
+        pump(receiver, answer_all, received)
+        if received and isinstance(received[-1], ev.TurnRequested):  # TURN is the last command
+            sender.receive_data(receiver.data_to_send())
+            return received
         to_client = receiver.data_to_send()
         sender.receive_data(to_client)
         if not to_server and not to_client:

@@ -9,21 +9,11 @@ belong to the receiver role that learnt them and go.
 from __future__ import annotations
 
 from smtppeer.engine import events as ev
-from smtppeer.engine.receiver import Receiver
 from smtppeer.engine.replies import reply
 from smtppeer.engine.sender import TLS_REQUIRED, ClientSecurity, Sender
 from smtppeer.engine.session import SessionState
 
-from .test_engine_receiver import parse_replies
-from .test_engine_trust_receiver import AUTH_ALICE, HOST, authed, trust_extensions
-
-
-def exchange(rx: Receiver, data: bytes):
-    """Feed ``data``, run the receiver until it waits, return the replies it wrote."""
-    rx.receive_data(data)
-    while rx.next_event() not in (ev.NEED_DATA, ev.PAUSED, ev.CLOSED):
-        pass
-    return parse_replies(rx.data_to_send())
+from .test_engine_trust_receiver import AUTH_ALICE, authed, peer, trust_extensions
 
 
 def test_starttls_forgets_everything_learnt_in_clear():
@@ -70,14 +60,14 @@ def test_turn_hand_over_sender_to_receiver_with_bytes():
     """We sent TURN and it was accepted: the new receiver is secure but has no
     identity for its client, so PLAIN is offered and TURN needs a login first."""
     handed = SessionState(secure=True).after_turn()
-    rx = Receiver(HOST, extensions=trust_extensions(starttls=False), secure=handed.secure)
-    rx.start()
-    [greeting, ehlo] = exchange(rx, b"EHLO provider.example\r\n")
+    p = peer(extensions=trust_extensions(starttls=False), secure=handed.secure, answer=None)
+    [greeting] = p.greeting
+    [ehlo] = p.send(b"EHLO provider.example\r\n")
     assert greeting.code == 220
     [auth] = [line.split() for line in ehlo.lines if line.startswith("AUTH ")]
     assert "PLAIN" in auth  # offered: the connection is secure
-    assert rx.state.authenticated is None
-    assert [r.code for r in exchange(rx, AUTH_ALICE)] == [235]
-    assert rx.state == SessionState(
+    assert p.rx.state.authenticated is None
+    assert [r.code for r in p.send(AUTH_ALICE)] == [235]
+    assert p.rx.state == SessionState(
         secure=True, helo_name="provider.example", esmtp=True, authenticated="alice"
     )

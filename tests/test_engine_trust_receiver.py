@@ -7,7 +7,6 @@ client side is ``sasl.client_exchange`` speaking through the SMTP framing.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 
 import pytest
 
@@ -18,15 +17,13 @@ from smtppeer.engine.auth import Auth
 from smtppeer.engine.etrn import Etrn
 from smtppeer.engine.extensions import Extension, default_extensions
 from smtppeer.engine.limits import Limits
-from smtppeer.engine.receiver import AUTH_LINE, Receiver
+from smtppeer.engine.receiver import AUTH_LINE
 from smtppeer.engine.replies import Reply, reply
 from smtppeer.engine.sasl import Credentials
 from smtppeer.engine.starttls import StartTls
 
+from .enginedriver import Driver, answering, parse_replies
 from .logins import LOGINS, MECHANISMS, PASSWORDS, USERS, lookup
-from .test_engine_receiver import parse_replies
-
-HOST = "mx.example"
 
 
 def b64(data: bytes) -> bytes:
@@ -39,27 +36,8 @@ def plain(user: str = "alice", password: str = "alice-pw") -> bytes:
 
 AUTH_ALICE = b"AUTH PLAIN " + plain() + b"\r\n"
 
-
-def default_answer(event: ev.Event) -> Reply:
-    if isinstance(event, ev.MailFrom):
-        return reply(250, "2.1.0", "Sender OK")
-    if isinstance(event, ev.RcptTo):
-        return reply(250, "2.1.5", "Recipient OK")
-    if isinstance(event, ev.DataEnd):
-        return reply(250, "2.0.0", "Queued")
-    if isinstance(event, ev.Verify):
-        return reply(252, "2.5.0", "Cannot verify")
-    if isinstance(event, ev.StartTLSRequested):
-        return reply(220, "2.0.0", "Ready to start TLS")
-    if isinstance(event, ev.TurnRequested):
-        return reply(453, "4.3.0", "No mail for you")
-    if isinstance(event, ev.QueueStartRequested):
-        return reply(250, "2.0.0", "Queuing started")
-    return reply(502, "5.5.1", "Not implemented")
-
-
-def answering(kind: type, response: Reply) -> Callable[[ev.Event], Reply]:
-    return lambda event: response if isinstance(event, kind) else default_answer(event)
+# What these tests answer to TURN and ATRN where they say so (the shared default refuses with 502).
+NO_MAIL = answering(ev.TurnRequested, reply(453, "4.3.0", "No mail for you"))
 
 
 def trust_extensions(
@@ -80,77 +58,25 @@ def trust_extensions(
     return extensions
 
 
-class Peer:
-    """Drives a Receiver; ``answer`` decides every decision at once."""
-
-    def __init__(
-        self,
-        limits: Limits | None = None,
-        extensions: list[Extension] | None = None,
-        answer: Callable[[ev.Event], Reply] | None = default_answer,
-        **kw,
-    ) -> None:
-        self.rx = Receiver(HOST, limits, trust_extensions() if extensions is None else extensions, **kw)
-        self.rx.start()
-        self.answer = answer
-        self.events: list[ev.Event] = []
-        self.greeting = parse_replies(self.rx.data_to_send())
-        self.last: object = None
-
-    def pump(self) -> object:
-        while True:
-            event = self.rx.next_event()
-            if event in (ev.NEED_DATA, ev.PAUSED, ev.CLOSED):
-                self.last = event
-                return event
-            self.events.append(event)
-            if event.needs_answer and self.answer is not None:
-                self.rx.answer(self.answer(event))
-
-    def send(self, data: bytes) -> list[Reply]:
-        self.rx.receive_data(data)
-        self.pump()
-        return parse_replies(self.rx.data_to_send())
-
-    def codes(self, data: bytes) -> list[int]:
-        return [r.code for r in self.send(data)]
-
-    def one(self, data: bytes) -> tuple[int, str | None]:
-        [r] = self.send(data)
-        return r.code, r.enhanced
-
-    def take_events(self) -> list[ev.Event]:
-        events, self.events = self.events, []
-        return events
-
-    def ehlo(self, name: str = "client.example") -> tuple[str, ...]:
-        [r] = self.send(f"EHLO {name}\r\n".encode())
-        assert r.code == 250
-        self.take_events()
-        return r.lines[1:]
-
-    def tls(self) -> int:
-        """The adapter's part after a 220: the handshake starts; returns the octets dropped."""
-        assert self.last is ev.PAUSED
-        dropped = self.rx.tls_started()
-        self.last = self.pump()
-        return dropped
+def peer(extensions: list[Extension] | None = None, **kw) -> Driver:
+    """The shared driver, with every trust extension unless ``extensions`` says otherwise."""
+    return Driver(extensions=trust_extensions() if extensions is None else extensions, **kw)
 
 
-def ready(**kw) -> Peer:
-    p = Peer(**kw)
+def ready(**kw) -> Driver:
+    p = peer(**kw)
     p.ehlo()
     return p
 
 
-def in_tx(**kw) -> Peer:
+def in_tx(**kw) -> Driver:
     p = ready(**kw)
     assert p.codes(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\n") == [250, 250]
     p.take_events()
     return p
 
 
-def authed(**kw) -> Peer:
+def authed(**kw) -> Driver:
     kw.setdefault("secure", True)  # PLAIN
     p = ready(**kw)
     assert p.one(AUTH_ALICE) == (235, "2.7.0")
@@ -158,7 +84,7 @@ def authed(**kw) -> Peer:
     return p
 
 
-def auth_line(p: Peer) -> str | None:
+def auth_line(p: Driver) -> str | None:
     lines = [line for line in p.ehlo() if line.split()[0] == "AUTH"]
     return lines[0] if lines else None
 
@@ -168,12 +94,12 @@ def auth_line(p: Peer) -> str | None:
 
 @pytest.mark.parametrize("secure, offered", [(False, True), (True, False)])
 def test_starttls_offered_only_in_clear(secure, offered):
-    p = Peer(secure=secure)
+    p = peer(secure=secure)
     assert ("STARTTLS" in p.ehlo()) is offered
 
 
 def test_starttls_not_offered_without_the_extension():
-    p = Peer(extensions=trust_extensions(starttls=False))
+    p = peer(extensions=trust_extensions(starttls=False))
     assert "STARTTLS" not in p.ehlo()
     assert p.one(b"STARTTLS\r\n") == (500, "5.5.1")
     assert p.events == []
@@ -187,7 +113,7 @@ def test_starttls_with_arguments_501(line):
 
 
 def test_starttls_before_ehlo_503():
-    p = Peer()
+    p = peer()
     assert p.one(b"STARTTLS\r\n") == (503, "5.5.1")
     assert p.events == []
 
@@ -231,7 +157,7 @@ def test_starttls_decision_can_be_left_pending():
 
 def test_starttls_injection_is_dropped():
     # CVE-2011-0411: commands pipelined behind STARTTLS in clear must never act in the TLS session.
-    p = Peer()
+    p = peer()
     replies = p.send(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<x@y>\r\n")
     assert [r.code for r in replies] == [250, 220]
     assert p.events == [ev.Hello("EHLO", "c"), ev.StartTLSRequested()]
@@ -352,7 +278,7 @@ def test_require_tls_allows_before_tls(line, code):
 
 
 def test_require_tls_ehlo_still_offers_starttls():
-    p = Peer(require_tls=True)
+    p = peer(require_tls=True)
     assert "STARTTLS" in p.ehlo()
 
 
@@ -365,7 +291,7 @@ def test_require_tls_refusals_count_as_bad_commands(line):
 
 
 def test_require_tls_everything_allowed_after_tls():
-    p = ready(require_tls=True)
+    p = ready(require_tls=True, answer=NO_MAIL)
     assert p.codes(b"STARTTLS\r\n") == [220]
     p.tls()
     p.ehlo()
@@ -404,12 +330,12 @@ def test_require_tls_on_an_implicit_tls_session():
 def test_auth_ehlo_line(secure, allow_clear, mechanisms, line):
     kw = {} if mechanisms is None else {"mechanisms": mechanisms}
     auth = Auth(lookup, allow_clear=allow_clear, **kw)
-    p = Peer(extensions=trust_extensions(auth=auth), secure=secure)
+    p = peer(extensions=trust_extensions(auth=auth), secure=secure)
     assert auth_line(p) == line
 
 
 def test_auth_line_changes_after_tls():
-    p = Peer()
+    p = peer()
     assert auth_line(p) == "AUTH SCRAM-SHA-256 CRAM-MD5"
     assert p.codes(b"STARTTLS\r\n") == [220]
     p.tls()
@@ -455,13 +381,13 @@ def test_auth_syntax_501(line):
 
 
 def test_auth_before_ehlo_503():
-    p = Peer(secure=True)
+    p = peer(secure=True)
     assert p.one(AUTH_ALICE) == (503, "5.5.1")
     assert p.rx.authenticated is None and p.events == []
 
 
 def test_auth_after_helo_503():
-    p = Peer(secure=True)
+    p = peer(secure=True)
     assert p.codes(b"HELO c\r\n") == [250]
     assert p.one(AUTH_ALICE) == (503, "5.5.1")
     assert p.rx.authenticated is None
@@ -496,7 +422,7 @@ def test_auth_not_available_without_the_extension():
 
 
 def run_auth(
-    p: Peer,
+    p: Driver,
     mechanism: str,
     user: str,
     password: str,
@@ -767,7 +693,7 @@ def test_auth_unreadable_continuation_ends_the_exchange(bad_line, codes):
 
 
 def test_auth_pipelined_initial_response_and_mail():
-    p = Peer(secure=True)
+    p = peer(secure=True)
     replies = p.send(
         b"EHLO c\r\nAUTH PLAIN "
         + plain()
@@ -832,7 +758,7 @@ def test_auth_lookup_failures_never_close_the_session():
 # -- ODMR and ATRN ------------------------------------------------------------------------------
 
 
-def odmr(**kw) -> Peer:
+def odmr(**kw) -> Driver:
     return ready(only_commands=ODMR_COMMANDS, **kw)
 
 
@@ -875,7 +801,7 @@ def test_odmr_unknown_commands_are_502_too():
 
 
 def test_odmr_ehlo_offers_atrn_and_auth():
-    p = Peer(only_commands=ODMR_COMMANDS)
+    p = peer(only_commands=ODMR_COMMANDS)
     lines = p.ehlo()
     assert "ATRN" in lines and "STARTTLS" in lines
     assert any(line.startswith("AUTH ") for line in lines)
@@ -901,14 +827,14 @@ def test_atrn_before_auth_530():
     ],
 )
 def test_atrn_after_auth(argument, domains):
-    p = authed(only_commands=ODMR_COMMANDS)
+    p = authed(only_commands=ODMR_COMMANDS, answer=NO_MAIL)
     assert p.one(b"ATRN" + argument + b"\r\n") == (453, "4.3.0")
     assert p.events == [ev.TurnRequested("ATRN", domains)]
 
 
 def test_atrn_over_the_odmr_sequence():
     # EHLO, AUTH, ATRN as an ODMR client says them (RFC 2645 §4), pipelined up to ATRN.
-    p = Peer(only_commands=ODMR_COMMANDS, secure=True)
+    p = peer(only_commands=ODMR_COMMANDS, secure=True, answer=NO_MAIL)
     assert p.codes(b"EHLO client\r\nAUTH PLAIN " + plain() + b"\r\nATRN a.test\r\n") == [250, 235, 453]
     assert p.events[1:] == [ev.Authenticated("alice", "PLAIN"), ev.TurnRequested("ATRN", ["a.test"])]
 
@@ -935,13 +861,13 @@ def test_atrn_malformed_domains_501(argument):
 
 
 def test_atrn_after_helo_503():
-    p = Peer(secure=True)
+    p = peer(secure=True)
     assert p.codes(b"HELO c\r\n") == [250]
     assert p.one(b"ATRN\r\n") == (503, "5.5.1")
 
 
 def test_atrn_before_ehlo_503():
-    p = Peer()
+    p = peer()
     assert p.one(b"ATRN\r\n") == (503, "5.5.1")
 
 
@@ -953,7 +879,7 @@ def test_atrn_inside_transaction_503():
 
 
 def test_atrn_refused_stays_receiver():
-    p = authed(only_commands=ODMR_COMMANDS)
+    p = authed(only_commands=ODMR_COMMANDS, answer=NO_MAIL)
     assert p.codes(b"ATRN a.test\r\nNOOP\r\nQUIT\r\n") == [453, 250, 221]
 
 
@@ -1010,7 +936,7 @@ def test_etrn_malformed_501(line):
 
 
 def test_etrn_before_ehlo_503():
-    p = Peer()
+    p = peer()
     assert p.one(b"ETRN x.example\r\n") == (503, "5.5.1")
     assert p.events == []
 
@@ -1057,8 +983,8 @@ def test_etrn_waits_for_its_answer():
 
 
 def test_etrn_ehlo_keyword():
-    assert "ETRN" in Peer().ehlo()
-    assert "ETRN" not in Peer(extensions=trust_extensions(etrn=False)).ehlo()
+    assert "ETRN" in peer().ehlo()
+    assert "ETRN" not in peer(extensions=trust_extensions(etrn=False)).ehlo()
 
 
 # -- the AUTH parameter to MAIL (RFC 4954 §5) ---------------------------------------------------
@@ -1085,7 +1011,7 @@ def test_mail_auth_parameter_malformed_501(param):
 
 
 def test_mail_auth_parameter_needs_ehlo_and_the_extension():
-    p = Peer()
+    p = peer()
     assert p.codes(b"HELO c\r\n") == [250]
     assert p.one(b"MAIL FROM:<a@x.example> AUTH=<>\r\n") == (555, "5.5.4")
     p = ready(extensions=default_extensions())
@@ -1095,6 +1021,6 @@ def test_mail_auth_parameter_needs_ehlo_and_the_extension():
 def test_auth_plain_only_in_clear_gets_538_not_503():
     """With only PLAIN/LOGIN configured nothing is advertised in clear, but asking still says why."""
     auth = Auth(lambda name: None, mechanisms=["PLAIN", "LOGIN"])
-    p = Peer(extensions=[*default_extensions(), auth])
+    p = peer(extensions=[*default_extensions(), auth])
     assert p.one(b"EHLO c\r\n")[0] == 250
     assert p.one(b"AUTH PLAIN AGEAYg==\r\n") == (538, "5.7.11")

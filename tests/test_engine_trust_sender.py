@@ -37,6 +37,7 @@ from smtppeer.engine.sender import (
 )
 from smtppeer.engine.starttls import StartTls
 
+from .enginedriver import pump
 from .logins import LOGINS, MECHANISMS, PASSWORDS, lookup
 
 GREETING = b"220 mx.example ESMTP\r\n"
@@ -735,7 +736,12 @@ def converse(tx: Sender, rx: Receiver) -> tuple[list, list]:
         ev.RcptTo: reply(250, "2.1.5", "OK"),
         ev.DataEnd: reply(250, "2.0.0", "Queued"),
         ev.QueueStartRequested: reply(250, "2.0.0", "Queuing started"),
+        ev.StartTLSRequested: reply(220, "2.0.0", "Ready to start TLS"),
     }
+
+    def answer(event: ev.Event) -> Reply:
+        return answers[type(event)]
+
     tx_events: list = []
     rx_events: list = []
     rx.start()
@@ -750,17 +756,10 @@ def converse(tx: Sender, rx: Receiver) -> tuple[list, list]:
         to_server = tx.data_to_send()
         if to_server:
             rx.receive_data(to_server)
-        while True:
-            event = rx.next_event()
-            if event in (ev.NEED_DATA, ev.PAUSED, ev.CLOSED):
-                break
-            rx_events.append(event)
-            if isinstance(event, ev.StartTLSRequested):
-                rx.answer(reply(220, "2.0.0", "Ready to start TLS"))
-                tx.receive_data(rx.data_to_send())  # the 220 goes out in clear, then the handshake
-                assert rx.tls_started() == 0
-            elif event.needs_answer:
-                rx.answer(answers[type(event)])
+        if pump(rx, answer, rx_events) is ev.PAUSED:  # on the 220 to STARTTLS
+            tx.receive_data(rx.data_to_send())  # the 220 goes out in clear, then the handshake
+            assert rx.tls_started() == 0
+            pump(rx, answer, rx_events)
         if tx.closed and rx.closed:
             return tx_events, rx_events
         if not to_client and not to_server and not tx.has_output:

@@ -147,6 +147,17 @@ class Host(Proc):
         queue = self.data / "spool" / "queue"
         return sorted(p.name for p in queue.iterdir()) if queue.is_dir() else []
 
+    def polls(self) -> int:
+        return self.log().count("poll provider: sent")
+
+    def wait_for_polls(self, more: int = 2) -> None:
+        """Until this dial-up host has logged ``more`` polls from now (with two, at least
+        one whole poll began after this call)."""
+        start = self.polls()
+        wait_until(
+            lambda: self.polls() >= start + more, timeout=15, what=f"{more} more polls by {self.config.name}"
+        )
+
 
 def maildir_files(maildir: Path) -> list[Path]:
     return [
@@ -375,16 +386,16 @@ def test_sigkill_provider_and_poller_mid_exchange_loses_nothing(tmp_path):
             counts = present([*down_boxes.values(), *up_boxes.values()])
             return all(counts[m.token, b] for m in down + up if m.acked for b in m.boxes)
 
-        try:
-            wait_until(
-                settled, timeout=SETTLE, what="both spools empty and every acknowledged message delivered"
-            )
-        except AssertionError:
-            raise AssertionError(
-                f"not settled: provider queue {provider.queued()[:9]}, dial-up queue {dialup.queued()[:9]}\n"
+        wait_until(
+            settled,
+            timeout=SETTLE,
+            what="both spools empty and every acknowledged message delivered",
+            detail=lambda: (
+                f"provider queue {provider.queued()[:9]}, dial-up queue {dialup.queued()[:9]}\n"
                 f"--- provider log ---\n{provider.log()[-4000:]}\n--- dial-up log ---\n{dialup.log()[-4000:]}"
-            ) from None
-        time.sleep(1.5)  # one more poll: late duplicates, if any, show up too
+            ),
+        )
+        dialup.wait_for_polls()  # one more whole poll: late duplicates, if any, show up too
     finally:
         dialup.stop()
         provider.stop()
@@ -453,8 +464,8 @@ def test_three_hosts_dialup_to_dialup_via_the_provider(tmp_path):
         ports,
         [
             (
-                '".dialup.example.org" = "dialup"\n',
-                f'".dialup.example.org" = "dialup"\n"{DIALUP2}" = "dialup2"\n',
+                '"dialup.example.org" = "dialup"\n',
+                f'"dialup.example.org" = "dialup"\n"{DIALUP2}" = "dialup2"\n',
             ),
         ],
     )
@@ -512,10 +523,7 @@ def test_three_hosts_dialup_to_dialup_via_the_provider(tmp_path):
             timeout=15,
             what="dial-up 1's mail held at the provider for dial-up 2",
         )
-        polls = dialup1.log().count("poll provider: sent")
-        wait_until(
-            lambda: dialup1.log().count("poll provider: sent") >= polls + 2, timeout=15, what="two more polls"
-        )
+        dialup1.wait_for_polls()
         assert held_for("dialup2") == [f"dave@{DIALUP2}", f"everyone@{DIALUP2}"], "released to the wrong peer"
         assert not (dialup1.data / "mail" / DIALUP2).exists()
 
@@ -528,7 +536,8 @@ def test_three_hosts_dialup_to_dialup_via_the_provider(tmp_path):
             return all(delivered[m.token, b] for m in to1 + to2 for b in m.boxes) and not provider.queued()
 
         wait_until(arrived, timeout=20, what="mail between the dial-up hosts, through the provider")
-        time.sleep(1.5)  # another poll each: nothing comes twice
+        for host in (dialup1, dialup2):  # another whole poll each: nothing comes twice
+            host.wait_for_polls()
     finally:
         for host in (dialup2, dialup1, provider):
             host.stop()

@@ -7,14 +7,13 @@ import json
 import re
 import smtplib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from smtppeer.peer.tls import make_self_signed
 
-from .conftest import REPO, TWISTD, free_port, wait_for_port, wait_until
+from .conftest import REPO, TWISTD, free_port, smtppeer, wait_for_port, wait_until
 
 EXAMPLES = REPO / "examples"
 
@@ -72,6 +71,11 @@ def maildir_count(path: Path) -> int:
     return len(list(new.iterdir())) if new.is_dir() else 0
 
 
+def smtppeer_command(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """The admin command as a user runs it in the examples' directory, output as text."""
+    return smtppeer(*args, cwd=tmp_path, text=True, env={"PATH": "/usr/bin:/bin"})
+
+
 @pytest.fixture
 def pair(tmp_path):
     # the lab certificate, as the provider example's header says to make it
@@ -115,33 +119,70 @@ def test_one_poll_carries_mail_both_ways(pair, tmp_path):
     assert "TURN from 127.0.0.1: peer dialup" in provider.log()
 
 
-def test_atrn_poll_to_the_odmr_port(tmp_path):
-    """The same pair with ``method = "atrn"``: log in on the ODMR port, ATRN, receive."""
+def test_atrn_poll_to_the_odmr_port_and_outgoing_mail_to_the_smtp_port(tmp_path):
+    """The same pair with ``method = "atrn"`` (issue 12, item 2): the poll logs in on the
+    provider's ODMR port (the peer's ``odmr_endpoint``), ATRN, receives; what the dial-up
+    host has queued for the world goes to the provider's SMTP port (its ``endpoint``) in
+    the same poll cycle, never to the ODMR port, which takes no mail."""
     make_self_signed(
         "provider.example.org", str(tmp_path / "provider-cert.pem"), str(tmp_path / "provider-key.pem")
     )
     ports = {"2526": free_port(), "2366": free_port(), "2625": free_port(), "2527": free_port()}
     atrn = {
         'method = "turn"': 'method = "atrn"',
-        f"port={ports['2526']}": f"port={ports['2366']}",
-        'interval = "5m"': 'interval = "1s"',
+        'interval = "5m"': 'interval = "1h"',
+        "jitter = 0.1": "jitter = 0",
     }
     provider = Proc(tmp_path, adapt("provider.toml", tmp_path, ports), ports["2526"])
     dialup = Proc(tmp_path, adapt("dialup.toml", tmp_path, ports, atrn), ports["2527"])
+    carol = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "carol"
+    dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
     try:
         provider.start()
         with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:
             s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: a\r\n\r\nx\r\n")
             s.sendmail("boss@provider.example.org", ["carol@dialup.example.org"], b"Subject: b\r\n\r\nx\r\n")
-        dialup.start()  # the first poll is at once
-        carol = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "carol"
-        dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
+        dialup.start()  # the first poll is at once (no jitter), the next in an hour
         wait_until(lambda: maildir_count(carol) == 1 and maildir_count(dave) == 1, what="mail by ATRN")
-        wait_until(lambda: ", turned, " in dialup.log(), what="the poll's log line")
-        assert "ATRN dialup.example.org,.dialup.example.org from dialup: peer dialup" in provider.log()
+        wait_until(lambda: ", turned, " in dialup.log(), what="the first poll's log line")
+        with smtplib.SMTP("127.0.0.1", ports["2527"]) as s:  # mail for the world, queued for the poll
+            s.sendmail("carol@dialup.example.org", ["boss@provider.example.org"], b"Subject: up\r\n\r\nx\r\n")
+            s.sendmail("<>", ["ann@provider.example.org"], b"Subject: a bounce\r\n\r\nx\r\n")
+        with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:
+            s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: c\r\n\r\nx\r\n")
+        done = smtppeer_command(tmp_path, "poll", "--config", str(dialup.config), "provider")
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert done.stdout.startswith("poll provider: sent 2, received 1, turned, ")
+        assert maildir_count(dave) == 2
+        boss = tmp_path / "provider-data" / "mail" / "provider.example.org" / "boss"
+        ann = tmp_path / "provider-data" / "mail" / "provider.example.org" / "ann"
+        assert maildir_count(boss) == 1 and maildir_count(ann) == 1  # over the SMTP port
+        assert not list((tmp_path / "dialup-data" / "spool" / "queue").iterdir())
+        assert "ATRN dialup.example.org from dialup: peer dialup" in provider.log()
+        assert "502" not in dialup.log()
     finally:
         dialup.stop()
         provider.stop()
+
+
+def test_a_peer_polled_by_atrn_at_its_only_endpoint_cannot_take_mail(tmp_path):
+    """Issue 12's setup: ``method = "atrn"`` with the ODMR port as the only endpoint, and
+    mail routed through that peer: refused when the file is read, one line, exit 2."""
+    ports = {"2526": free_port(), "2366": free_port(), "2625": free_port(), "2527": free_port()}
+    smtp, odmr = (f'endpoint = "tcp:host=127.0.0.1:port={ports[p]}"' for p in ("2526", "2366"))
+    odmr_only = {'method = "turn"': 'method = "atrn"', smtp: odmr}
+    config = adapt("dialup.toml", tmp_path, ports, odmr_only)
+    text = config.read_text()
+    config.write_text("\n".join(line for line in text.splitlines() if not line.startswith("odmr_endpoint")))
+    make_self_signed(
+        "provider.example.org", str(tmp_path / "provider-cert.pem"), str(tmp_path / "provider-key.pem")
+    )
+    done = smtppeer_command(tmp_path, "check-config", str(config))
+    assert done.returncode == 2
+    assert done.stderr == (
+        f'{config}: routes."*": peer "provider" is polled by ATRN at its endpoint, an ODMR port, which '
+        "takes no mail (RFC 2645): give its SMTP port as endpoint and the ODMR port as odmr_endpoint\n"
+    )
 
 
 def test_unknown_user_on_a_listed_domain_is_refused(pair):
@@ -176,14 +217,38 @@ def test_smtppeer_poll_runs_one_cycle_now_and_prints_the_summary(pair, tmp_path)
     dialup.start()
     with smtplib.SMTP("127.0.0.1", ports["2625"]) as s:
         s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: now\r\n\r\nx\r\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "smtppeer", "poll", "--config", str(dialup.config), "provider"],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        timeout=60,
-    )
+    done = smtppeer_command(tmp_path, "poll", "--config", str(dialup.config), "provider")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.decode().startswith("poll provider: sent 0, received 1, turned, ")
+    assert done.stdout.startswith("poll provider: sent 0, received 1, turned, ")
     dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
     assert maildir_count(dave) == 1
+
+
+def test_outgoing_mail_waits_for_the_next_poll_and_flush_sends_it_now(pair, tmp_path):
+    """dialup.toml's ``send = "on-poll"`` (issue 12, item 3): what its users send through the
+    provider goes with the next poll, not at once on a connection of its own; ``smtppeer
+    queue flush provider`` sends it now all the same."""
+    provider, dialup, ports = pair
+    text = dialup.config.read_text().replace('interval = "1s"', 'interval = "1h"')
+    dialup.config.write_text(
+        text.replace('max_backoff = "3s"', 'max_backoff = "2h"').replace("jitter = 0.1", "jitter = 0")
+    )
+    provider.start()
+    dialup.start()  # its first poll is at once, the next in an hour
+    wait_until(lambda: "poll provider: sent 0, received 0, turned" in dialup.log(), what="the first poll")
+    with smtplib.SMTP("127.0.0.1", ports["2527"]) as s:
+        s.sendmail("carol@dialup.example.org", ["boss@provider.example.org"], b"Subject: 1\r\n\r\nx\r\n")
+    listed = smtppeer_command(tmp_path, "queue", "list", "-c", str(dialup.config))
+    assert "    boss@provider.example.org: waiting for the next poll of provider\n" in listed.stdout
+    boss = tmp_path / "provider-data" / "mail" / "provider.example.org" / "boss"
+    assert maildir_count(boss) == 0 and "session with tcp:" not in dialup.log()  # no connection of its own
+    polled = smtppeer_command(tmp_path, "poll", "-c", str(dialup.config), "provider")
+    assert polled.stdout.startswith("poll provider: sent 1, received 0, turned, "), polled
+    assert maildir_count(boss) == 1
+    with smtplib.SMTP("127.0.0.1", ports["2527"]) as s:
+        s.sendmail("carol@dialup.example.org", ["boss@provider.example.org"], b"Subject: 2\r\n\r\nx\r\n")
+    flushed = smtppeer_command(tmp_path, "queue", "flush", "-c", str(dialup.config), "provider")
+    assert (flushed.returncode, flushed.stdout) == (0, "1 recipients will be tried now\n")
+    wait_until(lambda: maildir_count(boss) == 2, what="the flushed message at the provider")
+    assert dialup.log().count("poll provider: sent") == 2  # the first poll and ours: no other
+    wait_until(lambda: not list((tmp_path / "dialup-data" / "spool" / "queue").iterdir()), what="spool empty")

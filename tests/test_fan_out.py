@@ -9,12 +9,12 @@ that commits Maildir deliveries never outlives the service.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import smtplib
 import subprocess
-import time
 
 import pytest
 
@@ -27,6 +27,14 @@ RECIPIENTS = ["u@a.test", "v@b.test"]
 def disk_processes(parent: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True, text=True)
     return [int(line.split()[0]) for line in out.stdout.splitlines() if "-m smtppeer.store.commits" in line]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture
@@ -48,6 +56,24 @@ def queued(peer) -> list[str]:
     return sorted(os.listdir(peer.data_dir / "spool" / "queue"))
 
 
+def attempted(peer) -> list[str]:
+    """The spool's queue once the runner has recorded its first attempt at each entry (it
+    fails: nobody listens); it leaves them alone after that, for the retry interval."""
+    queue = peer.data_dir / "spool" / "queue"
+
+    def recorded() -> list[str] | None:
+        names = queued(peer)
+        envelopes = [n for n in names if n.endswith(".json")]
+        if not envelopes or any(n.endswith(".tmp") for n in names):  # none yet, or one being written
+            return None
+        for name in envelopes:
+            if any(r["attempts"] < 1 for r in json.loads((queue / name).read_text())["recipients"]):
+                return None
+        return names
+
+    return wait_until(recorded, timeout=20, what="the first attempt recorded", detail=lambda: queued(peer))
+
+
 def test_both_stores_take_it(peer):
     code, _ = send(peer)
     assert code == 250
@@ -57,7 +83,7 @@ def test_both_stores_take_it(peer):
 
 def test_when_the_spool_fails_the_maildir_copy_is_taken_back(peer):
     assert send(peer)[0] == 250  # makes the Maildir and one spool entry
-    before = queued(peer)
+    before = attempted(peer)
     shutil.rmtree(peer.data_dir / "spool" / "incoming")  # the spool's commit cannot write the body
     code, text = send(peer)
     assert code == 451, text
@@ -67,7 +93,7 @@ def test_when_the_spool_fails_the_maildir_copy_is_taken_back(peer):
 
 def test_when_the_maildir_fails_the_spool_entry_is_taken_back(peer):
     assert send(peer)[0] == 250
-    before = queued(peer)
+    before = attempted(peer)
     disk = disk_processes(peer.proc.pid)
     tmp = peer.maildir("a.test", "u") / "tmp"
     tmp.rmdir()
@@ -75,7 +101,12 @@ def test_when_the_maildir_fails_the_spool_entry_is_taken_back(peer):
     code, text = send(peer)
     assert code == 451, text
     assert len(os.listdir(peer.maildir("a.test", "u") / "new")) == 1
-    assert wait_until(lambda: queued(peer) == before, timeout=10), queued(peer)
+    wait_until(
+        lambda: queued(peer) == before,
+        timeout=10,
+        what="the spool entry taken back",
+        detail=lambda: queued(peer),
+    )
     assert disk_processes(peer.proc.pid) == disk  # a failed commit is an answer, not a crash
 
 
@@ -84,13 +115,8 @@ def test_the_disk_process_ends_with_the_service(peer, sig):
     assert send(peer)[0] == 250
     [disk] = disk_processes(peer.proc.pid)
     peer.stop(sig)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(disk, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
+    try:
+        wait_until(lambda: not alive(disk), timeout=10, what="the disk process to end with the service")
+    except AssertionError:
         os.kill(disk, signal.SIGKILL)
-        pytest.fail("the disk process outlived the service")
+        raise

@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 import smtplib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, free_port, require_tool, wait_until
+from .conftest import free_port, require_tool, smtppeer, wait_until
 from .postfix import PrivatePostfix, require_postfix
 from .trustlab import CUSTOMER_PASSWORD, hold_mail, insecure_context, start_provider
 
@@ -54,17 +53,6 @@ endpoint = "tcp:%(port)d:interface=127.0.0.1"
 
 [domains."cust.test"]
 """
-
-
-def smtppeer_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "smtppeer", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=60,
-        check=False,
-    )
 
 
 def delivered(proc, domain: str) -> list[Path]:
@@ -111,7 +99,7 @@ def test_smtppeer_etrn_poll_releases_mail_held_by_postfix(tmp_path, twistd_confi
         pf.wait_for(lambda: held["queue_id"] in pf.fast_flush_ids("dial.test"), what="the fast-flush log")
         assert delivered(dialup, "dial.test") == []
 
-        done = smtppeer_cli("poll", "--data-dir", str(dialup.data_dir), "postfix")
+        done = smtppeer("poll", "--data-dir", str(dialup.data_dir), "postfix", text=True)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "ETRN dial.test: 250" in done.stdout and done.stdout.rstrip().endswith("ok"), done.stdout
 

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import stat
-import subprocess
-import sys
 
 from cryptography import x509
 from twisted.internet import ssl
 
-from .conftest import REPO
+from .conftest import smtppeer
 
 
 def test_make_cert_writes_a_usable_certificate_and_a_private_key(tmp_path):
     cert, key = tmp_path / "peer.pem", tmp_path / "peer.key"
-    done = subprocess.run(
-        [sys.executable, "-m", "smtppeer", "make-cert", "--hostname", "peer.test", str(cert), str(key)],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        timeout=60,
-    )
+    done = smtppeer("make-cert", "--hostname", "peer.test", str(cert), str(key))
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     parsed = x509.load_pem_x509_certificate(cert.read_bytes())

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smtppeer.engine import events as ev
 from smtppeer.engine.framing import DataDecoder, DotStuffer, message_problem
 from smtppeer.engine.limits import Limits
 from smtppeer.engine.receiver import Receiver
-from smtppeer.engine.replies import reply
 from smtppeer.relay.bounce import FailedRecipient, build_dsn
+
+from .enginedriver import accept_all, pump
 
 # -- the rule ----------------------------------------------------------------------------------
 
@@ -78,12 +78,7 @@ def smtp_verdict(message: bytes, limit: int = 1000) -> tuple[int, str]:
     stuffer = DotStuffer()
     wire = stuffer.feed(message) + stuffer.finish()
     rx.receive_data(b"EHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n" + wire)
-    for _ in range(10_000):
-        e = rx.next_event()
-        if e is ev.NEED_DATA:
-            break
-        if e.needs_answer:
-            rx.answer(reply(250, "2.0.0", "OK"))
+    pump(rx, accept_all)
     last = rx.data_to_send().split(b"\r\n")[-2].decode()
     return int(last[:3]), last
 

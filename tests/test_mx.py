@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, error, protocol, reactor, task
+from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, clientFromString
 from twisted.names import authority, common, dns, server
 from twisted.names import error as dns_error
@@ -21,6 +21,8 @@ from smtppeer.relay.mx import (
     endpoint_description,
     resolver_from_address,
 )
+
+from .conftest import wait_until_async
 
 ZONE = b"example.test"
 
@@ -119,14 +121,6 @@ class DNSServer:
         return self.factory.queries
 
 
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("condition not reached")
-
-
 @pytest_twisted.async_yield_fixture
 async def dns_server():
     soa = dns.Record_SOA(
@@ -155,7 +149,7 @@ async def dns_server():
             await p.stopListening()
         for conn in list(factory.connections):
             conn.transport.loseConnection()
-        await wait_until(lambda: not factory.connections)
+        await wait_until_async(lambda: not factory.connections, what="the DNS server's connections to close")
 
 
 class RecordingReactor:
@@ -528,6 +522,6 @@ async def test_endpoint_description_connects(interface):
 
         await endpoint.connect(protocol.Factory.forProtocol(Client))
         await lost
-        await wait_until(lambda: server_factory.lost == 1)
+        await wait_until_async(lambda: server_factory.lost == 1, what="the server to see the connection lost")
     finally:
         await listening.stopListening()

@@ -11,6 +11,7 @@ from smtppeer.engine import Envelope, Limits, reply
 from smtppeer.peer.hooks import SenderJob
 from smtppeer.peer.protocol import SMTPPeer, SMTPPeerFactory
 
+from .conftest import wait_until_async
 from .peerutil import Listener, MemoryHooks, connect_line_client, connect_sender, message
 
 
@@ -136,11 +137,10 @@ def test_a_slow_decision_is_not_the_clients_timeout_and_the_timer_runs_again_aft
     try:
         client.send(b"HELO a\r\nMAIL FROM:<a@a.test>\r\nRCPT TO:<u@b.test>\r\n")
         yield client.wait_lines(3)
-        for _ in range(30):  # a decision pending for ten minutes and more
-            yield task.deferLater(reactor, 0, lambda: None)
-            if hooks.pending is not None:
-                break
-        clock.advance(700)
+        yield defer.ensureDeferred(
+            wait_until_async(lambda: hooks.pending is not None, what="the RCPT decision to be pending")
+        )
+        clock.advance(700)  # a decision pending for ten minutes and more
         assert not client.closed.called, "timed out while the client waited for us"
         hooks.pending.callback(reply(250, "2.1.5", "OK"))
         lines = yield client.wait_lines(4)
@@ -201,11 +201,12 @@ def test_a_data_block_the_server_does_not_take_times_out_after_three_minutes():
         peer = yield endpoints.clientFromString(
             reactor, f"tcp:host=127.0.0.1:port={port.getHost().port}"
         ).connect(factory)
-        for _ in range(500):  # bounded: until the transport tells us to stop writing
-            if peer._write_paused:
-                break
-            yield task.deferLater(reactor, 0.02, lambda: None)
-        assert peer._write_paused, "our writes never backed up: this test did not test the timeout"
+        yield defer.ensureDeferred(  # until the transport tells us to stop writing
+            wait_until_async(
+                lambda: peer._write_paused,
+                what="our writes to back up (else this test would not test the timeout)",
+            )
+        )
         clock.advance(179)
         assert not peer.done.called
         clock.advance(1)

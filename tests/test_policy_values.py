@@ -169,3 +169,66 @@ def test_atrn_needs_a_login_that_is_a_peer(policy):
 )
 def test_who_may_etrn(policy, session, node, kind, code):
     assert policy.start_queue(session, node, kind).code == code
+
+
+# -- routing loops (issue 12, item 1) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("session", "rcpt", "code"),
+    [
+        # the peer itself (its login) sends mail that would be held for it again
+        (Session("198.51.100.7", authenticated="cust", secure=True), "u@sub.cust.test", 550),
+        (Session("198.51.100.7", authenticated="cust", secure=True), "u@cust.test", 550),
+        # anyone else's mail for it is held, as ever
+        (Session("198.51.100.7", authenticated="alice", secure=True), "u@sub.cust.test", 250),
+        # its address identifies it on a listener that trusts addresses (turn = true) ...
+        (Session("192.0.2.10", turn_by_address=True), "u@cust.test", 550),
+        # ... and nowhere else: a local submitter may share an address with a peer
+        (CUSTOMER, "u@cust.test", 250),
+    ],
+)
+def test_mail_from_a_peer_that_would_be_held_for_it_again_is_a_loop(policy, session, rcpt, code):
+    answer = policy.rcpt_to(session, path(rcpt), {})
+    assert answer.code == code, answer
+    if code == 550:
+        assert str(answer).startswith("550 5.4.6 Routing loop: ")
+        assert "held here for cust" in str(answer)
+
+
+@pytest.fixture
+def dialup_policy(tmp_path, spool):
+    """A dial-up host (``dialup.test``) that routes everything else to its provider."""
+    provider = "tcp:host=127.0.0.1:port=2"
+    router = Router("dialup.test", ["dialup.test"], routes={"*": provider}, relay_from=["127.0.0.0/8"])
+    committer = Committer()
+    policy = ReceivingPolicy(
+        "dialup.test",
+        router,
+        MaildirStore(str(tmp_path / "mail"), committer),
+        spool,
+        runner=QueueRunner("dialup.test", spool, router),
+        peer_endpoints={"provider": provider},
+    )
+    yield policy
+    stopped = committer.stopService()
+    if stopped is not None:
+        pytest_twisted.blockon(stopped)
+
+
+def test_what_the_polled_peer_sends_over_the_turned_connection_may_not_go_back_to_it(dialup_policy):
+    turned = Session("127.0.0.1", turned=True, esmtp=True)
+    poll = dialup_policy.polling("provider")
+    answer = poll.rcpt_to(turned, path("dave@sub.dialup.test"), {})
+    assert str(answer) == (
+        "550 5.4.6 Routing loop: sub.dialup.test is routed back to provider, where this mail came from"
+    )
+    assert poll.rcpt_to(turned, path("x@example.net"), {}).code == 550  # whatever the domain
+    assert poll.rcpt_to(turned, path("dave@dialup.test"), {}).code == 250  # its own mail: delivered
+    # the same address before any turn is a local client of the dial-up host: it relays
+    assert poll.rcpt_to(Session("127.0.0.1"), path("x@example.net"), {}).code == 250
+    # the policy itself does not know who is on the other end of a turned connection
+    assert dialup_policy.polled is None
+    assert dialup_policy.rcpt_to(turned, path("x@example.net"), {}).code == 250
+    # the view shares the service's state
+    assert poll.runner is dialup_policy.runner and poll._atrn_sessions is dialup_policy._atrn_sessions

@@ -23,6 +23,8 @@ from smtppeer.store.committer import Committer
 from smtppeer.store.maildir import MaildirStore
 from smtppeer.store.spool import HELD, PENDING, Envelope, Recipient, Spool
 
+from .conftest import free_port, wait_until_async
+
 
 class Host:
     """One peer: a policy, a spool and a runner under ``root``."""
@@ -48,9 +50,9 @@ class Host:
         return self.port.getHost().port
 
     @defer.inlineCallbacks
-    def queue(self, queue_id: str, address: str, state: str, route: dict[str, str], sender: str):
-        # not due for the runner's own rounds: only the poll sends it
-        rcpt = Recipient(address, state, route, next_attempt=reactor.seconds() + 3600)
+    def queue(self, queue_id: str, address: str, state: str, route: dict[str, str], sender: str, due=False):
+        # not due for the runner's own rounds (unless ``due``): only the poll sends it
+        rcpt = Recipient(address, state, route, next_attempt=0.0 if due else reactor.seconds() + 3600)
         env = Envelope(queue_id, sender, [rcpt], arrival=reactor.seconds())
         sink = self.spool.new_message(env, b"Received: by " + self.hostname.encode() + b"\r\n")
         sink.write(f"Subject: {queue_id}\r\n\r\nbody of {queue_id}\r\n".encode())
@@ -65,11 +67,15 @@ class Host:
 
     @defer.inlineCallbacks
     def settle(self):
-        """Wait (boundedly) until this host's sessions are over and its results recorded."""
-        for _ in range(500):
-            if self.port is None or self.factory.active == 0:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        """Wait (bounded: AssertionError on timeout) until this host's sessions are over
+        and its results recorded."""
+        yield defer.ensureDeferred(
+            wait_until_async(
+                lambda: self.port is None or self.factory.active == 0,
+                what=f"{self.hostname}'s sessions to end",
+                detail=lambda: f"{self.factory.active} still active",
+            )
+        )
         yield self.runner.idle()
 
     @defer.inlineCallbacks
@@ -164,3 +170,46 @@ def test_provider_down_keeps_everything_queued(hosts):
     assert sorted(dialup.spool.ids()) == ["D0", "D1", "D2"]
     attempts = [r.attempts for e in dialup.spool.envelopes() for r in e.recipients]
     assert attempts == [1, 1, 1], attempts
+
+
+@pytest_twisted.inlineCallbacks
+def test_on_poll_mail_is_due_but_waits_for_the_poll_and_goes_with_it(hosts):
+    """``send = "on-poll"`` (issue 12, item 3): the runner opens no connection for it."""
+    provider, dialup = hosts
+    port = yield provider.listen(True, {"dialup": ["127.0.0.1"]})
+    endpoint = f"tcp:host=127.0.0.1:port={port}"
+    dialup.runner.settings.on_poll = frozenset({endpoint, "peer:provider"})
+    for n in range(2):
+        route = {"relay": endpoint}
+        yield dialup.queue(f"D{n}", "boss@provider.test", PENDING, route, "me@dialup.test", due=True)
+    dialup.runner.startService()
+    yield task.deferLater(reactor, 0.2, lambda: None)  # the runner's first rounds
+    yield dialup.runner.idle()
+    assert provider.factory.active == 0 and provider.mailbox("provider.test", "boss") == []
+    assert [r.attempts for e in dialup.spool.envelopes() for r in e.recipients] == [0, 0]
+    outcome = yield defer.ensureDeferred(dialup.runner.poll("provider", endpoint, dialup.policy))
+    yield provider.settle()
+    assert (outcome.sent, outcome.turned, outcome.ok) == (2, True, True)
+    assert len(provider.mailbox("provider.test", "boss")) == 2 and dialup.spool.ids() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_poll_that_sends_elsewhere_first_still_receives_when_that_fails(hosts):
+    """``send_to`` (an ATRN poll's SMTP port): sending goes over its own connection first;
+    when that fails the mail stays queued, the poll still receives, and it counts as failed."""
+    provider, dialup = hosts
+    endpoint = yield prepare(provider, dialup)
+    down = f"tcp:host=127.0.0.1:port={free_port()}"
+    for envelope in dialup.spool.envelopes():  # queued for the SMTP port, which is down
+        envelope.recipients[0].route = {"relay": down}
+        yield dialup.spool.update(envelope)
+        dialup.runner.entries[envelope.id] = envelope
+    outcome = yield defer.ensureDeferred(
+        dialup.runner.poll("provider", endpoint, dialup.policy, send_queued=False, send_to=down)
+    )
+    yield provider.settle()
+    assert (outcome.sent, outcome.received, outcome.turned) == (0, 2, True)
+    assert outcome.error.startswith("cannot send: 451 4.4.1 Cannot connect to provider (poll, sending): ")
+    assert sorted(dialup.spool.ids()) == ["D0", "D1", "D2"]
+    assert [r.attempts for e in dialup.spool.envelopes() for r in e.recipients] == [1, 1, 1]
+    assert provider.mailbox("provider.test", "boss") == []

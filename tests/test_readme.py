@@ -8,9 +8,8 @@ import shlex
 import smtplib
 import subprocess
 import sys
-import time
 
-from .conftest import REPO, TWISTD, free_port, wait_for_port
+from .conftest import REPO, TWISTD, free_port, wait_for_port, wait_until
 
 README = (REPO / "README.rst").read_text()
 
@@ -74,11 +73,9 @@ def test_readme_relay_example_runs(tmp_path):
             s.sendmail("me@example.test", ["u@c.test"], b"Subject: via a and b\r\n\r\nhi\r\n")
             s.sendmail("me@example.test", ["x@dialup.test"], b"Subject: held\r\n\r\nhi\r\n")
         new = tmp_path / "c-data" / "mail" / "c.test" / "u" / "new"
-        for _ in range(300):
-            if new.is_dir() and list(new.iterdir()):
-                break
-            time.sleep(0.05)
-        [delivered] = list(new.iterdir())
+        [delivered] = wait_until(
+            lambda: new.is_dir() and list(new.iterdir()), what="the message relayed through a and b at c"
+        )
         assert delivered.read_bytes().count(b"Received: from ") == 3
         assert len(list((tmp_path / "a-data" / "spool" / "queue").glob("*.json"))) == 1  # the held one
     finally:

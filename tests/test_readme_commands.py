@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 
-from .conftest import REPO
+from .conftest import REPO, smtppeer
 
 README = (REPO / "README.rst").read_text()
 
@@ -28,14 +25,7 @@ def test_readme_check_config_commands_run_as_written(tmp_path):
         REPO / "examples", tmp_path / "examples"
     )  # a checkout: examples/ under the working directory
     for argv in commands:
-        done = subprocess.run(
-            [sys.executable, "-m", "smtppeer", *argv[1:]],
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = smtppeer(*argv[1:], cwd=tmp_path, text=True, timeout=120)
         assert done.returncode == 0, f"{shlex.join(argv)}: {done.stderr}"
     assert done.stdout.startswith("examples/provider.toml: ok\n")
 

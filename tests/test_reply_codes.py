@@ -31,6 +31,7 @@ from smtppeer.engine.receiver import Receiver
 from smtppeer.engine.replies import Reply, ReplyParser, enhanced_agrees, reply
 from smtppeer.engine.starttls import StartTls
 
+from .enginedriver import parse_replies, pump
 from .logins import lookup
 
 PACKAGE = Path(__file__).resolve().parent.parent / "smtppeer"
@@ -187,18 +188,8 @@ def run(script: list[bytes], **kw) -> list[Reply]:
     rx = Receiver("mx.example", Limits(bad_commands=1000, message_size=1000, recipients=1), extensions, **kw)
     rx.start()
     rx.receive_data(b"".join(line + b"\r\n" for line in script))
-    for _ in range(10 * len(script)):
-        event = rx.next_event()
-        if event in (ev.NEED_DATA, ev.CLOSED):
-            break
-        if event.needs_answer:
-            rx.answer(answer(event))
-    parser = ReplyParser()
-    parser.feed(rx.data_to_send())
-    replies = []
-    while (r := parser.next_reply()) is not None:
-        replies.append(r)
-    return replies
+    pump(rx, answer, limit=10 * len(script))
+    return parse_replies(rx.data_to_send())
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,10 @@ from smtppeer.engine.etrn import Etrn
 from smtppeer.engine.extensions import default_extensions
 from smtppeer.engine.limits import Limits
 from smtppeer.engine.receiver import Receiver
-from smtppeer.engine.replies import MAX_REPLY_LINE, Reply, ReplyParser, printable, reply
+from smtppeer.engine.replies import MAX_REPLY_LINE, Reply, printable, reply
 from smtppeer.engine.starttls import StartTls
 
+from .enginedriver import parse_replies, pump
 from .logins import lookup
 
 LINE = re.compile(rb"[0-9]{3}(?:[ -][\x20-\x7e]*)?\r\n")
@@ -58,12 +59,7 @@ def run(chunks: list[bytes], **kw) -> bytes:
     rx.start()
     for chunk in chunks:
         rx.receive_data(chunk)
-        for _ in range(100_000):
-            event = rx.next_event()
-            if event in (ev.NEED_DATA, ev.CLOSED):
-                break
-            if event.needs_answer:
-                rx.answer(careless_answer(event))
+        pump(rx, careless_answer)
     return rx.data_to_send()
 
 
@@ -73,15 +69,6 @@ def assert_clean(out: bytes) -> None:
     for line in lines[:-1]:
         assert len(line) + 2 <= MAX_REPLY_LINE, line
         assert LINE.fullmatch(line + b"\r\n"), line
-
-
-def replies(out: bytes) -> list[Reply]:
-    parser = ReplyParser()
-    parser.feed(out)
-    found = []
-    while (r := parser.next_reply()) is not None:
-        found.append(r)
-    return found
 
 
 ECHOING = [
@@ -110,7 +97,7 @@ def test_every_command_that_echoes_input_replies_in_printable_ascii(line, code):
     assert len(line.encode()) <= 510  # a command line the receiver reads
     out = run([b"EHLO c.example\r\n", line.encode() + b"\r\n"])
     assert_clean(out)
-    last = replies(out)[-1]
+    last = parse_replies(out)[-1]
     assert last.code == code, last
 
 
@@ -129,7 +116,7 @@ def test_a_helo_name_with_control_characters_is_refused():
     """It would go into the Received: header of every message of the session."""
     for name in (b"a\x00b", b"a\x1bb", b"a\x7fb", b"a\tb"):
         out = run([b"EHLO " + name + b"\r\n", b"HELO " + name + b"\r\n"])
-        assert [r.code for r in replies(out)] == [220, 501, 501], name
+        assert [r.code for r in parse_replies(out)] == [220, 501, 501], name
 
 
 def test_an_overlong_address_error_is_cut():
@@ -157,7 +144,7 @@ def test_any_reply_text_is_serialised_printable_and_short(text, enhanced):
     r = Reply(250, ("first", text, "last"), enhanced)
     out = r.to_bytes()
     assert_clean(out)
-    [back] = replies(out)
+    [back] = parse_replies(out)
     assert (back.code, len(back.lines), back.lines[0], back.lines[-1]) == (250, 3, "first", "last")
 
 

@@ -246,3 +246,84 @@ def test_a_session_that_ends_late_does_not_free_what_a_newer_one_is_sending():
     assert queue.is_sending(envelope, rcpt)
     second.release_all()
     assert not queue.is_sending(envelope, rcpt) and queue.sending == 0
+
+
+# -- send = "on-poll" (issue 12, item 3) --------------------------------------------------------
+
+
+def on_poll(port: int) -> dict:
+    """Settings for a next hop whose mail waits for a poll of its peer (``send = "on-poll"``)."""
+    return {"on_poll": frozenset({f"tcp:host=127.0.0.1:port={port}", "peer:next"}), "jitter": 0.0}
+
+
+@pytest_twisted.inlineCallbacks
+def test_mail_for_an_on_poll_peer_waits_for_the_poll_and_flush_sends_it_now(spool, next_hop):
+    hooks, port = next_hop
+    h = Harness(spool, port, **on_poll(port))
+    try:
+        yield h.queue("W1", "u@next.test")
+        yield h.queue("W2", "later@next.test")
+        h.runner.startService()
+        yield h.run()
+        yield h.run(advance=3 * 3600)  # however long: no connection of its own
+        assert hooks.stored == [] and hooks.sessions == []
+        assert [spool.load(i).recipients[0].attempts for i in ("W1", "W2")] == [0, 0]
+        # smtppeer queue flush PEER: now, over a connection of its own
+        assert h.runner.flush(f"tcp:host=127.0.0.1:port={port}") == 2
+        yield h.run()
+        assert [s.recipients for s in hooks.stored] == [["u@next.test"]]
+        assert spool.ids() == ["W2"]
+        # deferred by the next hop (450): it waits for the poll again, not for its retry time
+        rcpt = spool.load("W2").recipients[0]
+        assert (rcpt.state, rcpt.attempts, rcpt.last_reply[:9]) == (PENDING, 1, "450 4.2.1")
+        sessions = len(hooks.sessions)  # the flush's (spread over the connections allowed)
+        yield h.run(advance=2 * 3600)
+        assert len(hooks.sessions) == sessions  # none since
+    finally:
+        h.runner.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_on_poll_mail_no_poll_ever_sent_expires_with_a_bounce(spool, next_hop):
+    hooks, port = next_hop
+    h = Harness(spool, port, lifetime=5 * 86400, interval=60, **on_poll(port))
+    try:
+        yield h.queue("X1", "u@next.test", age=5 * 86400 - 30)
+        h.runner.startService()
+        yield h.run()
+        assert spool.ids() == ["X1"] and h.local == []
+        yield h.run(advance=61)  # the next sweep: past the queue lifetime
+        yield h.runner.idle()
+        assert hooks.sessions == [] and spool.ids() == []
+        [(rcpts, dsn)] = h.local
+        assert rcpts == ["a@peer.test"] and b"4.4.7" in dsn and b"u@next.test" in dsn
+    finally:
+        h.runner.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_502_is_a_misrouted_next_hop_deferred_never_bounced(spool):
+    """An ODMR port (RFC 2645) answers MAIL with 502: the route is wrong, not the message."""
+    from smtppeer.engine.atrn import ODMR_COMMANDS
+
+    hooks = MemoryHooks()
+    listener = Listener("odmr.test", hooks, only_commands=ODMR_COMMANDS)
+    port = yield listener.start()
+    h = Harness(spool, port, jitter=0.0)
+    try:
+        yield h.queue("M1", "u@next.test")
+        yield h.queue("M2", "u@next.test", sender="")  # a bounce: nothing may drop it either
+        h.runner.startService()
+        yield h.run()
+        for queue_id in ("M1", "M2"):
+            rcpt = spool.load(queue_id).recipients[0]
+            assert (rcpt.state, rcpt.attempts) == (PENDING, 1)
+            assert rcpt.last_reply.startswith(
+                "451 4.3.5 Not a port for mail (configuration error): 502 5.5.1"
+            )
+        assert h.local == [] and hooks.stored == []
+    finally:
+        h.runner.stopService()
+        for peer in listener.peers:
+            yield peer.done
+        yield listener.stop()

@@ -12,26 +12,13 @@ arrives exactly as SMTP requires (CRLF, dot-stuffed).
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 
 import pytest
 
 from smtppeer.service import control
 
-from .conftest import REPO
+from .conftest import smtppeer
 from .rawsink import RawSink
-
-
-def smtppeer(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "smtppeer", *args],
-        input=stdin,
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=60,
-    )
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
-import time
+from collections.abc import Callable
 
 import pytest_twisted
 from twisted.internet import threads
@@ -14,6 +14,7 @@ from smtppeer.peer import protocol as peer
 from smtppeer.peer.protocol import SMTPPeer
 from smtppeer.peer.sendnow import send_now
 
+from .conftest import wait_until
 from .peerutil import Listener, MemoryHooks, connect_line_client
 
 COMMANDS = {b"NOOP": b"250", b"VRFY someone": b"252", b"HELP": b"214"}
@@ -69,9 +70,9 @@ class SmallSendBuffer(SMTPPeer):
         super().connectionMade()
 
 
-def _pipeline(port: int, commands: list[bytes]) -> list[bytes]:
-    """Send every command at once, reading nothing for a while, so the server's
-    socket fills and its replies queue up behind a partial send."""
+def _pipeline(port: int, commands: list[bytes], filled: Callable[[], object]) -> list[bytes]:
+    """Send every command at once, reading nothing until the server's socket has
+    filled (``filled()``), so that its replies queue up behind a partial send."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
         s.settimeout(60)
@@ -79,7 +80,7 @@ def _pipeline(port: int, commands: list[bytes]) -> list[bytes]:
         payload = b"".join(c + b"\r\n" for c in commands) + b"QUIT\r\n"
         writer = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
         writer.start()
-        time.sleep(0.5)
+        wait_until(filled, timeout=60, what="the server's socket to fill (a reply held back)")
         data = b""
         while True:
             chunk = s.recv(65536)
@@ -105,7 +106,7 @@ def test_replies_keep_their_order_when_the_socket_fills(monkeypatch):
     listener = Listener("b.test", MemoryHooks(), protocol=SmallSendBuffer)
     port = yield listener.start()
     try:
-        codes = yield threads.deferToThread(_pipeline, port, commands)
+        codes = yield threads.deferToThread(_pipeline, port, commands, lambda: any(held_back))
     finally:
         yield listener.stop()
     assert any(held_back), "the socket never filled: this test did not test the fallback"

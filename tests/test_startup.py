@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, TWISTD, TwistdProcess, free_port, wait_for_port, wait_until
+from .conftest import REPO, TWISTD, TwistdProcess, free_port, smtppeer, wait_for_port, wait_until
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -154,10 +154,7 @@ def test_uid_and_gid_on_a_fresh_data_directory():
             st = path.lstat()
             assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), path
         assert stat.S_IMODE(sock.lstat().st_mode) == 0o600
-        listing = subprocess.run(
-            [sys.executable, "-m", "smtppeer", "queue", "list", "-d", str(data)],
-            env=ENV, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        listing = smtppeer("queue", "list", "-d", str(data), text=True)
         assert listing.returncode == 0, listing.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == -signal.SIGTERM  # twistd ends as the signal said

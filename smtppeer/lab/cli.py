@@ -91,10 +91,15 @@ class CheckOptions(CommandOptions):
 def check(options: CheckOptions, out: TextIO, err: TextIO) -> int:
     try:
         topology = load_topology(options["file"])
-        for name in topology.hosts:  # each host's configuration, with placeholder link addresses
-            host_config(
-                topology, name, topology.data_dir or "lab-data", lambda *_: "tcp:host=127.0.0.1:port=9"
+        placeholders: dict[tuple[str, str, str], str] = {}
+
+        def address(source: str, target: str, kind: str) -> str:  # a port of its own for each path
+            return placeholders.setdefault(
+                (source, target, kind), f"tcp:host=127.0.0.1:port={len(placeholders) + 1}"
             )
+
+        for name in topology.hosts:  # each host's configuration, as the lab would write it
+            host_config(topology, name, topology.data_dir or "lab-data", address)
     except ConfigError as e:
         print(e, file=err)
         return EXIT_CONFIG

@@ -42,6 +42,7 @@ from .transcripts import Transcripts
 log = Logger()
 
 EVENTS_KEPT = 1000
+NOT_YET = object()  # what a wait's check says until it is satisfied
 
 
 @dataclass(frozen=True)
@@ -411,6 +412,52 @@ class Lab(service.MultiService):
 
     # -- waiting ----------------------------------------------------------------
 
+    def _wait(
+        self, check: Callable[[Event | None], object], timeout: float, expired: Callable[[], object]
+    ) -> defer.Deferred:
+        """The shape of every wait: ``check`` is asked now and after each event, and
+        returns what to fire with or ``NOT_YET`` (or raises, to fail); when
+        ``timeout`` seconds of the lab's clock pass, ``expired`` says what happens
+        (a value, or it raises).  Cancelling the Deferred stops the wait."""
+        result: defer.Deferred = defer.Deferred(lambda _: finish())
+
+        def settle(outcome: Callable[[], object]) -> None:
+            finish()
+            try:
+                value = outcome()
+            except Exception:
+                result.errback()
+            else:
+                result.callback(value)
+
+        def look(event: Event | None = None) -> None:
+            if result.called:
+                return
+            try:
+                value = check(event)
+            except Exception:
+                finish()
+                result.errback()
+                return
+            if value is not NOT_YET:
+                finish()
+                result.callback(value)
+
+        def expire() -> None:
+            if not result.called:
+                settle(expired)
+
+        unwatch = self.watch(look)
+        timer = self.clock.callLater(timeout, expire)
+
+        def finish() -> None:
+            unwatch()
+            if timer.active():
+                timer.cancel()
+
+        look()
+        return result
+
     def wait_for_messages(
         self, host: str, count: int = 1, match: Match = None, timeout: float = 10.0
     ) -> defer.Deferred[list[Message]]:
@@ -419,36 +466,18 @@ class Lab(service.MultiService):
         they are not there in ``timeout`` seconds of the lab's clock."""
         lab_host = self.hosts[host]
         predicate = matcher(match)
-        result: defer.Deferred[list[Message]] = defer.Deferred()
 
-        def check(event: Event | None = None) -> None:
-            if result.called or (event is not None and (event.host != host or event.kind != Kind.RECEIVED)):
-                return
+        def check(event: Event | None) -> object:
+            if event is not None and (event.host != host or event.kind != Kind.RECEIVED):
+                return NOT_YET
             found = lab_host.messages(predicate)
-            if len(found) >= count:
-                finish()
-                result.callback(found)
+            return found if len(found) >= count else NOT_YET
 
-        def expire() -> None:
-            if not result.called:
-                found = lab_host.messages(predicate)
-                finish()
-                result.errback(
-                    TimeoutError(
-                        f"{host} has {len(found)} matching messages, not {count}, after {timeout:g}s"
-                    )
-                )
+        def expired() -> object:
+            found = lab_host.messages(predicate)
+            raise TimeoutError(f"{host} has {len(found)} matching messages, not {count}, after {timeout:g}s")
 
-        unwatch = self.watch(check)
-        timer = self.clock.callLater(timeout, expire)
-
-        def finish() -> None:
-            unwatch()
-            if timer.active():
-                timer.cancel()
-
-        check()
-        return result
+        return self._wait(check, timeout, expired)
 
     def wait_for_no_messages(
         self, host: str, duration: float = 1.0, match: Match = None
@@ -458,88 +487,41 @@ class Lab(service.MultiService):
         lab_host = self.hosts[host]
         predicate = matcher(match)
         before = {m.key for m in lab_host.messages(predicate)}
-        result: defer.Deferred[None] = defer.Deferred()
 
-        def check(event: Event) -> None:
-            if result.called or event.host != host or event.kind != Kind.RECEIVED:
-                return
-            new = [m for m in lab_host.messages(predicate) if m.key not in before]
-            if new:
-                finish()
-                result.errback(AssertionError(f"{host} received {len(new)} message(s): {new[0].subject!r}"))
+        def check(event: Event | None) -> object:
+            if event is not None and event.host == host and event.kind == Kind.RECEIVED:
+                new = [m for m in lab_host.messages(predicate) if m.key not in before]
+                if new:
+                    raise AssertionError(f"{host} received {len(new)} message(s): {new[0].subject!r}")
+            return NOT_YET
 
-        def quiet() -> None:
-            if not result.called:
-                finish()
-                result.callback(None)
-
-        unwatch = self.watch(check)
-        timer = self.clock.callLater(duration, quiet)
-
-        def finish() -> None:
-            unwatch()
-            if timer.active():
-                timer.cancel()
-
-        return result
+        return self._wait(check, duration, lambda: None)
 
     def wait_until(
         self, predicate: Callable[[], object], timeout: float = 10.0, what: str = "the condition"
     ) -> defer.Deferred:
         """Fires with ``predicate()``'s result once it is true, looked at now and after
         every event; fails with ``TimeoutError`` after ``timeout`` seconds."""
-        result: defer.Deferred = defer.Deferred()
 
-        def check(event: Event | None = None) -> None:
-            if not result.called and (value := predicate()):
-                finish()
-                result.callback(value)
+        def expired() -> object:
+            raise TimeoutError(f"{what} did not come true in {timeout:g}s")
 
-        def expire() -> None:
-            if not result.called:
-                finish()
-                result.errback(TimeoutError(f"{what} did not come true in {timeout:g}s"))
-
-        unwatch = self.watch(check)
-        timer = self.clock.callLater(timeout, expire)
-
-        def finish() -> None:
-            unwatch()
-            if timer.active():
-                timer.cancel()
-
-        check()
-        return result
+        return self._wait(lambda event: predicate() or NOT_YET, timeout, expired)
 
     def wait_for_event(
         self, kind: str, host: str | None = None, timeout: float = 10.0, **fields: Any
     ) -> defer.Deferred[Event]:
         """Fires with the next event of ``kind`` (on ``host``, with these fields)."""
-        result: defer.Deferred[Event] = defer.Deferred()
 
-        def check(event: Event) -> None:
-            if result.called or event.kind != kind or (host is not None and event.host != host):
-                return
-            if all(event.fields.get(k) == v for k, v in fields.items()):
-                finish()
-                result.callback(event)
+        def check(event: Event | None) -> object:
+            if event is None or event.kind != kind or (host is not None and event.host != host):
+                return NOT_YET
+            return event if all(event.fields.get(k) == v for k, v in fields.items()) else NOT_YET
 
-        def expire() -> None:
-            if not result.called:
-                finish()
-                result.errback(
-                    TimeoutError(f"no {kind} event{' on ' + host if host else ''} in {timeout:g}s")
-                )
+        def expired() -> object:
+            raise TimeoutError(f"no {kind} event{' on ' + host if host else ''} in {timeout:g}s")
 
-        unwatch = self.watch(check)
-        timer = self.clock.callLater(timeout, expire)
-
-        def finish() -> None:
-            unwatch()
-            if timer.active():
-                timer.cancel()
-
-        return result
+        return self._wait(check, timeout, expired)
 
     # -- links and faults, by hand --------------------------------------------
 

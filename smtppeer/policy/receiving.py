@@ -11,13 +11,29 @@ Role reversal is decided here too: TURN and ATRN release a peer's hold
 queue over the same connection, ETRN starts it over a new one, and all
 three only for the identity that owns the mail (see ``turn_identity``).
 
+Loops (RFC 5321 §6.3: "servers MUST contain provisions for detecting and
+stopping trivial loops").  The trivial one here is two peers that each
+route a domain to the other: a provider holding a domain for a dial-up
+host that the dial-up host does not accept but routes back.  So mail that
+comes *from* a peer (its AUTH login; its address on a ``turn`` listener; the
+turned connection of our own poll of it, see ``polling``) is refused at RCPT
+with ``550 5.4.6`` when it would go straight back to that peer (relayed to
+its endpoint, or held for it): this host is not its destination, and the
+sender's side bounces it at once instead of passing it round on every poll.
+
 Every hop adds a ``Received:`` header; a message that already carries more
 than ``max_received`` of them is refused with ``554 5.4.6`` (a routing loop,
-RFC 5321 §6.3) rather than passed round again.
+RFC 5321 §6.3) rather than passed round again.  That count is the backstop
+for loops through hosts this one cannot see, and it stays at 100, the
+threshold §6.3 asks for ("normally at least 100"): a lower one (Postfix's
+50) would stop such a loop sooner but refuse legitimate mail that went
+through many relays and list expansions, and the loops of a peer
+relationship are caught on their first round by the rule above.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import re
@@ -82,20 +98,55 @@ class ReceivingPolicy(ReceiverHooks):
         self.owned = {name: [d.lower() for d in ds] for name, ds in (owned or {}).items()}  # peer -> domains
         self.peer_endpoints = peer_endpoints or {}  # peer -> where ETRN sends its mail
         self._atrn_sessions: dict[str, SenderJob] = {}  # domain -> the job serving it (RFC 2645 §4)
+        self.polled: str | None = None  # the peer on the other end of a turned connection (``polling``)
         # where <postmaster> without a domain goes: the host's own domain if local
         primary = router.hostname if router.hostname in router.local_domains else min(router.local_domains)
         self.mailboxes = Mailboxes(mailboxes, primary, router.is_me)
+
+    def polling(self, peer: str) -> ReceivingPolicy:
+        """This policy for the connections of a poll of ``peer``.
+
+        Once such a connection turns (TURN, ATRN), the client is ``peer``: we
+        connected to it, whatever it says about itself afterwards, and the
+        identity learnt before the turn is forgotten (``Session.turned``).  The
+        copy knows that much more and shares everything else (router, spool,
+        the ATRN sessions being served) with this policy.
+        """
+        view = copy.copy(self)
+        view.polled = peer
+        return view
+
+    def origin(self, session: Session) -> str | None:
+        """The configured peer this session's mail comes from, if it is one: the
+        peer we polled (on the turned connection of that poll), else the peer
+        that may TURN here (``turn_identity``)."""
+        if session.turned and self.polled is not None:
+            return self.polled
+        return self.turn_identity(session)
 
     def decide(self, session: Session, path: Path) -> Decision:
         decision = self.router.decide(path, session.client_address, session.authenticated)
         if decision.kind in (RELAY, HOLD) and self.spool is None:
             return Decision(REFUSE, reply=reply(550, "5.7.1", "Relaying denied"))
+        if decision.kind in (RELAY, HOLD):
+            origin = self.origin(session)
+            if origin is not None and self.goes_back(decision, origin):
+                how = "held here for" if decision.kind == HOLD else "routed back to"
+                text = f"Routing loop: {decision.domain} is {how} {origin}, where this mail came from"
+                return Decision(REFUSE, reply=reply(550, "5.4.6", text))
         return decision
+
+    def goes_back(self, decision: Decision, peer: str) -> bool:
+        """Would this decision send the mail to ``peer`` (relay to its endpoint, or hold it for it)?"""
+        if decision.kind == HOLD:
+            return decision.target == peer
+        endpoint = self.peer_endpoints.get(peer)
+        return decision.kind == RELAY and endpoint is not None and decision.target == endpoint
 
     def rcpt_to(self, session: Session, path: Path, params: dict[str, str | None]) -> Reply:
         decision = self.decide(session, path)
         if not decision.accepted:
-            log.info("refused {rcpt} from {client}", rcpt=str(path), client=session.client_address)
+            log.info("{line}", line=f"refused {path} from {session.client_address}: {decision.reply}")
             self.activity.report(
                 Kind.REFUSED, stage="rcpt", recipient=str(path)[1:-1], reply=str(decision.reply),
                 client=session.client_address,

@@ -138,16 +138,17 @@ class Attempts:
 
     async def send(
         self, description: str, endpoint: str, job: SenderJob, pending, items: list[Item], marks: Marks
-    ) -> None:
+    ) -> SessionSummary | None:
         """Send a ready job over a new connection to ``endpoint``; if it cannot be
-        opened, every message of it is deferred."""
+        opened, every message of it is deferred (and None is returned)."""
         factory = self.factory(ReceiverHooks(), job, self.security(endpoint))
         connect = endpoints.clientFromString(self.reactor, endpoint)
         try:
-            await self.session(description, connect, factory, pending)
+            return await self.session(description, connect, factory, pending)
         except Exception as e:  # noqa: BLE001 - the node is down: its mail stays where it was
             failed = reply(451, "4.4.1", f"Cannot connect to {description}: {e}")
             await self.results.record_all(items, failed, marks)
+            return None
 
     async def session(self, description: str, endpoint, factory, pending) -> SessionSummary:
         """Connect (a failure raises), wait for the session to end and its results to be

@@ -21,12 +21,17 @@ from twisted.logger import Logger
 from smtppeer.activity import Activity, Kind
 from smtppeer.engine import reply
 from smtppeer.peer.hooks import ReceiverHooks, SenderJob
+from smtppeer.store.spool import HELD
 
 from .attempt import Attempts
 from .queue import Queue, RunnerSettings
 from .results import Results
 
 log = Logger()
+
+
+HELD_TOO_LONG = reply(451, "4.4.7", "Held too long: the peer did not call in")
+NOT_POLLED = reply(451, "4.4.7", "Delivery time expired: no poll of the peer sent it")
 
 
 class PollMethod(StrEnum):
@@ -127,12 +132,22 @@ class Holds:
         *,
         requests: list[str] | None = None,
         send_queued: bool = True,
+        send_to: str | None = None,
         method: PollMethod = PollMethod.TURN,
     ) -> PollOutcome:
         """One poll cycle: connect, send what is queued for the peer, then ``command``
         (``TURN``/``ATRN``: receive what the peer held) after any ``requests``
-        (``ETRN node``), and QUIT."""
+        (``ETRN node``), and QUIT.
+
+        ``send_to``: the queued mail goes there first, over a connection of its
+        own (an ATRN poll: RFC 2645's port takes no mail, so the peer's SMTP
+        port carries it); then the poll's own connection only receives.
+        """
         started = self.clock.seconds()
+        outcome = PollOutcome(peer_name, method=method)
+        if send_to is not None:
+            await self._send_first(peer_name, send_to, outcome)
+            send_queued = False
         items = self.queue.pending_via({endpoint, f"peer:{peer_name}"}) if send_queued else []
         marks = self.queue.mark(items)
         job, pending = self.attempts.job(items, marks)
@@ -143,7 +158,7 @@ class Holds:
             # Turning is what the login is for: without AUTH the peer would refuse anyway.
             client_security = dataclasses.replace(client_security, require_auth=True)
         factory = self.attempts.factory(hooks, job, (client_security, client_tls))
-        outcome = PollOutcome(peer_name, method=method)
+        sending_error = outcome.error
         try:
             connect = endpoints.clientFromString(self.attempts.reactor, endpoint)
             summary = await self.attempts.session(f"{peer_name} (poll)", connect, factory, pending)
@@ -153,7 +168,7 @@ class Holds:
             )
             outcome.error = f"cannot connect: {e}"
         else:
-            outcome.sent = sum(len(r.delivered) for r in summary.sent)
+            outcome.sent += sum(len(r.delivered) for r in summary.sent)
             outcome.received = summary.received
             outcome.turned = job.turned
             outcome.turn_reply = str(job.turn_reply) if job.turn_reply else None
@@ -161,6 +176,7 @@ class Holds:
             outcome.error = None if summary.clean else summary.error
             if outcome.error is None:
                 outcome.error = _refusal(command, job)
+        outcome.error = sending_error or outcome.error  # either part failing fails the poll
         outcome.duration = self.clock.seconds() - started
         log.info("{line}", line=outcome.line(), peer=peer_name)
         self.activity.report(
@@ -169,11 +185,31 @@ class Holds:
         )  # fmt: skip
         return outcome
 
+    async def _send_first(self, peer_name: str, send_to: str, outcome: PollOutcome) -> None:
+        """Send what is queued for the peer to ``send_to`` over a connection of its own,
+        before the poll's; a failure is the poll's (it backs off), the mail stays queued."""
+        items = self.queue.pending_via({send_to, f"peer:{peer_name}"})
+        if not items:
+            return
+        marks = self.queue.mark(items)
+        job, pending = self.attempts.job(items, marks)
+        summary = await self.attempts.send(
+            f"{peer_name} (poll, sending)", send_to, job, pending, items, marks
+        )
+        if summary is None:  # not connected: each recipient was deferred with the reason
+            _, rcpts = items[0]
+            outcome.error = f"cannot send: {rcpts[0].last_reply}"
+            return
+        outcome.sent = sum(len(r.delivered) for r in summary.sent)
+        if not summary.clean:
+            outcome.error = f"sending: {summary.error}"
+
     def expire(self, now: float) -> None:
-        """Return held mail older than the queue lifetime: the peer did not call in."""
-        why = reply(451, "4.4.7", "Held too long: the peer did not call in")
-        for envelope, rcpts in self.queue.expired_holds(now, self.settings.lifetime):
-            d = defer.ensureDeferred(self.results.expire(envelope, rcpts, why))
+        """Return held mail older than the queue lifetime: the peer did not call in; and
+        mail that waited as long for a poll to send it (``send = "on-poll"``)."""
+        for envelope, rcpts in self.queue.expired_holds(now, self.settings.lifetime, self.settings.on_poll):
+            reasons = [(r, HELD_TOO_LONG if r.state == HELD else NOT_POLLED) for r in rcpts]
+            d = defer.ensureDeferred(self.results.expire(envelope, reasons))
             d.addErrback(lambda f: log.failure("could not expire held mail", f))
             self.track(d)
 

@@ -29,6 +29,9 @@ class RunnerSettings:
     per_destination: int = 4
     messages_per_connection: int = 100
     connect_timeout: float = 30.0
+    # Relays (endpoints, "peer:NAME") whose mail waits for a poll of their peer (send = "on-poll"):
+    # no connection of its own, unless flushed; it expires after the lifetime like any.
+    on_poll: frozenset[str] = frozenset()
 
 
 class Marks:
@@ -114,13 +117,19 @@ class Queue:
                 items.append((envelope, rcpts))
         return items
 
-    def expired_holds(self, now: float, lifetime: float) -> list[Item]:
-        """Held recipients of messages older than ``lifetime`` that nobody is sending."""
+    def expired_holds(self, now: float, lifetime: float, waiting: frozenset[str] = frozenset()) -> list[Item]:
+        """Held recipients of messages older than ``lifetime`` that nobody is sending, and
+        pending ones for ``waiting`` relays (sent only by polls, which may never come)."""
         items = []
         for envelope in self.entries.values():
             if now - envelope.arrival < lifetime:
                 continue
-            expired = [r for r in envelope.recipients if r.state == HELD and not self.is_sending(envelope, r)]
+            expired = [
+                r
+                for r in envelope.recipients
+                if (r.state == HELD or (r.state == PENDING and r.relay in waiting))
+                and not self.is_sending(envelope, r)
+            ]
             if expired:
                 items.append((envelope, expired))
         return items

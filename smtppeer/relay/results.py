@@ -7,6 +7,12 @@ a 5xx fails (and bounces), a 4xx or a connection failure defers with
 exponential backoff and jitter, and a message older than the queue lifetime
 fails what is left of it with ``4.4.7``.  A failed message stays in the
 spool until its bounce is itself queued.
+
+``502`` (command not implemented) is the exception among the 5xx: it is no
+verdict on the message but says the next hop takes no mail on that port,
+an ODMR port (RFC 2645) most likely.  That is this host's configuration
+error, so it defers (``451 4.3.5``) with a log line saying so, and the mail
+waits for the route to be mended, or for the queue lifetime, like any.
 """
 
 from __future__ import annotations
@@ -78,10 +84,14 @@ class Results:
         """Write the results durably first; then bounce what failed."""
         now = self.clock.seconds()
         failed: list[tuple[Recipient, Reply]] = []
+        misrouted = None
         for rcpt in rcpts:
             response = results.get(rcpt.address)
             if response is None:
                 continue
+            if response.code == 502:
+                misrouted = response
+                response = reply(451, "4.3.5", f"Not a port for mail (configuration error): {response}")
             rcpt.last_reply = str(response)
             if response.code < 400:
                 rcpt.state = DELIVERED
@@ -102,6 +112,14 @@ class Results:
         await self.spool.update(envelope)
         if self.activity.watched:
             self._report(envelope, [r for r in rcpts if r.address in results], now)
+        if misrouted is not None:
+            where = rcpts[0].relay or rcpts[0].hold or "its route"
+            log.warn(
+                "{line}",
+                line=f"{envelope.id}: {where} answered {misrouted}: it takes no mail there (an ODMR "
+                "port? RFC 2645); deferred, not bounced: check the endpoint of that route",
+                queue_id=envelope.id,
+            )
         for rcpt in rcpts:
             if rcpt.address in results and rcpt.state != FAILED:  # failures are logged below
                 outcome = "delivered" if rcpt.state == DELIVERED else f"deferred (attempt {rcpt.attempts})"
@@ -124,14 +142,15 @@ class Results:
                 attempts=rcpt.attempts, relay=rcpt.relay, hold=rcpt.hold, latency=now - envelope.arrival,
             )  # fmt: skip
 
-    async def expire(self, envelope: Envelope, rcpts: list[Recipient], why: Reply) -> None:
-        """Fail ``rcpts`` for good without an attempt (held too long), and bounce them."""
-        for rcpt in rcpts:
+    async def expire(self, envelope: Envelope, reasons: list[tuple[Recipient, Reply]]) -> None:
+        """Fail recipients for good without an attempt (held too long, or never polled
+        for), each for its reason, and bounce them in one report."""
+        for rcpt, why in reasons:
             rcpt.state = FAILED
             rcpt.last_reply = str(why)
         await self.spool.update(envelope)
         if self.activity.watched:
-            self._report(envelope, rcpts, self.clock.seconds())
+            self._report(envelope, [rcpt for rcpt, _ in reasons], self.clock.seconds())
         await self.report_failures(envelope)
 
     async def report_failures(self, envelope: Envelope) -> None:

@@ -29,7 +29,7 @@ from smtppeer.activity import Activity
 from smtppeer.engine import Limits
 from smtppeer.peer.hooks import ReceiverHooks, SenderJob
 from smtppeer.policy.routing import MX, Router
-from smtppeer.store.spool import DELIVERED, FAILED, PENDING, Envelope, Spool
+from smtppeer.store.spool import DELIVERED, FAILED, PENDING, Envelope, Recipient, Spool
 
 from .attempt import Attempts, Security
 from .holds import Holds, PollMethod, PollOutcome
@@ -105,6 +105,7 @@ class QueueRunner(service.Service):
         self._waiting: list[tuple[float, int, str]] = []  # (retry time, tie-break, id), a heap
         self._sequence = itertools.count()
         self._next_sweep = 0.0
+        self._flushed: set[tuple[str, str]] = set()  # on-poll recipients to send now all the same
 
     @property
     def entries(self) -> dict[str, Envelope]:
@@ -191,7 +192,11 @@ class QueueRunner(service.Service):
                 continue
             later = None
             for rcpt in envelope.recipients:
-                if rcpt.state != PENDING or self.queue.is_sending(envelope, rcpt):
+                if (
+                    rcpt.state != PENDING
+                    or self.queue.is_sending(envelope, rcpt)
+                    or self._waits(envelope, rcpt)
+                ):
                     continue
                 if rcpt.next_attempt > now:
                     later = rcpt.next_attempt if later is None else min(later, rcpt.next_attempt)
@@ -214,6 +219,11 @@ class QueueRunner(service.Service):
             delay = min(delay, self._waiting[0][0] - now)
         self.kick(max(0.0, delay))
 
+    def _waits(self, envelope: Envelope, rcpt: Recipient) -> bool:
+        """Is this recipient left for the next poll of its peer (``send = "on-poll"``)?
+        Not once flushed: then it goes now, over a connection of its own."""
+        return rcpt.relay in self.settings.on_poll and (envelope.id, rcpt.address) not in self._flushed
+
     def _start_connections(self, key: tuple[str, str], items: list[Item]) -> list[Item]:
         """Open connections for ``items`` while limits allow; return what must wait.
 
@@ -234,6 +244,7 @@ class QueueRunner(service.Service):
         chunks = [items[i : i + per] for i in range(0, len(items), per)]
         for chunk in chunks[:free]:
             marks = self.queue.mark(chunk)
+            self._flushed.difference_update((e.id, r.address) for e, rcpts in chunk for r in rcpts)
             self._connections[dest] += 1
             d = defer.ensureDeferred(self.attempts.deliver(target, domain, chunk, marks))
             self._track(d)
@@ -269,10 +280,18 @@ class QueueRunner(service.Service):
         *,
         requests: list[str] | None = None,
         send_queued: bool = True,
+        send_to: str | None = None,
         method: PollMethod = PollMethod.TURN,
     ) -> PollOutcome:
         return await self.holds.poll(
-            peer_name, endpoint, hooks, command, requests=requests, send_queued=send_queued, method=method
+            peer_name,
+            endpoint,
+            hooks,
+            command,
+            requests=requests,
+            send_queued=send_queued,
+            send_to=send_to,
+            method=method,
         )
 
     # -- administration (smtppeer queue ...) --------------------------------------
@@ -290,12 +309,16 @@ class QueueRunner(service.Service):
         return added
 
     def flush(self, route: str | None = None) -> int:
-        """Retry now every deferred recipient (only those routed to ``route`` if given)."""
+        """Retry now every deferred recipient (only those routed to ``route`` if given),
+        those that wait for a poll (``send = "on-poll"``) too: the administrator says now."""
         count = 0
+        self._flushed = {flag for flag in self._flushed if flag[0] in self.entries}  # forget the gone
         for envelope in self.entries.values():
             for rcpt in envelope.recipients:
                 if rcpt.state == PENDING and (route is None or rcpt.relay == route):
                     rcpt.next_attempt = 0.0
+                    if rcpt.relay in self.settings.on_poll:
+                        self._flushed.add((envelope.id, rcpt.address))
                     self._ready[envelope.id] = None
                     count += 1
         self.kick()

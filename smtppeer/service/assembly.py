@@ -29,7 +29,7 @@ from smtppeer.relay.queue import RunnerSettings
 from smtppeer.relay.scheduler import QueueRunner
 from smtppeer.store.maildir import MaildirStore
 
-from .config import TLS_NONE, TLS_VERIFY, Config, Peer
+from .config import TLS_NONE, TLS_VERIFY, Config, Peer, SendMode
 from .control import ControlFactory, ControlService
 from .logs import JSONLogFile, json_log_path
 from .options import Options
@@ -101,7 +101,9 @@ def assemble(
         side.router,
         deliver_locally=functools.partial(_deliver_bounce, side.store, side.router),
         resolver=MXResolver(resolver, local_names=[config.hostname]),
-        settings=RunnerSettings(lifetime=config.queue_lifetime, backoff_base=config.retry_interval),
+        settings=RunnerSettings(
+            lifetime=config.queue_lifetime, backoff_base=config.retry_interval, on_poll=_on_poll(config)
+        ),
         limits=config.limits,
         security=_client_security(config),
         activity=activity,
@@ -122,13 +124,12 @@ def assemble(
             served = ListeningService(listener.endpoint, factory, wrap_listener)
             served.setServiceParent(top)
             listeners.append(served)
-    endpoints = side.endpoints
     poller = None
     poll_now = None
     if config.polls:
         schedules = [Schedule(p.peer, p.interval, p.jitter, p.max_backoff) for p in config.polls]
         polls = {p.peer: p for p in config.polls}
-        poller = Poller(schedules, lambda name: _poll(runner, policy, config, polls[name], endpoints[name]))
+        poller = Poller(schedules, lambda name: _poll(runner, policy, config, polls[name], wrap_hooks))
         poller.setServiceParent(top)
         poll_now = poller.poll_now
     if control:
@@ -143,21 +144,33 @@ def assemble(
     return Assembly(top, config, side, runner, hooks, listeners, poller, activity)
 
 
+def _on_poll(config: Config) -> frozenset[str]:
+    """The relays whose mail waits for a poll of their peer (``send = "on-poll"``): its
+    endpoint (what routes through it are resolved to) and ``peer:NAME``."""
+    relays = [
+        (peer.endpoint, f"peer:{peer.name}")
+        for peer in config.peers.values()
+        if peer.send == SendMode.ON_POLL and peer.endpoint is not None
+    ]
+    return frozenset(relay for pair in relays for relay in pair)
+
+
 def _client_security(config: Config):
     """How the runner secures a connection to an endpoint: a peer's policy and
     credentials when the endpoint is a peer's, opportunistic TLS otherwise."""
     by_endpoint: dict[str, tuple[ClientSecurity, object | None]] = {}
     for peer in config.peers.values():
-        if peer.endpoint is not None:
-            by_endpoint[peer.endpoint] = _peer_security(peer)
+        for endpoint in (peer.endpoint, peer.odmr_endpoint):
+            if endpoint is not None:
+                by_endpoint[endpoint] = _peer_security(peer, endpoint)
     default = (ClientSecurity(tls=TLS_OPPORTUNISTIC), None)
     return lambda endpoint: by_endpoint.get(endpoint, default)
 
 
-def _peer_security(peer: Peer) -> tuple[ClientSecurity, object | None]:
+def _peer_security(peer: Peer, endpoint: str) -> tuple[ClientSecurity, object | None]:
     creator = None
     if peer.tls == TLS_VERIFY:
-        creator = client_options(peer.tls_name or endpoint_host(peer.endpoint or ""), peer.ca_file)
+        creator = client_options(peer.tls_name or endpoint_host(endpoint), peer.ca_file)
     security = ClientSecurity(tls=peer.tls)
     if peer.username is not None and peer.password is not None:  # a hash cannot log in anywhere
         security.username, security.password = peer.username, peer.password
@@ -165,13 +178,30 @@ def _peer_security(peer: Peer) -> tuple[ClientSecurity, object | None]:
     return security, creator
 
 
-def _poll(runner: QueueRunner, hooks: ReceivingPolicy, config: Config, poll, endpoint: str):
+def _poll(
+    runner: QueueRunner,
+    policy: ReceivingPolicy,
+    config: Config,
+    poll,
+    wrap_hooks: Callable[[ReceivingPolicy], ReceiverHooks] | None = None,
+):
     """One poll of ``poll.peer`` by its method: TURN (send, then receive on the same
-    connection), ATRN (log in and receive; RFC 2645 sends nothing the other way)
-    or ETRN (send, then ask the peer to connect back)."""
+    connection), ATRN (log in and receive; RFC 2645's port takes no mail, so what is
+    queued for the peer goes to its ``endpoint`` first when it has an ``odmr_endpoint``
+    beside it) or ETRN (send, then ask the peer to connect back).  Whatever comes
+    back over a turned connection comes from that peer (``ReceivingPolicy.polling``),
+    and meets what ``wrap_hooks`` puts in front of the policy (a lab's faults)."""
+    hooks = policy.polling(poll.peer)
+    if wrap_hooks is not None:
+        hooks = wrap_hooks(hooks)
+    peer = config.peers[poll.peer]
+    endpoint = peer.poll_endpoint(poll.method)
     if poll.method == PollMethod.ATRN:
         command = "ATRN " + ",".join(poll.domains) if poll.domains else "ATRN"
-        return runner.poll(poll.peer, endpoint, hooks, command, send_queued=False, method=PollMethod.ATRN)
+        send_to = peer.endpoint if endpoint != peer.endpoint else None
+        return runner.poll(
+            poll.peer, endpoint, hooks, command, send_queued=False, send_to=send_to, method=PollMethod.ATRN
+        )
     if poll.method == PollMethod.ETRN:
         requests = [f"ETRN {d}" for d in poll.domains or config.domains]
         return runner.poll(poll.peer, endpoint, hooks, "QUIT", requests=requests, method=PollMethod.ETRN)

@@ -17,6 +17,7 @@ import base64
 import email
 import email.policy
 import email.utils
+import getopt
 import getpass
 import os
 import re
@@ -35,8 +36,9 @@ from smtppeer.peer import tls
 from smtppeer.store.spool import HELD, PENDING, Spool
 
 from . import control
-from .config import Config, Listener, Mailbox, Peer, Poll, TLSFiles
+from .config import Config, Listener, Mailbox, Peer, Poll, SendMode, TLSFiles
 from .configfile import ConfigError, load_config
+from .configfile.loops import hold_warnings, pair_warnings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -70,12 +72,35 @@ class CommandOptions(usage.Options):
 
 
 class CheckConfigOptions(CommandOptions):
-    synopsis = "FILE"
+    synopsis = "[--peer PEER-FILE ...] FILE"
     longdesc = (
         "Read a TOML configuration file and check everything in it without starting anything: "
         "print 'FILE: ok' and a summary (exit status 0), or one line naming the file, the key and "
-        "what is wrong (exit status 2)."
+        "what is wrong (exit status 2). Warnings ('FILE: warning: ...', exit status 0) name holds "
+        "a peer cannot take: beyond its domains or, with --peer and that peer's own configuration, "
+        "domains it routes back (a loop) or has no route for."
     )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["peers"] = []
+
+    def opt_peer(self, path: str) -> None:
+        """The configuration of a peer of this host (another smtppeer), to check the pair
+        for holds it cannot take (repeatable)"""
+        self["peers"].append(path)
+
+    opt_p = opt_peer
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:  # noqa: N802 -- usage.Options'
+        """Options before or after FILE (``check-config provider.toml --peer dialup.toml``):
+        usage.Options stops at the first argument, so the options are put first."""
+        argv = list(sys.argv[1:] if options is None else options)
+        try:
+            flags, rest = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        super().parseOptions([part for flag in flags for part in flag] + rest)
 
     def parseArgs(self, file: str) -> None:  # noqa: N802 -- usage.Options' name
         self["file"] = file
@@ -84,12 +109,21 @@ class CheckConfigOptions(CommandOptions):
 def check_config(options: CheckConfigOptions, out: TextIO, err: TextIO) -> int:
     try:
         config = load_config(options["file"])
+        peers = [(path, load_config(path)) for path in options["peers"]]
     except ConfigError as e:
         print(e, file=err)
         return EXIT_CONFIG
     print(f"{options['file']}: ok", file=out)
     for line in summary(config):
         print("  " + line, file=out)
+    source = options["file"]
+    warnings = [(source, line) for line in hold_warnings(config)]
+    for path, other in peers:  # each side's holds for the other, against the other's routes
+        print(f"{path}: ok", file=out)
+        warnings += [(source, line) for line in pair_warnings(config, other, path)]
+        warnings += [(path, line) for line in pair_warnings(other, config, source)]
+    for where, line in warnings:
+        print(f"{where}: warning: {line}", file=err)
     return EXIT_OK
 
 
@@ -163,6 +197,10 @@ def _peer(peer: Peer) -> str:
         if peer.ca_file:
             tls += f" under {peer.ca_file}"
         parts.append(f"at {peer.endpoint} with {tls}")
+        if peer.send != SendMode.NOW:
+            parts.append(f"sends {peer.send}")
+    if peer.odmr_endpoint:
+        parts.append(f"ATRN at {peer.odmr_endpoint}")
     if peer.username:  # what kind of secret, never the secret
         parts.append(f"as {peer.username} with {'a password' if peer.password is not None else 'a hash'}")
     return f"{peer.name} ({'; '.join(parts)})" if parts else peer.name
@@ -402,6 +440,7 @@ def queue(options: QueueOptions, out: TextIO, err: TextIO) -> int:
     if sub in ("list", "show"):
         try:
             data_dir = opts.data_dir()
+            config = opts.config()
         except ConfigError as e:
             print(e, file=err)
             return EXIT_CONFIG
@@ -416,7 +455,7 @@ def queue(options: QueueOptions, out: TextIO, err: TextIO) -> int:
             print(f"smtppeer queue show: no message {opts['id']!r}", file=err)
             return EXIT_FAILED
         spool = Spool(spool_dir, committer=None)
-        return _list(spool, out) if sub == "list" else _show(spool, opts["id"], out, err)
+        return _list(spool, out, _polled(config)) if sub == "list" else _show(spool, opts["id"], out, err)
     if sub == "flush":
         route = None
         if opts["peer"]:
@@ -444,7 +483,16 @@ def queue(options: QueueOptions, out: TextIO, err: TextIO) -> int:
 _DONE = {"hold": "held", "release": "released", "delete": "deleted"}
 
 
-def _list(spool: Spool, out: TextIO) -> int:
+def _polled(config: Config | None) -> dict[str, str]:
+    """Relays whose mail waits for a poll (``send = "on-poll"``) -> the peer; known with -c only."""
+    waits: dict[str, str] = {}
+    for peer in config.peers.values() if config is not None else ():
+        if peer.send == SendMode.ON_POLL and peer.endpoint is not None:
+            waits[peer.endpoint] = waits[f"peer:{peer.name}"] = peer.name
+    return waits
+
+
+def _list(spool: Spool, out: TextIO, polled: dict[str, str] | None = None) -> int:
     """mailq's shape: each message and its recipients, then a total (or that there is none)."""
     now = time.time()
     messages = octets = waiting = 0
@@ -454,7 +502,7 @@ def _list(spool: Spool, out: TextIO) -> int:
         arrived = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(envelope.arrival))
         print(f"{envelope.id}  {arrived}  {envelope.size:>9}  from {sender}{flags}", file=out)
         for r in envelope.recipients:
-            print(f"    {r.address}: {_why(r, now)}", file=out)
+            print(f"    {r.address}: {_why(r, now, polled or {})}", file=out)
         messages += 1
         octets += envelope.size
         waiting += sum(1 for r in envelope.recipients if r.state in (PENDING, HELD))
@@ -470,9 +518,12 @@ def _count(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
 
 
-def _why(r, now: float) -> str:
+def _why(r, now: float, polled: dict[str, str]) -> str:
     if r.state == HELD:
         return f"held for peer {r.hold} until it calls in"
+    if r.state == PENDING and r.relay in polled:
+        last = f" (after {r.attempts} attempts: {r.last_reply})" if r.attempts else ""
+        return f"waiting for the next poll of {polled[r.relay]}{last}"
     if r.state == PENDING:
         if r.attempts == 0:
             return "waiting for its first attempt"

@@ -30,6 +30,14 @@ class ListenerMode(StrEnum):
 
 SMTP, ODMR = ListenerMode
 
+
+class SendMode(StrEnum):
+    """When mail routed through a peer ("peer:NAME") is sent."""
+
+    NOW = "now"  # at once, over a connection of its own (an always-online peer)
+    ON_POLL = "on-poll"  # on the next poll of the peer: a dial-up host sends only when it calls
+
+
 # Client-side TLS policies for a peer (``Peer.tls``): the engine's, defined there once.
 TLS_POLICIES = tuple(TlsPolicy)
 
@@ -72,9 +80,12 @@ class Peer:
     """A host this one exchanges mail with.
 
     ``addresses`` identify it when it connects to us (on ``turn`` listeners;
-    AUTH is the stronger identity); ``endpoint`` is how we reach it;
-    ``domains`` are the domains it owns (its hold queue, what TURN, ATRN and
-    ETRN may release to it).
+    AUTH is the stronger identity); ``endpoint`` is how we reach it (mail
+    for it, TURN and ETRN polls); ``odmr_endpoint`` its On-Demand Mail Relay
+    port (RFC 2645), where ATRN polls go: that port takes no mail, so a peer
+    polled by ATRN sends and receives over two ports.  ``domains`` are the
+    domains it owns (its hold queue, what TURN, ATRN and ETRN may release to
+    it).
 
     ``username`` and ``password`` are the credentials of the relationship,
     used in whichever direction the connection goes: the peer logs in to us
@@ -86,6 +97,7 @@ class Peer:
     name: str
     domains: list[str] = field(default_factory=list)
     endpoint: str | None = None
+    odmr_endpoint: str | None = None  # where ATRN polls go (RFC 2645's port 366); default: endpoint
     addresses: list[str] = field(default_factory=list)
     username: str | None = None
     password: str | None = None
@@ -93,6 +105,14 @@ class Peer:
     tls: TlsPolicy = TLS_OPPORTUNISTIC  # when we connect to it
     ca_file: str | None = None  # trust roots for tls = "verify"
     tls_name: str | None = None  # the name its certificate must carry; default: the endpoint's host
+    send: SendMode = SendMode.NOW  # mail routed through it: at once, or on the next poll of it
+
+    def poll_endpoint(self, method: PollMethod) -> str | None:
+        """Where a poll by ``method`` connects: ATRN to the ODMR port when there is one
+        (RFC 2645), every other poll (and ATRN without one) to ``endpoint``."""
+        if method == PollMethod.ATRN and self.odmr_endpoint is not None:
+            return self.odmr_endpoint
+        return self.endpoint
 
 
 @dataclass

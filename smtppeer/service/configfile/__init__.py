@@ -51,9 +51,12 @@ The schema (``examples/`` has annotated files for each use)::
     "dialup.example" = "dialup"
 
     [peers.dialup]                      # a host this one exchanges mail with
-    domains = ["dialup.example"]
+    domains = ["dialup.example"]        # what it owns and accepts (".DOMAIN": every subdomain)
     addresses = ["192.0.2.10"]          # how it is recognised when it calls in (until AUTH)
-    endpoint = "tcp:host=dialup.example:port=25"      # how to reach it (polls, routes)
+    endpoint = "tcp:host=dialup.example:port=25"      # how to reach it (polls, routes): its SMTP port
+    odmr_endpoint = "tcp:host=dialup.example:port=366"  # its ODMR port (RFC 2645): ATRN polls only
+    send = "now"                        # mail routed through it: at once, or "on-poll" (on the next
+                                        #   poll of it: a [[polls]] table for it is needed)
     username = "dialup"                 # the credentials of the relationship, used in whichever
     password = "..."                    #   direction we connect: it logs in to us, we log in to it
     # password_hash = "SCRAM-SHA-256$4096:..."  # instead of password (smtppeer hash-password): then only
@@ -70,10 +73,11 @@ The schema (``examples/`` has annotated files for each use)::
                                         # it may be an address: [users."alice@example.org"]
 
     [[polls]]                           # repeatable
-    peer = "provider"                   # a peer with an endpoint
+    peer = "provider"                   # a peer with an endpoint (atrn: or an odmr_endpoint)
     interval = "5m"                     # seconds, or "30s", "5m", "1h", "1d", "1h30m"
     jitter = 0.1                        # +/- this fraction of the interval
-    method = "turn"                     # or "atrn" (RFC 2645: the peer needs username and password)
+    method = "turn"                     # or "atrn" (RFC 2645: the peer needs username and password;
+                                        #   it calls odmr_endpoint, sending to endpoint first)
                                         #   or "etrn" (RFC 1985)
     domains = ["dialup.example"]        # atrn and etrn only: what to ask for (default: atrn without an
                                         #   argument, etrn for each local domain); etrn also takes
@@ -103,7 +107,8 @@ and how keys and values are shown), ``values`` (the shared checks: types,
 durations, sizes, domains, endpoints, addresses), ``listeners``, ``domains``
 (domains, routes, holds), ``peers`` (peers, users, the server's TLS files),
 ``polls`` and ``limits``; ``reader`` puts them together for the whole
-document.
+document.  ``loops`` is not part of reading: the warnings of ``smtppeer
+check-config`` about holds a peer cannot take.
 """
 
 from .errors import ConfigError, format_key

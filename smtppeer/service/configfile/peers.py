@@ -10,12 +10,14 @@ from typing import Any
 
 from smtppeer.peer.tls import endpoint_host as _endpoint_host
 
-from ..config import TLS_POLICIES, TLS_VERIFY, Config, Peer, TLSFiles, TlsPolicy, User
+from ..config import TLS_POLICIES, TLS_VERIFY, Config, Peer, SendMode, TLSFiles, TlsPolicy, User
 from .errors import Key, _show, _ssl_why, _why
 from .values import _PEER_NAME, Values
 
 # A user's login: a name like a peer's (with "+"), or an address, as many mail setups use.
 # Nothing SASL would have to escape (SCRAM's "," and "="), no spaces (CRAM-MD5).
+SEND_MODES = tuple(SendMode)
+
 _LOGIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*(@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)?")
 
 
@@ -96,12 +98,15 @@ class Peers(Values):
             self.table(spec, key, self.PEER)
             peer = Peer(name)
             peer.domains = self.array(
-                spec.get("domains", []), (*key, "domains"), lambda v, k: self.domain(self.string(v, k), k)
+                spec.get("domains", []),
+                (*key, "domains"),
+                lambda v, k: self.domain(self.string(v, k), k, pattern=True),
             )
             peer.addresses = self.array(spec.get("addresses", []), (*key, "addresses"), self.address)
-            if "endpoint" in spec:
-                peer.endpoint = self.string(spec["endpoint"], (*key, "endpoint")).strip()
-                self.client_endpoint(peer.endpoint, (*key, "endpoint"))
+            for where in ("endpoint", "odmr_endpoint"):
+                if where in spec:
+                    setattr(peer, where, self.string(spec[where], (*key, where)).strip())
+                    self.client_endpoint(getattr(peer, where), (*key, where))
             self.credentials(spec, key, peer)
             if "username" in spec:
                 peer.username = self.string(spec["username"], (*key, "username"))
@@ -118,6 +123,12 @@ class Peers(Values):
             if peer.username is not None and peer.password is None and peer.password_hash is None:
                 raise self.error((*key, "password"), "missing: username needs password (or password_hash)")
             self.peer_tls(spec, key, peer)
+            if "send" in spec:
+                text = self.string(spec["send"], (*key, "send")).strip().lower()
+                if text not in SEND_MODES:
+                    modes = " or ".join(f'"{m}"' for m in SEND_MODES)
+                    raise self.error((*key, "send"), f"{_show(spec['send'])} is not a send mode: {modes}")
+                peer.send = SendMode(text)
             for i, address in enumerate(peer.addresses):
                 for other in peers.values():
                     if address in other.addresses:
@@ -132,12 +143,14 @@ class Peers(Values):
         "domains",
         "addresses",
         "endpoint",
+        "odmr_endpoint",
         "username",
         "password",
         "password_hash",
         "tls",
         "ca_file",
         "tls_name",
+        "send",
     )
 
     def credentials(self, spec: dict[str, Any], key: Key, who: Peer | User) -> None:
@@ -176,11 +189,14 @@ class Peers(Values):
             except ValueError:
                 name = self.domain(name, (*key, "tls_name"))
             peer.tls_name = name
-        elif peer.tls == TLS_VERIFY and peer.endpoint is not None and not _endpoint_host(peer.endpoint):
-            raise self.error(
-                (*key, "tls_name"),
-                f"missing: the endpoint {_show(peer.endpoint)} names no host to verify the certificate for",
-            )
+        elif peer.tls == TLS_VERIFY:
+            for endpoint in (peer.endpoint, peer.odmr_endpoint):
+                if endpoint is not None and not _endpoint_host(endpoint):
+                    raise self.error(
+                        (*key, "tls_name"),
+                        f"missing: the endpoint {_show(endpoint)} names no host to verify "
+                        "the certificate for",
+                    )
 
     def ca_file(self, path: str, key: Key) -> None:
         self.certificates(self.read_file(path, key), path, key, "a file of PEM certificates")

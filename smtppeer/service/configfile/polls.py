@@ -6,9 +6,9 @@ from typing import Any
 
 from smtppeer.relay.holds import PollMethod
 
-from ..config import Config, Peer, Poll
+from ..config import ODMR_PORT, Config, Peer, Poll, SendMode
 from .errors import Key, _show
-from .values import _PEER_NAME, Values
+from .values import _PEER_NAME, Values, endpoint_port
 
 POLL_METHODS = tuple(PollMethod)
 
@@ -34,15 +34,59 @@ class Polls(Values):
             if "peer" not in spec:
                 raise self.error(key, 'missing "peer" (the name of a [peers.NAME] to poll)')
             peer = self.peer_name(spec["peer"], (*key, "peer"), config)
-            if peer.endpoint is None:
-                raise self.error(
-                    (*key, "peer"), f'peer "{peer.name}" has no endpoint to poll (peers.{peer.name})'
-                )
             for j, other in enumerate(polls):
                 if other.peer == peer.name:
                     raise self.error((*key, "peer"), f'peer "{peer.name}" is already polled by polls[{j}]')
-            polls.append(self.poll(spec, key, peer))
+            poll = self.poll(spec, key, peer)
+            if peer.poll_endpoint(poll.method) is None:
+                where = "endpoint or odmr_endpoint" if poll.method == PollMethod.ATRN else "endpoint"
+                raise self.error(
+                    (*key, "peer"), f'peer "{peer.name}" has no {where} to poll (peers.{peer.name})'
+                )
+            polls.append(poll)
         return polls
+
+    def on_poll_peers(self, config: Config) -> None:
+        """``send = "on-poll"`` leaves mail for the peer's polls: it needs polls that can send
+        it, or it would wait for nothing until the queue lifetime bounces it."""
+        polled = {p.peer: p for p in config.polls}
+        for peer in config.peers.values():
+            if peer.send != SendMode.ON_POLL:
+                continue
+            key: Key = ("peers", peer.name, "send")
+            if peer.endpoint is None:
+                raise self.error(key, f'"on-poll": peer "{peer.name}" has no endpoint to send its mail to')
+            poll = polled.get(peer.name)
+            if poll is None:
+                raise self.error(key, f'"on-poll" waits for polls of "{peer.name}": no [[polls]] polls it')
+            if poll.method == PollMethod.ATRN and peer.odmr_endpoint is None:
+                raise self.error(
+                    key,
+                    f'"on-poll": peer "{peer.name}" is polled by ATRN at its endpoint, an ODMR port, which '
+                    "takes no mail (RFC 2645): give the ODMR port as odmr_endpoint",
+                )
+
+    def odmr_routes(self, config: Config) -> None:
+        """A route through a peer whose endpoint is an ODMR port is mail that can never be
+        sent (RFC 2645: that port takes no MAIL); refuse it here rather than bounce it."""
+        atrn_only = {p.peer for p in config.polls if p.method == PollMethod.ATRN}
+        for domain, target in config.routes.items():
+            if not target.startswith("peer:"):
+                continue
+            peer = config.peers[target[5:]]
+            if endpoint_port(peer.endpoint or "") == ODMR_PORT:
+                why = f"has port {ODMR_PORT} as its endpoint, the ODMR port"
+            elif peer.endpoint == peer.odmr_endpoint:
+                why = "has its odmr_endpoint as its endpoint, an ODMR port"
+            elif peer.name in atrn_only and peer.odmr_endpoint is None:
+                why = "is polled by ATRN at its endpoint, an ODMR port"
+            else:
+                continue
+            raise self.error(
+                ("routes", domain),
+                f'peer "{peer.name}" {why}, which takes no mail (RFC 2645): give its SMTP port as '
+                "endpoint and the ODMR port as odmr_endpoint",
+            )
 
     def poll(self, spec: dict[str, Any], key: Key, peer: Peer) -> Poll:
         """One ``[[polls]]`` table, for a peer that has an endpoint."""

@@ -148,6 +148,8 @@ class Reader(Listeners, Domains, Peers, Polls, LimitsSection):
         if "accept_any_domain" in data:
             config.accept_any_domain = self.boolean(data["accept_any_domain"], ("accept_any_domain",))
         config.polls = self.polls(data.get("polls", []), config)
+        self.odmr_routes(config)
+        self.on_poll_peers(config)
         self.limits(data.get("limits", {}), config)
         return config
 

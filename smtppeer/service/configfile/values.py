@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from smtppeer.twisted_private import parse_server_endpoint
+from smtppeer.twisted_private import parse_endpoint, parse_server_endpoint
 
 from ..config import Config, Peer
 from .errors import ConfigError, Key, _got, _show, _suggest, _why, format_key
@@ -24,6 +24,17 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhdw])", re.IGNORECASE)
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZE = re.compile(r"(\d+)\s*(?:([KMG])(?:i?B)?|B)?", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def endpoint_port(description: str) -> int | None:
+    """The TCP port a client endpoint description connects to (``tcp:host=H:port=P``,
+    ``tcp:H:P``), or None (a UNIX socket, no port given)."""
+    args, kwargs = parse_endpoint(description)
+    port = kwargs.get("port", args[2] if len(args) > 2 else None)
+    try:
+        return int(port) if port is not None else None
+    except ValueError:
+        return None
 
 
 def format_duration(seconds: float) -> str:
