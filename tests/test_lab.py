@@ -141,3 +141,30 @@ def test_a_host_keeps_transcripts_of_its_sessions(two_sites):
     text = [t.as_dict()["text"] for t in lab.hosts["provider"].transcripts.sessions]
     [session] = [t for t in text if "FROM:<x@else.test>" in t]  # smtplib says "mail FROM:"
     assert "C: mail FROM:<x@else.test>" in session and "S: 250 2.0.0 Ok: queued as" in session
+
+
+def send_big(address, size: int) -> None:
+    body = ("Subject: big\r\n\r\n" + ("z" * 76 + "\r\n") * (size // 78)).encode()
+    with smtplib.SMTP(*address, timeout=30) as client:
+        client.sendmail("a@alpha.test", ["p@provider.test"], body)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_link_that_resets_mid_message_loses_nothing_and_duplicates_nothing(two_sites):
+    """Reset after 3000 octets, in the middle of DATA: the provider keeps nothing of
+    the message (no final dot), alpha defers it; once the link is clean, one copy."""
+    lab = two_sites
+    link = lab.link("alpha-provider")
+    link.set_toxics(reset_after=3000)
+    deferred = lab.wait_for_event("deferred", host="alpha", timeout=20)
+    yield threads.deferToThread(send_big, lab.hosts["alpha"].smtp, 10_000)
+    record = yield deferred
+    assert record.fields["reply"].startswith("451 ")
+    assert lab.hosts["provider"].messages() == [] and link.stats.cut >= 1
+    link.set_toxics(reset_after=None)
+    lab.hosts["alpha"].assembly.runner.flush()
+    [message] = yield lab.wait_for_messages("provider", 1, timeout=20)
+    assert message.subject == "big" and len(message.raw) > 10_000
+    yield lab.wait_until(lambda: not lab.hosts["alpha"].pending(), what="alpha's queue empty")
+    yield lab.wait_for_no_messages("provider", 0.3)
+    assert len(lab.hosts["provider"].messages()) == 1

@@ -37,7 +37,7 @@ async def example(tmp_path):
 @pytest_twisted.inlineCallbacks
 def test_an_atrn_site_sends_to_an_etrn_site_through_the_provider(example):
     lab = example
-    held = lab.wait_until(lambda: lab.hosts["provider"].held("gamma"), what="the provider holding gamma's mail")
+    held = lab.wait_until(lambda: lab.hosts["provider"].held("gamma"), what="gamma's mail held")
     yield threads.deferToThread(send, lab.hosts["beta"].smtp, "b@beta.test", ["g@gamma.test"], "to gamma")
     yield held
     outcome = yield lab.hosts["gamma"].poll()  # ETRN: the provider connects back
@@ -52,7 +52,7 @@ def test_an_atrn_site_sends_to_an_etrn_site_through_the_provider(example):
 def test_a_site_whose_line_is_down_gets_its_mail_when_the_line_comes_up(example):
     lab = example
     assert not lab.link("alpha-line").up  # "up every 15m for 2m": down at the start
-    held = lab.wait_until(lambda: lab.hosts["provider"].held("alpha"), what="the provider holding alpha's mail")
+    held = lab.wait_until(lambda: lab.hosts["provider"].held("alpha"), what="alpha's mail held")
     yield threads.deferToThread(send, lab.hosts["gamma"].smtp, "g@gamma.test", ["a@alpha.test"], "to alpha")
     yield held
     yield lab.wait_for_no_messages("alpha", 0.5)

@@ -16,6 +16,8 @@ on the lab's clock, which a test may replace.
 from __future__ import annotations
 
 import random
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,12 +50,16 @@ class Link:
         clock: interfaces.IReactorTime,
         reactor: interfaces.IReactorTCP | None = None,
         rng: random.Random | None = None,
+        timer: interfaces.IReactorTime | None = None,
     ) -> None:
+        """``clock`` runs the schedule (the lab's); ``timer`` the toxics (latency,
+        bandwidth, slow close: the reactor's own time unless a test gives one)."""
         if reactor is None:
             from twisted.internet import reactor  # noqa: PLC0415
         self.spec = spec
-        self.clock = clock  # the schedule's
+        self.clock = clock
         self.reactor = reactor  # the traffic's
+        self.timer = timer or reactor
         self.rng = rng or random.Random(0)
         self.forced: bool | None = None  # set by hand: overrides the schedule until cleared
         self.up = spec.schedule.is_up(0.0)
@@ -98,6 +104,15 @@ class Link:
         """Up or down by hand; None gives the link back to its schedule."""
         self.forced = up
         self._apply(self._scheduled() if up is None else up)
+
+    def set_toxics(self, **changes: object) -> None:
+        """Change toxics while the lab runs (``reset_after=None`` ends that one); a
+        change applies to what passes from now on."""
+        toxics = self.spec.toxics
+        for name, value in changes.items():
+            if not hasattr(toxics, name):
+                raise KeyError(name)
+            setattr(toxics, name, value)
 
     def _elapsed(self) -> float:
         return 0.0 if self._started_at is None else self.clock.seconds() - self._started_at
@@ -256,7 +271,7 @@ class _Pipe:
                 self._deliver_later(source, data[:allowed])
             self.passed += max(allowed, 0)
             link.stats.cut += 1
-            self._deliver_then(source, self.cut)
+            self._deliver_then(source, lambda: self.cut(flush=self._other(source)))
             return
         self.passed += len(data)
         self._deliver_later(source, data)
@@ -266,8 +281,8 @@ class _Pipe:
         if not (toxics.latency or toxics.jitter or toxics.bandwidth) and not self._queued[source.name]:
             self._write(source, data)
             return
-        reactor = self.link.reactor
-        now = reactor.seconds()
+        timer = self.link.timer
+        now = timer.seconds()
         delay = toxics.latency + (
             self.link.rng.uniform(-toxics.jitter, toxics.jitter) if toxics.jitter else 0.0
         )
@@ -279,7 +294,7 @@ class _Pipe:
         self._queued[source.name] += len(data)
         if self._queued[source.name] > BUFFER_HIGH and source.transport is not None:
             source.transport.pauseProducing()
-        self._calls.append(reactor.callLater(when - now, self._release, source))
+        self._calls.append(timer.callLater(when - now, self._release, source))
 
     def _release(self, source: _Side) -> None:
         queue = self._queues[source.name]
@@ -303,8 +318,8 @@ class _Pipe:
         if not self._queued[source.name]:
             action()
             return
-        wait = max(self._ready_at[source.name] - self.link.reactor.seconds(), 0.0) + 0.001
-        self._calls.append(self.link.reactor.callLater(wait, action))
+        wait = max(self._ready_at[source.name] - self.link.timer.seconds(), 0.0) + 0.001
+        self._calls.append(self.link.timer.callLater(wait, action))
 
     def closed(self, side: _Side) -> None:
         """One end closed: the other closes once what is queued has gone, after the slow close."""
@@ -322,18 +337,27 @@ class _Pipe:
             self._done = True
             self._forget()
             return
-        if slow:
-            self._calls.append(self.link.reactor.callLater(slow, other.transport.loseConnection))
-        else:
-            other.transport.loseConnection()
         self._done = True
+        if slow:
+            # the pipe stays the link's (a cut still resets it) until the other end is closed
+            self._calls.append(self.link.timer.callLater(slow, other.transport.loseConnection))
+            return
+        other.transport.loseConnection()
         self._forget()
 
-    def cut(self) -> None:
-        """Reset both ends now (a link going down, reset_after)."""
+    def cut(self, flush: _Side | None = None) -> None:
+        """Reset both ends now (a link going down); ``flush``: that end gets what was
+        written to it first, then the reset (reset_after: exactly N octets pass)."""
         self._done = True
         for side in (self.client, self.server):
-            if side is not None and side.transport is not None:
+            if side is None or side.transport is None:
+                continue
+            sock = getattr(side.transport, "socket", None)
+            if side is flush and sock is not None:
+                # a close with no linger is a reset, once Twisted has written its buffer
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                side.transport.loseConnection()
+            else:
                 side.transport.abortConnection()
         self._forget()
 
