@@ -189,6 +189,28 @@ def link(options: LinkOptions, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+# -- poll -------------------------------------------------------------------------------
+
+
+class PollOptions(ApiOptions):
+    synopsis = "HOST"
+    longdesc = (
+        "Have a dial-up host of a running lab poll its provider now; exit status 0 if the poll went well."
+    )
+
+    def parseArgs(self, host: str) -> None:  # noqa: N802 -- usage.Options' name
+        self["host"] = host
+
+
+def poll(options: PollOptions, out: TextIO, err: TextIO) -> int:
+    status, answer = call(options.api(), "POST", f"/api/hosts/{urllib.parse.quote(options['host'])}/poll", {})
+    if status != 200:
+        print(f"smtppeer lab poll: {_error(answer, status)}", file=err)
+        return EXIT_FAILED
+    print(answer["line"], file=out)
+    return EXIT_OK if answer.get("ok") else EXIT_FAILED
+
+
 # -- status -----------------------------------------------------------------------------
 
 
@@ -217,22 +239,23 @@ def status(options: StatusOptions, out: TextIO, err: TextIO) -> int:
 
 # -- the command ------------------------------------------------------------------------
 
-SUBCOMMANDS = {"check": check, "wait": wait, "link": link, "status": status}
+SUBCOMMANDS = {"check": check, "wait": wait, "link": link, "poll": poll, "status": status}
 
 
 class LabCommandOptions(CommandOptions):
-    synopsis = "check FILE | wait HOST | link NAME STATE | status"
+    synopsis = "check FILE | wait HOST | link NAME STATE | poll HOST | status"
     longdesc = "Check a lab's topology file, or drive a running lab (twistd -n smtppeer lab --topology FILE)."
     subCommands = [
         ["check", None, CheckOptions, "Check a topology file without starting anything"],
         ["wait", None, WaitOptions, "Wait for messages at a host of a running lab"],
         ["link", None, LinkOptions, "Set a link up, down, or back to its schedule"],
+        ["poll", None, PollOptions, "Have a dial-up host poll its provider now"],
         ["status", None, StatusOptions, "Show a running lab's hosts and links"],
     ]
 
     def postOptions(self) -> None:  # noqa: N802 -- usage.Options' name
         if self.subCommand is None:
-            raise usage.UsageError("give a lab command (check, wait, link, status)")
+            raise usage.UsageError("give a lab command (check, wait, link, poll, status)")
 
 
 def run(options: LabCommandOptions, out: TextIO, err: TextIO) -> int:
