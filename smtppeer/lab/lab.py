@@ -415,10 +415,11 @@ class Lab(service.MultiService):
     ) -> defer.Deferred[list[Message]]:
         """Fires with the matching messages once ``host`` has at least ``count`` of
         them in its Maildirs; fails with ``TimeoutError`` (saying what it saw) if
-        they are not there in ``timeout`` seconds of the lab's clock."""
+        they are not there in ``timeout`` seconds of the lab's clock.  Cancelling
+        it stops the wait (the HTTP API's long-poll, when its client goes away)."""
         lab_host = self.hosts[host]
         predicate = matcher(match)
-        result: defer.Deferred[list[Message]] = defer.Deferred()
+        result: defer.Deferred[list[Message]] = defer.Deferred(lambda _: finish())
 
         def check(event: Event | None = None) -> None:
             if result.called or (event is not None and (event.host != host or event.kind != Kind.RECEIVED)):
