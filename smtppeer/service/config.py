@@ -130,3 +130,4 @@ class Config:
     dns: tuple[str, int] | None = None
     honour_source_routes: bool = True
     json_log: bool = False
+    metrics: str | None = None  # a server endpoint serving Prometheus metrics at /metrics

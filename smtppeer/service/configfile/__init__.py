@@ -17,6 +17,7 @@ The schema (``examples/`` has annotated files for each use)::
     dns = "127.0.0.1:53"                # HOST[:PORT] for MX routes; default: the system resolver
     honour_source_routes = true         # false: route <@a,@b:u@c> by u@c (RFC 5321)
     json_log = false
+    metrics = "tcp:9101:interface=127.0.0.1"   # serve Prometheus metrics at /metrics; default: none
 
     [tls]                               # the server certificate for STARTTLS; none: STARTTLS is not offered
     certificate = "cert.pem"            # PEM (with its chain); relative paths as data_dir (working directory)

@@ -104,6 +104,7 @@ class Reader(Listeners, Domains, Peers, Polls, LimitsSection):
         "dns",
         "honour_source_routes",
         "json_log",
+        "metrics",
         "tls",
         "peers",
         "users",
@@ -144,6 +145,9 @@ class Reader(Listeners, Domains, Peers, Polls, LimitsSection):
             )
         if "json_log" in data:
             config.json_log = self.boolean(data["json_log"], ("json_log",))
+        if "metrics" in data:
+            self.server_endpoint(data["metrics"], ("metrics",))
+            config.metrics = data["metrics"]
         config.polls = self.polls(data.get("polls", []), config)
         self.limits(data.get("limits", {}), config)
         return config
