@@ -29,22 +29,11 @@ from smtppeer.lab.lab import Lab
 from smtppeer.lab.topology import loads_topology
 from smtppeer.lab.web import LabWeb, web_service
 
-TOPOLOGY = """
-[hosts.provider]
-domains = ["provider.test"]
+from .test_lab import TWO_SITES
 
-[hosts.alpha]
-role = "dialup"
-domains = ["alpha.test"]
-provider = "provider"
-poll = { method = "turn", every = "1h" }
-
-[hosts.beta]
-role = "dialup"
-domains = ["beta.test"]
-provider = "provider"
-poll = { method = "turn", every = "1h" }
-
+TOPOLOGY = (
+    TWO_SITES
+    + """
 [[faults]]
 name = "full"
 host = "provider"
@@ -52,6 +41,7 @@ phase = "rcpt"
 recipient = "full@*"
 reply = "452 4.2.2 Mailbox full"
 """
+)
 
 
 @dataclass

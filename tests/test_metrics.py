@@ -3,13 +3,13 @@
 A real twistd process takes real mail (smtplib); its ``/metrics`` is scraped
 with urllib and read with prometheus_client's own parser.  The key and the
 option share one check, as every key and option do (``test_options.py``).
-The lab's metrics are tested with the rest of its HTTP API (``test_lab_web.py``).
+The lab's metrics are tested with the rest of its HTTP API (``test_lab_web.py``),
+a metrics port in use with the other start-up failures (``test_startup.py``).
 """
 
 from __future__ import annotations
 
 import smtplib
-import socket
 import urllib.error
 import urllib.request
 
@@ -20,7 +20,6 @@ from smtppeer.service.options import Options
 
 from .conftest import free_port, wait_for_port, wait_until
 from .test_lab_web import Scrape
-from .test_startup import twistd
 
 
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str | None, str]:
@@ -64,23 +63,6 @@ def test_twistd_serves_the_metrics_of_the_mail_it_handles(twistd_peer):
     status, _, body = scrape(port, "/other")
     assert (status, body) == (404, "not found: try /metrics\n")
     assert f"metrics at http://127.0.0.1:{port}/metrics" in peer.log()
-
-
-def test_a_metrics_port_in_use_is_one_line(tmp_path):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
-        done = twistd(
-            "-n", "--pidfile", str(tmp_path / "twistd.pid"), "smtppeer",
-            "--listen", f"tcp:{free_port()}:interface=127.0.0.1", "--data-dir", str(tmp_path / "data"),
-            "--metrics", f"tcp:{port}:interface=127.0.0.1",
-            cwd=tmp_path,
-        )  # fmt: skip
-    assert done.returncode == 1
-    assert (
-        done.stderr == f"smtppeer: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use\n"
-    )
 
 
 def from_options(*argv: str):
