@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
 import pytest_twisted
 
 from .cdp import Browser
@@ -106,6 +105,8 @@ async def test_the_page_follows_the_lab_live(lab, web, page):  # noqa: F811
     await page.wait_for("document.querySelector('#host-alpha')?.dataset.queued === '0'")
     assert page.console == []
     print(f"page, link and mail round trips in {time.monotonic() - started:.2f}s")
+    if os.environ.get("SCREENSHOT"):  # SCREENSHOT=page.png: to look at the page as it ends
+        await page.screenshot(os.environ["SCREENSHOT"])
 
 
 @pytest_twisted.ensureDeferred
@@ -123,17 +124,3 @@ async def test_the_page_catches_up_after_a_reconnection(lab, web, page):  # noqa
     await page.wait_for(f"document.getElementById('event-{missed}') !== null")
     await page.wait_for("document.getElementById('link-beta-provider').dataset.up === 'false'")
     await page.wait_for("document.getElementById('conn').dataset.state === 'live'")
-
-
-@pytest.mark.skipif(not os.environ.get("SCREENSHOT"), reason="set SCREENSHOT=path.png to look at the page")
-@pytest_twisted.ensureDeferred
-async def test_screenshot(lab, web, page):  # noqa: F811
-    await mail(lab, "alpha", ["b@beta.test"], "for beta", sender="a@alpha.test")
-    await Client(web)("PUT", "/api/links/beta-provider", {"up": False})
-    await page.send(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
-    )
-    await page.goto(web.url + "/")
-    await page.wait_for("document.querySelector('#queue-provider') !== null")
-    await page.screenshot(os.environ["SCREENSHOT"])
