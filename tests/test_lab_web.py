@@ -671,19 +671,28 @@ async def test_metrics_of_a_lab(lab, api):
         await mail(lab, "provider", ["x@elsewhere.test"], "relay?")
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         await mail(lab, "provider", ["full@provider.test"], "full?")
+    # failed for good at the next hop: bounced to the sender
+    await api(
+        "POST", "/api/faults", {"host": "provider", "phase": "rcpt", "recipient": "gone@*", "reply": "550"}
+    )
+    bounced = lab.wait_for_event("bounced", host="alpha", timeout=20)
+    await mail(lab, "alpha", ["gone@provider.test"], "gone", sender="a@alpha.test")
+    await bounced
     await api("PUT", "/api/links/beta-provider", {"up": False})
 
     scrape = await api.get("/metrics")
     assert scrape.status == 200 and scrape.content_type == "text/plain; version=0.0.4; charset=utf-8"
     m = Scrape(scrape.body.decode())
-    assert m("smtppeer_received_total", host="alpha") == 1
+    assert m("smtppeer_received_total", host="alpha") == 2
     assert m("smtppeer_received_total", host="provider") == 1
     assert m("smtppeer_received_total", host="beta") == 1
     assert m("smtppeer_refused_total", host="provider", stage="rcpt") == 1
     assert m("smtppeer_deliveries_total", host="alpha", outcome="delivered") == 1
     assert m("smtppeer_deliveries_total", host="provider", outcome="delivered") == 1
-    assert m("smtppeer_deliveries_total", host="alpha", outcome="failed") == 0
-    assert m("smtppeer_delivery_latency_seconds_count", host="alpha") == 1
+    assert m("smtppeer_deliveries_total", host="alpha", outcome="failed") == 1
+    assert m("smtppeer_bounces_total", host="alpha") == 1
+    assert m("smtppeer_bounces_total", host="provider") == 0
+    assert m("smtppeer_delivery_latency_seconds_count", host="alpha") == 1  # delivered ones only
     assert m("smtppeer_delivery_latency_seconds_bucket", host="alpha", le="+Inf") == 1
     polls = [e for e in lab.events if e.kind == "polled" and e.host == "beta"]  # one at start, and ours
     assert m("smtppeer_polls_total", host="beta", peer="provider", result="ok") == len(polls)

@@ -19,6 +19,7 @@ from smtppeer.service.configfile import ConfigError, loads_config
 from smtppeer.service.options import Options
 
 from .conftest import free_port, wait_for_port, wait_until
+from .test_cli_admin import smtppeer
 from .test_lab_web import Scrape
 
 
@@ -42,6 +43,7 @@ def test_twistd_serves_the_metrics_of_the_mail_it_handles(twistd_peer):
     with smtplib.SMTP("127.0.0.1", peer.port, timeout=20) as client:
         client.sendmail("a@x.test", ["u@peer.test"], b"Subject: local\r\n\r\nhi\r\n")
         client.sendmail("a@x.test", ["v@far.test"], b"Subject: relayed\r\n\r\nhi\r\n")
+        client.sendmail("a@x.test", ["w@far.test"], b"Subject: frozen\r\n\r\nhi\r\n")
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             client.sendmail("a@x.test", ["w@nowhere.test"], b"Subject: refused\r\n\r\nhi\r\n")
 
@@ -49,12 +51,20 @@ def test_twistd_serves_the_metrics_of_the_mail_it_handles(twistd_peer):
         metrics = Scrape(scrape(port)[2])
         return metrics if metrics("smtppeer_deliveries_total", host="peer.test", outcome="deferred") else None
 
-    metrics = wait_until(deferred, what="the relayed message deferred")
-    assert metrics("smtppeer_received_total", host="peer.test") == 2
+    metrics = wait_until(deferred, what="the relayed messages deferred")
+    assert metrics("smtppeer_received_total", host="peer.test") == 3
     assert metrics("smtppeer_refused_total", host="peer.test", stage="rcpt") == 1
     assert metrics("smtppeer_deliveries_total", host="peer.test", outcome="delivered") == 0
-    assert metrics("smtppeer_queue_messages", host="peer.test", state="pending") == 1
     assert metrics("smtppeer_queue_messages", host="peer.test", state="held") == 0
+
+    # an administrator holds one back: it is counted as frozen, not pending
+    [frozen] = [
+        p.stem for p in (peer.data_dir / "spool" / "queue").glob("*.json") if b"w@far" in p.read_bytes()
+    ]
+    assert smtppeer("queue", "hold", "-d", str(peer.data_dir), frozen).returncode == 0
+    metrics = Scrape(scrape(port)[2])
+    assert metrics("smtppeer_queue_messages", host="peer.test", state="frozen") == 1
+    assert metrics("smtppeer_queue_messages", host="peer.test", state="pending") == 1
     assert metrics("smtppeer_delivery_latency_seconds_count", host="peer.test") == 0
     assert metrics("process_open_fds") > 0
 
