@@ -50,7 +50,7 @@ from smtppeer.service.metrics import HTTPService, Metrics
 from .faults import Fault
 from .lab import Event, Lab, LabHost, Message, matcher
 from .links import Link
-from .topology import TopologyReader
+from .topology import FaultSpec, TopologyReader
 
 log = Logger()
 
@@ -215,7 +215,7 @@ class LabAPI(resource.Resource):
             raise ApiError(404, f"no fault with the id or name {key!r}")
         return fault
 
-    def _fault_spec(self, value: Any):
+    def _fault_spec(self, value: Any) -> FaultSpec:
         try:
             return TopologyReader("request").fault(value, (), self.lab.topology.hosts)
         except ConfigError as e:

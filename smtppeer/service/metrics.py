@@ -284,7 +284,7 @@ class HTTPService(service.Service):
         """End open responses (a subclass's streams and waits) before the connections go."""
 
     @defer.inlineCallbacks
-    def stopService(self):  # noqa: N802 -- Twisted's name
+    def stopService(self) -> defer.Deferred:  # noqa: N802 -- Twisted's name
         """Stop listening, end open responses, then close every connection: each is
         given ``GRACE`` seconds to take what was written to it, then reset."""
         yield defer.maybeDeferred(super().stopService)
