@@ -116,3 +116,50 @@ def test_installed_twistd_accepts_mail(installed):
                     proc.kill()
                     proc.wait(timeout=15)
     assert len(list((data / "mail" / "localhost" / "u" / "new").iterdir())) == 1, log.read_text()
+
+
+SERVE_STATUS_PAGE = """
+import sys, urllib.request
+from twisted.internet import reactor, threads
+from smtppeer.lab.lab import Lab
+from smtppeer.lab.topology import loads_topology
+from smtppeer.lab.web import web_service
+
+lab = Lab(loads_topology('[hosts.a]\\ndomains = ["a.test"]\\n', "pkg.toml"), data_dir=sys.argv[1])
+web = web_service(lab)
+
+def fetch(path):
+    with urllib.request.urlopen(web.url + path, timeout=30) as response:
+        return response.headers["content-type"], response.read()
+
+def main():
+    lab.startService()
+    web.startService()
+    d = threads.deferToThread(lambda: [fetch("/"), fetch("/metrics")])
+    d.addCallback(show)
+    d.addErrback(lambda failure: print(failure.getTraceback()))
+    d.addBoth(lambda _: web.stopService())
+    d.addBoth(lambda _: lab.stopService())
+    d.addBoth(lambda _: reactor.stop())
+
+def show(pages):
+    for kind, body in pages:
+        print(kind, len(body), b"EventSource" in body)
+
+reactor.callWhenRunning(main)
+reactor.run()
+"""
+
+
+def test_installed_lab_serves_its_status_page_and_metrics(installed):
+    """The page is package data and prometheus_client a dependency: both come with a normal install."""
+    venv, work, env = installed
+    done = run(
+        [str(venv / "bin" / "python"), "-c", SERVE_STATUS_PAGE, str(work / "lab")],
+        cwd=work,
+        env=env,
+        timeout=120,
+    )
+    page, metrics = done.stdout.splitlines()
+    assert page.startswith("text/html; charset=utf-8 ") and page.endswith(" True"), done.stdout
+    assert metrics.startswith("text/plain; version=0.0.4; charset=utf-8 "), done.stdout

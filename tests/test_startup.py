@@ -27,14 +27,17 @@ def twistd(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedPr
     return subprocess.run([*TWISTD, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-def test_a_port_in_use_is_one_line(tmp_path):
+@pytest.mark.parametrize("option", ["--listen", "--metrics"])
+def test_a_port_in_use_is_one_line(tmp_path, option):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
+        listen = port if option == "--listen" else free_port()
         done = twistd(
             "-n", "--pidfile", str(tmp_path / "twistd.pid"), "smtppeer",
-            "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(tmp_path / "data"),
+            "--listen", f"tcp:{listen}:interface=127.0.0.1", "--data-dir", str(tmp_path / "data"),
+            *(["--metrics", f"tcp:{port}:interface=127.0.0.1"] if option == "--metrics" else []),
             cwd=tmp_path,
         )  # fmt: skip
     assert done.returncode == 1

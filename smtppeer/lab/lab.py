@@ -463,7 +463,8 @@ class Lab(service.MultiService):
     ) -> defer.Deferred[list[Message]]:
         """Fires with the matching messages once ``host`` has at least ``count`` of
         them in its Maildirs; fails with ``TimeoutError`` (saying what it saw) if
-        they are not there in ``timeout`` seconds of the lab's clock."""
+        they are not there in ``timeout`` seconds of the lab's clock.  Cancelling
+        it stops the wait (the HTTP API's long-poll, when its client goes away)."""
         lab_host = self.hosts[host]
         predicate = matcher(match)
 

@@ -134,6 +134,12 @@ def assemble(
         poll_now = poller.poll_now
     if control:
         ControlService(data_dir, ControlFactory(runner, policy, poll_now)).setServiceParent(top)
+    if config.metrics:
+        from .metrics import Metrics, MetricsService  # noqa: PLC0415 -- prometheus_client only when asked
+
+        metrics = Metrics()
+        metrics.watch(config.hostname, activity, runner)
+        MetricsService(config.metrics, metrics).setServiceParent(top)
     log.info(
         "smtppeer {hostname}: domains {domains}, data in {data_dir}, listening on {listen}",
         hostname=config.hostname,

@@ -151,3 +151,4 @@ class Config:
     honour_source_routes: bool = True
     accept_any_domain: bool = False  # every domain not routed or held is local (a capturing test server)
     json_log: bool = False
+    metrics: str | None = None  # a server endpoint serving Prometheus metrics at /metrics

@@ -38,6 +38,7 @@ _KEYS: dict[str, Key] = {
     "hostname": ("hostname",),
     "data-dir": ("data_dir",),
     "dns": ("dns",),
+    "metrics": ("metrics",),
     "max-message-size": ("limits", "message_size"),
     "max-recipients": ("limits", "recipients"),
     "max-connections": ("limits", "max_connections"),
@@ -118,6 +119,13 @@ class Options(usage.Options):
             f"[default: {format_duration(_CONFIG.retry_interval)}]",
         ],
         ["dns", None, None, "DNS server for MX routes: IP, IP:PORT or [IPv6]:PORT [default: the system's]"],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this server endpoint, such as "
+            "tcp:9101:interface=127.0.0.1 [default: none]",
+        ],
         ["certificate", None, None, "The server certificate for STARTTLS (PEM, with its chain); needs --key"],
         ["key", None, None, "The certificate's private key (PEM, not encrypted); needs --certificate"],
         ["config", "c", None, "A TOML configuration file (see examples/); options given here override it"],

@@ -19,6 +19,7 @@ The schema (``examples/`` has annotated files for each use)::
     accept_any_domain = false           # true: any domain not routed or held is local (a test's
                                         #   capturing server; never on a real mail host)
     json_log = false
+    metrics = "tcp:9101:interface=127.0.0.1"   # serve Prometheus metrics at /metrics; default: none
 
     [tls]                               # the server certificate for STARTTLS; none: STARTTLS is not offered
     certificate = "cert.pem"            # PEM (with its chain); relative paths as data_dir (working directory)

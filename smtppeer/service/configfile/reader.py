@@ -105,6 +105,7 @@ class Reader(Listeners, Domains, Peers, Polls, LimitsSection):
         "honour_source_routes",
         "accept_any_domain",
         "json_log",
+        "metrics",
         "tls",
         "peers",
         "users",
@@ -147,6 +148,9 @@ class Reader(Listeners, Domains, Peers, Polls, LimitsSection):
             config.json_log = self.boolean(data["json_log"], ("json_log",))
         if "accept_any_domain" in data:
             config.accept_any_domain = self.boolean(data["accept_any_domain"], ("accept_any_domain",))
+        if "metrics" in data:
+            self.server_endpoint(data["metrics"], ("metrics",))
+            config.metrics = data["metrics"]
         config.polls = self.polls(data.get("polls", []), config)
         self.odmr_routes(config)
         self.on_poll_peers(config)
