@@ -178,7 +178,7 @@ def test_usage_errors():
     assert result.returncode == 64
     result = smtppeer(text=True)
     assert result.returncode == 64
-    assert "give a command (check-config, send, queue, poll, make-cert, hash-password)" in result.stderr
+    assert "give a command (check-config, send, queue, poll, make-cert, hash-password, lab)" in result.stderr
     result = smtppeer("frobnicate", text=True)
     assert (result.returncode, result.stdout) == (64, "")
     assert "Unknown command: frobnicate" in result.stderr
