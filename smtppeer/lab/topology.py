@@ -50,8 +50,8 @@ from typing import Any
 
 from smtppeer.engine.replies import Reply
 from smtppeer.relay.holds import PollMethod
-from smtppeer.service.configfile.errors import ConfigError, Key, _show, _suggest
-from smtppeer.service.configfile.reader import _syntax_error
+from smtppeer.service.configfile.errors import Key, _show, _suggest
+from smtppeer.service.configfile.reader import _syntax_error, read_document
 from smtppeer.service.configfile.values import Values
 
 
@@ -188,17 +188,7 @@ class Topology:
 
 def load_topology(path: str | os.PathLike[str]) -> Topology:
     source = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(source, None, "no such file") from None
-    except OSError as e:
-        raise ConfigError(source, None, f"cannot read it: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(source, None, f"not UTF-8 text (bad byte at offset {e.start})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise _syntax_error(source, e) from None
+    data = read_document(path)  # read as the configuration file is: the same one-line errors
     topology = TopologyReader(source).topology(data)
     if topology.data_dir is not None and not os.path.isabs(topology.data_dir):
         # relative to the file, so a lab runs the same from wherever it is started
