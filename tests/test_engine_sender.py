@@ -179,12 +179,74 @@ def test_lockstep_all_recipients_refused_sends_no_data():
     c.feed(b"250 2.1.0 OK\r\n")
     assert c.feed(b"550 5.1.1 no\r\n") == b"RCPT TO:<c@y.example>\r\n"
     out = c.feed(b"450 4.2.1 mailbox busy\r\n")
-    assert out == b"RSET\r\nMAIL FROM:<a@x.example>\r\n"
+    assert out == b"RSET\r\n"
     [result] = c.events()
     assert codes(result) == {"b@y.example": 550, "c@y.example": 450}
     # RSET's reply is consumed, then the next message goes on
-    assert c.feed(OK) == b""
+    assert c.feed(OK) == b"MAIL FROM:<a@x.example>\r\n"
     assert c.feed(b"250 2.1.0 OK\r\n") == b"RCPT TO:<d@y.example>\r\n"
+
+
+# Without PIPELINING, one command, one reply (RFC 2920 §3): a strict server such as
+# OpenSMTPD answers a command with more input behind it "500 5.5.1 Pipelining not
+# supported" and hangs up (issue 14, item 4).
+
+
+def test_lockstep_rset_after_refused_recipients_waits_for_its_reply_before_quit():
+    c = connected()
+    c.tx.send(env("b@y.example"))
+    c.tx.finish()
+    assert c.tx.data_to_send() == b"MAIL FROM:<a@x.example>\r\n"
+    assert c.feed(b"250 2.1.0 OK\r\n") == b"RCPT TO:<b@y.example>\r\n"
+    assert c.feed(b"550 5.1.1 no\r\n") == b"RSET\r\n"
+    [result] = c.events()  # the result is known at once; only the next command waits
+    assert codes(result) == {"b@y.example": 550}
+    assert c.feed(OK) == b"QUIT\r\n"
+    assert c.feed(b"221 2.0.0 bye\r\n") == b""
+    assert c.events()[-1].clean
+
+
+def test_lockstep_rset_after_refused_data_waits_before_the_next_mail():
+    c = connected()
+    c.tx.send(env("b@y.example"))
+    c.tx.send(env("c@y.example"))
+    c.tx.finish()
+    c.tx.data_to_send()
+    c.feed(b"250 2.1.0 OK\r\n")
+    assert c.feed(b"250 2.1.5 OK\r\n") == b"DATA\r\n"
+    assert c.feed(b"554 5.7.1 no data today\r\n") == b"RSET\r\n"
+    assert c.feed(OK) == b"MAIL FROM:<a@x.example>\r\n"
+
+
+def test_lockstep_never_has_two_commands_outstanding():
+    """Whatever the replies, a server without PIPELINING never has more than one
+    command unanswered (the body and its dot are not commands)."""
+    replies = {
+        b"MAIL": [b"250 2.1.0 OK\r\n", b"550 5.7.1 no sender\r\n"],
+        b"RCPT": [b"550 5.1.1 no\r\n", b"250 2.1.5 OK\r\n", b"450 4.2.1 busy\r\n"],
+        b"DATA": [GO, b"554 5.7.1 no\r\n", b"451 4.3.0 later\r\n"],
+        b"RSET": [OK],
+        b"QUIT": [b"221 2.0.0 bye\r\n"],
+    }
+    for seed in range(40):
+        c = connected()
+        for n in range(3):
+            c.tx.send(env(f"b{n}@y.example", f"c{n}@y.example"))
+        c.tx.finish()
+        pending = c.tx.data_to_send()
+        for step in range(100):
+            if c.tx.closed:
+                break
+            commands = [line for line in pending.split(b"\r\n") if line[:4] in replies]
+            assert len(commands) <= 1, (seed, step, pending)
+            if pending.endswith(b"\r\n.\r\n") or pending == b".\r\n":
+                answer = OK  # the reply to the final dot
+            else:
+                options = replies[commands[0][:4]]
+                answer = options[(seed + step) % len(options)]
+            pending = c.feed(answer)
+        assert c.tx.closed, seed
+        assert len([e for e in c.events() if isinstance(e, MessageResult)]) == 3
 
 
 def test_lockstep_mail_refused():

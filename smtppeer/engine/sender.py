@@ -13,7 +13,11 @@ everything with a 4.7.0 reply, so the mail stays queued.
 
 Every command sent pushes the handler for its reply onto a FIFO, so with
 PIPELINING (RFC 2920) the MAIL, RCPTs and DATA of a message go out in one
-write and the replies are matched up in order.
+write and the replies are matched up in order.  Without it, one command,
+one reply (RFC 2920 §3): a command given while another is unanswered waits
+for that reply (an RSET after a refused transaction, and the MAIL or QUIT
+behind it), because a strict server answers input sent too soon with an
+error and hangs up.
 
 The engine reads no files: a body given as bytes is sent as it is; any
 other body is the adapter's to read, and the engine asks for it
@@ -197,6 +201,8 @@ class Sender:
         self._parser = ReplyParser()
         self._expect: deque[Callable[[Reply], None]] = deque([self._on_greeting])
         self._out: deque[bytes | _Body] = deque()
+        # Commands waiting for the reply to the one before (no PIPELINING), with their handlers.
+        self._held: deque[tuple[bytes, Callable[[Reply], None]]] = deque()
         self._events: deque[SenderEvent] = deque()
         self._queue: deque[Envelope] = deque()
         self._requests: deque[str] = deque()
@@ -282,6 +288,10 @@ class Sender:
                 self._fail(f"unexpected reply {response}")
                 return
             self._expect.popleft()(response)
+            if self._held and not self._expect:
+                line, handler = self._held.popleft()
+                self._out.append(line)
+                self._expect.append(handler)
 
     def next_event(self) -> SenderEvent | None:
         return self._events.popleft() if self._events else None
@@ -438,8 +448,9 @@ class Sender:
                     raise SaslError("challenge is not base64")
                 answer = exchange.respond(challenge)
             except SaslError as e:
-                self._command("*", _ignore)  # cancel (RFC 4954 §4)
-                self._give_up(f"AUTH {mechanism} failed: {e}")
+                # Cancel (RFC 4954 §4); QUIT once the server has answered the cancel with 501.
+                reason = f"AUTH {mechanism} failed: {e}"
+                self._command("*", lambda _: self._give_up(reason))
                 return
             self._command(encode(answer), lambda r: self._on_auth(mechanism, exchange, r))
         elif response.code == 235:
@@ -638,6 +649,7 @@ class Sender:
             envelope = self._queue.popleft()
             self._events.append(MessageResult(envelope, dict.fromkeys(envelope.recipients, lost)))
         self._cut_unfinished_body()
+        self._held.clear()
         self.phase = Phase.CLOSED
         self._events.append(SessionEnded(response, clean=False))
 
@@ -652,7 +664,11 @@ class Sender:
                 return
 
     def _command(self, line: str, handler: Callable[[Reply], None]) -> None:
-        self._out.append(line.encode("utf-8") + b"\r\n")
+        data = line.encode("utf-8") + b"\r\n"
+        if self._expect and "PIPELINING" not in self.extensions:
+            self._held.append((data, handler))  # one command, one reply (RFC 2920 §3)
+            return
+        self._out.append(data)
         self._expect.append(handler)
 
 
