@@ -184,6 +184,7 @@ def test_smtppeer_poll_runs_one_cycle_now_and_prints_the_summary(pair, tmp_path)
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.decode().startswith("poll provider: sent 0, received 1, turned, ")
+    summary = done.stdout.decode()
+    assert summary.startswith("poll provider: sent 0 messages to 0 recipients, received 1, turned, ")
     dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
     assert maildir_count(dave) == 1
