@@ -12,6 +12,7 @@ from smtppeer.engine.receiver import Receiver
 from smtppeer.engine.replies import Reply, reply
 from smtppeer.engine.sender import (
     BODY_CHUNK,
+    ConversionNeeded,
     Envelope,
     MessageResult,
     Ready,
@@ -407,6 +408,88 @@ def test_no_size_parameter_when_not_advertised():
     c = connected(EHLO_PLAIN)
     c.tx.send(env("b@y.example", size=5000, params={"BODY": "8BITMIME"}))
     assert c.tx.data_to_send() == b"MAIL FROM:<a@x.example>\r\n"  # and BODY dropped without 8BITMIME
+
+
+# 8-bit mail and a server without 8BITMIME (RFC 6152 §3; issue 14, item 3): never sent as it
+# is; the adapter converts it (ConversionNeeded, converted) or it is refused.
+
+EHLO_NO_8BITMIME = b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"
+EIGHT_BIT = "Subject: é\r\n\r\nGrüße\r\n".encode()
+SEVEN_BIT = b"Subject: =?utf-8?q?=C3=A9?=\r\nMIME-Version: 1.0\r\n\r\nGr=C3=BC=C3=9Fe\r\n"
+
+
+def test_8bit_to_a_server_without_8bitmime_waits_for_a_conversion():
+    c = connected(EHLO_NO_8BITMIME)
+    e = env("b@y.example", body=EIGHT_BIT, params={"BODY": "8BITMIME"}, tag="t")
+    c.tx.send(e)
+    c.tx.finish()
+    assert c.tx.data_to_send() == b"", "nothing is sent before the conversion"
+    assert c.events() == [ConversionNeeded(e)]
+    c.tx.converted(e, env("b@y.example", body=SEVEN_BIT, tag="t"))
+    assert c.tx.data_to_send() == (
+        b"MAIL FROM:<a@x.example> SIZE=%d\r\nRCPT TO:<b@y.example>\r\nDATA\r\n" % len(SEVEN_BIT)
+    )
+    assert c.feed(b"250 OK\r\n250 OK\r\n354 go\r\n") == SEVEN_BIT + b".\r\nQUIT\r\n"
+    c.feed(OK)
+    [result] = c.events()
+    assert result.envelope is e, "the result is the original message's"
+    assert codes(result) == {"b@y.example": 250}
+
+
+def test_8bit_by_the_adapters_word_for_a_body_that_is_not_bytes():
+    c = connected(EHLO_NO_8BITMIME)
+    e = Envelope("a@x.example", ["b@y.example"], io.BytesIO(EIGHT_BIT), eight_bit=True)
+    c.tx.send(e)
+    assert c.events() == [ConversionNeeded(e)]
+    c = connected(EHLO_NO_8BITMIME)
+    c.tx.send(Envelope("a@x.example", ["b@y.example"], io.BytesIO(b"x\r\n"), params={"BODY": "8BITMIME"}))
+    assert c.events() == [], "BODY=8BITMIME alone: the adapter said the body is 7-bit"
+    assert c.tx.data_to_send().startswith(b"MAIL FROM:<a@x.example>")
+
+
+def test_a_refused_conversion_is_the_messages_result_and_the_next_goes_on():
+    c = connected(EHLO_NO_8BITMIME)
+    e = env("b@y.example", body=EIGHT_BIT)
+    c.tx.send(e)
+    c.tx.send(env("c@y.example"))
+    [needed] = c.events()
+    refusal = reply(554, "5.6.3", "Conversion required but not supported: signed")
+    c.tx.converted(needed.envelope, refusal)
+    [result] = c.events()
+    assert result.envelope is e and result.results == {"b@y.example": refusal}
+    assert c.tx.data_to_send().startswith(b"MAIL FROM:<a@x.example> SIZE=18\r\nRCPT TO:<c@y.example>\r\n")
+
+
+def test_a_conversion_that_is_still_8bit_or_too_big_is_refused():
+    for replacement, code in [(EIGHT_BIT, 554), (b"x" * 1001, 552)]:
+        c = connected(EHLO_NO_8BITMIME)
+        e = env("b@y.example", body=EIGHT_BIT)
+        c.tx.send(e)
+        c.events()
+        c.tx.converted(e, env("b@y.example", body=replacement))
+        [result] = c.events()
+        assert codes(result) == {"b@y.example": code}
+        assert c.tx.data_to_send() == b""
+
+
+def test_8bit_to_a_server_with_8bitmime_goes_as_it_is():
+    c = connected(EHLO_PIPELINING)
+    c.tx.send(env("b@y.example", body=EIGHT_BIT, params={"BODY": "8BITMIME"}))
+    assert c.events() == []
+    assert c.tx.data_to_send().startswith(b"MAIL FROM:<a@x.example> BODY=8BITMIME SIZE=")
+
+
+def test_the_connection_lost_during_a_conversion_defers_the_message():
+    c = connected(EHLO_NO_8BITMIME)
+    e = env("b@y.example", body=EIGHT_BIT)
+    c.tx.send(e)
+    c.events()
+    c.tx.connection_lost("gone")
+    result, ended = c.events()
+    assert result.envelope is e and codes(result) == {"b@y.example": 451}
+    assert not ended.clean
+    c.tx.converted(e, env("b@y.example", body=SEVEN_BIT))  # too late: ignored
+    assert c.events() == [] and c.tx.data_to_send() == b""
 
 
 def test_too_large_for_server_refused_locally():

@@ -480,6 +480,27 @@ class SMTPPeer(Protocol):
         self._start_tls(self.client_tls or _any_certificate())
         sender.tls_started()
 
+    def _on_conversion_needed(self, sender: Sender, event: sev.ConversionNeeded) -> None:
+        """The job converts the message (it may take a while: the whole message is
+        read); the engine waits meanwhile and drops an answer that comes too late."""
+        convert = self.job.convert if self.job is not None else None
+
+        def ask() -> sev.Envelope | Reply | defer.Deferred:
+            if convert is None:
+                return reply(554, "5.6.3", "Conversion required but not supported: the server lacks 8BITMIME")
+            return convert(event.envelope)
+
+        def answer(result: sev.Envelope | Reply) -> None:
+            if sender is self.sender and not self._lost:
+                sender.converted(event.envelope, result)
+                self._pump()
+
+        def failed(failure: Failure) -> Reply:
+            log.failure("could not convert a message to 7 bits", failure)
+            return reply(451, "4.3.0", "Could not convert the message to 7 bits; will try again")
+
+        _call_hook(ask, answer, failed)
+
     def _on_logged_in(self, sender: Sender, event: sev.LoggedIn) -> None:
         log.debug("authenticated with {mechanism}", mechanism=event.mechanism)
 
@@ -636,6 +657,7 @@ _RECEIVER_EVENTS = {
 _SENDER_EVENTS = {
     sev.MessageResult: SMTPPeer._on_message_result,
     sev.StartTlsAccepted: SMTPPeer._on_sender_starttls,
+    sev.ConversionNeeded: SMTPPeer._on_conversion_needed,
     sev.LoggedIn: SMTPPeer._on_logged_in,
     sev.CommandResult: SMTPPeer._on_command_result,
     sev.Turned: SMTPPeer._on_turned,
