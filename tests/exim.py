@@ -29,15 +29,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from .conftest import IN_CI, free_port
+from .daemons import start_group, stop_group
 
 INTEROP = os.environ.get("SMTPPEER_INTEROP", "/opt/smtppeer-interop")
 EXIM_USER = "Debian-exim"
@@ -106,14 +105,6 @@ def require_exim() -> str:
     return path
 
 
-def listening(port: int) -> bool:
-    """Something listens on 127.0.0.1:port (read from /proc: no connection is made,
-    so the daemon forks no session for the check)."""
-    want = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as f:
-        return any(line.split()[1] == want and line.split()[3] == "0A" for line in f.readlines()[1:])
-
-
 class PrivateExim:
     def __init__(self, smarthost: int) -> None:
         self.exim = require_exim()
@@ -165,33 +156,13 @@ class PrivateExim:
     def start_daemon(self, *macros: str) -> int:
         """Exim as a server on a free loopback port; returns the port."""
         self.port = free_port()
-        self.daemon = subprocess.Popen(
-            self._argv("-bdf", "-oX", str(self.port), macros=macros),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 20
-        while not listening(self.port):
-            if self.daemon.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"Exim did not start:\n{self.mainlog()}")
-            time.sleep(0.02)
+        argv = self._argv("-bdf", "-oX", str(self.port), macros=macros)
+        self.daemon = start_group(argv, self.port, subprocess.DEVNULL, self.mainlog)
         return self.port
 
     def stop(self) -> None:
         """Stop the daemon's process group (if any) and remove the directory."""
         if self.daemon is not None:
-            if self.daemon.poll() is None:
-                os.killpg(self.daemon.pid, signal.SIGTERM)
-                try:
-                    self.daemon.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.daemon.pid, signal.SIGKILL)
-                    self.daemon.wait(timeout=10)
-            try:  # a child serving a session outlives the daemon by a moment
-                os.killpg(self.daemon.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            stop_group(self.daemon)
             self.daemon = None
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -23,16 +23,15 @@ import fcntl
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from .conftest import IN_CI, free_port
-from .exim import INTEROP, listening
+from .daemons import start_group, stop_group
+from .exim import INTEROP
 
 SPOOL = Path("/var/spool/smtpd")
 CONTROL = "/var/run/smtpd.sock"
@@ -111,33 +110,12 @@ class PrivateOpenSMTPD:
             _skip_or_fail(f"another OpenSMTPD runs on this machine ({CONTROL} answers)")
         self._made_spool = not SPOOL.exists()
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [self.smtpd, "-d", "-f", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 20
-        while not listening(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"OpenSMTPD did not start:\n{self.log()}")
-            time.sleep(0.02)
+            self.proc = start_group([self.smtpd, "-d", "-f", str(self.config)], self.port, log, self.log)
 
     def stop(self) -> None:
-        """SIGTERM ends smtpd and its privilege-separated children; then the lock goes."""
+        """smtpd and its privilege-separated children; a spool it made; then the lock."""
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(timeout=10)
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # any child that outlived it
-            except ProcessLookupError:
-                pass
+            stop_group(self.proc)
             self.proc = None
         if self._made_spool and not any(SPOOL.glob("queue/*/*")):
             shutil.rmtree(SPOOL, ignore_errors=True)

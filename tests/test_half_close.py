@@ -20,48 +20,23 @@ import time
 
 import pytest
 
-from .conftest import TwistdProcess, free_port, wait_until
-from .trustlab import insecure_context, make_cert
+from .conftest import TwistdProcess, wait_until
+from .daemons import delivered as maildir_messages
+from .daemons import peer_with_tls
+from .trustlab import insecure_context
 
 HOSTNAME = "peer.test"
 TIMEOUT = 20.0
 
-CONFIG = """
-hostname = "peer.test"
-data_dir = "{data_dir}"
-
-[tls]
-certificate = "{cert}"
-key = "{key}"
-
-[[listen]]
-endpoint = "tcp:{port}:interface=127.0.0.1"
-
-[domains."peer.test"]
-"""
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("half-close")
-    cert, key = make_cert(base, HOSTNAME)
-    port = free_port()
-    data = base / "data"
-    data.mkdir()
-    config = base / "peer.toml"
-    config.write_text(CONFIG.format(cert=cert, key=key, port=port, data_dir=data))
-    proc = TwistdProcess(data, config=config, port=port).start()
-    try:
+    with peer_with_tls(tmp_path_factory.mktemp("half-close"), HOSTNAME) as proc:
         yield proc
-    finally:
-        proc.stop()
-    log = proc.log()
-    assert "Traceback" not in log and "Unhandled" not in log, log
 
 
 def delivered(server: TwistdProcess, user: str) -> list[bytes]:
-    new = server.maildir(HOSTNAME, user) / "new"
-    return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+    return maildir_messages(server, HOSTNAME, user)
 
 
 class Client:

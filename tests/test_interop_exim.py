@@ -16,49 +16,28 @@ As a server Exim is strict where it is told to be: without PIPELINING
 
 from __future__ import annotations
 
+import email
+import email.policy
+import smtplib
+
 import pytest
 
-from .conftest import TwistdProcess, free_port, wait_until
+from .conftest import TwistdProcess, wait_until
+from .daemons import delivered as maildir_messages
+from .daemons import peer_with_tls
 from .exim import PrivateExim, require_exim
-from .trustlab import make_cert
 
 pytestmark = pytest.mark.interop
 
 HOSTNAME = "peer.test"
-
-PEER = """
-hostname = "peer.test"
-data_dir = "{data_dir}"
-
-[tls]
-certificate = "{cert}"
-key = "{key}"
-
-[[listen]]
-endpoint = "tcp:{port}:interface=127.0.0.1"
-
-[domains."peer.test"]
-"""
 
 
 @pytest.fixture(scope="module")
 def peer(tmp_path_factory):
     """The receiving smtppeer, with STARTTLS offered."""
     require_exim()
-    base = tmp_path_factory.mktemp("exim-peer")
-    cert, key = make_cert(base, HOSTNAME)
-    port = free_port()
-    data = base / "data"
-    data.mkdir()
-    config = base / "peer.toml"
-    config.write_text(PEER.format(cert=cert, key=key, port=port, data_dir=data))
-    proc = TwistdProcess(data, config=config, port=port).start()
-    try:
+    with peer_with_tls(tmp_path_factory.mktemp("exim-peer"), HOSTNAME) as proc:
         yield proc
-    finally:
-        proc.stop()
-    log = proc.log()
-    assert "Traceback" not in log and "Unhandled" not in log, log
 
 
 @pytest.fixture
@@ -68,8 +47,7 @@ def exim(peer):
 
 
 def delivered(peer: TwistdProcess, user: str) -> list[bytes]:
-    new = peer.maildir(HOSTNAME, user) / "new"
-    return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+    return maildir_messages(peer, HOSTNAME, user)
 
 
 @pytest.mark.parametrize(("macro", "tls"), [("PLAIN", False), ("REQTLS", True)], ids=["clear", "starttls"])
@@ -88,3 +66,28 @@ def test_exim_delivers_once_although_it_half_closes(peer, exim, macro, tls):
     # A forced queue run sends nothing again: the message arrived once.
     assert exim.queue_run(macro).returncode == 0
     assert len(delivered(peer, user)) == 1
+
+
+def test_8bit_mail_to_a_strict_exim_without_8bitmime_or_pipelining(peer, exim, twistd_peer):
+    """smtppeer -> Exim (-DNO8BIT -DNOPIPE) -> smtppeer: the first hop converts the 8-bit
+    message to 7-bit MIME and says one command at a time (Exim answers anything sent too
+    soon with "554 SMTP synchronization error"); Exim relays it on, half-closing."""
+    port = exim.start_daemon("NO8BIT", "NOPIPE", "PLAIN")
+    route = f"{HOSTNAME}=tcp:host=127.0.0.1:port={port}"
+    a = twistd_peer("--domain", "a.test", "--route", route, hostname="a.test")
+    text = "Grüße über Exim\r\n"
+    message = f"From: <s@a.test>\r\nSubject: 8-bit via Exim\r\n\r\n{text}".encode()
+    users = ["exim-8bit-1", "exim-8bit-2"]
+    with smtplib.SMTP("127.0.0.1", a.port, timeout=30) as s:
+        assert s.sendmail("s@a.test", [f"{u}@{HOSTNAME}" for u in users], message, ["BODY=8BITMIME"]) == {}
+    for user in users:
+        [copy] = wait_until(lambda user=user: delivered(peer, user), what=f"the delivery to {user}")
+        assert copy.isascii(), copy
+        msg = email.message_from_bytes(copy, policy=email.policy.default)
+        assert msg["Content-Transfer-Encoding"] == "quoted-printable"
+        assert msg.get_content() == text
+        assert len(msg.get_all("Received")) == 3  # a.test, Exim, and the last hop
+    log = exim.mainlog()
+    assert "synchronization error" not in log, log
+    assert log.count(" <= s@a.test ") == 1 and " == " not in log, log
+    wait_until(lambda: "1 of 1 messages delivered, clean" in a.log(), what="the first hop's session line")

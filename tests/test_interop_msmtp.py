@@ -14,49 +14,22 @@ import subprocess
 
 import pytest
 
-from .conftest import TwistdProcess, free_port, require_tool, wait_until
-from .trustlab import make_cert
+from .conftest import TwistdProcess, require_tool, wait_until
+from .daemons import delivered as maildir_messages
+from .daemons import peer_with_tls
 
 pytestmark = pytest.mark.interop
 
 HOSTNAME = "peer.test"
 USER, PASSWORD = "alice", "wonder-land"
 
-PEER = """
-hostname = "peer.test"
-data_dir = "{data_dir}"
-
-[tls]
-certificate = "{cert}"
-key = "{key}"
-
-[[listen]]
-endpoint = "tcp:{port}:interface=127.0.0.1"
-
-[domains."peer.test"]
-
-[users.{user}]
-password = "{password}"
-"""
-
 
 @pytest.fixture(scope="module")
 def peer(tmp_path_factory):
     require_tool("msmtp")
-    base = tmp_path_factory.mktemp("msmtp-peer")
-    cert, key = make_cert(base, HOSTNAME)
-    port = free_port()
-    data = base / "data"
-    data.mkdir()
-    config = base / "peer.toml"
-    config.write_text(PEER.format(cert=cert, key=key, port=port, data_dir=data, user=USER, password=PASSWORD))
-    proc = TwistdProcess(data, config=config, port=port).start()
-    try:
+    login = f'[users.{USER}]\npassword = "{PASSWORD}"\n'
+    with peer_with_tls(tmp_path_factory.mktemp("msmtp-peer"), HOSTNAME, extra=login) as proc:
         yield proc
-    finally:
-        proc.stop()
-    log = proc.log()
-    assert "Traceback" not in log and "Unhandled" not in log, log
 
 
 def msmtp(peer: TwistdProcess, tmp_path, rcpt: str, *options: str, password: str = PASSWORD):
@@ -80,8 +53,7 @@ def msmtp(peer: TwistdProcess, tmp_path, rcpt: str, *options: str, password: str
 
 
 def delivered(peer: TwistdProcess, user: str) -> list[bytes]:
-    new = peer.maildir(HOSTNAME, user) / "new"
-    return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+    return maildir_messages(peer, HOSTNAME, user)
 
 
 TLS = ("--tls=on", "--tls-starttls=on", "--tls-certcheck=off")

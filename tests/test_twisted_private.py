@@ -60,18 +60,29 @@ class _Client(protocol.Protocol):
         self.lost.callback(None)
 
 
+@defer.inlineCallbacks
+def _listen_and_connect(server_protocol: type):
+    """A loopback listener for ``server_protocol`` and a ``_Client`` connected to it:
+    ``(port, client)``; the caller stops the port."""
+    port = yield endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+        protocol.Factory.forProtocol(server_protocol)
+    )
+    try:
+        ep = endpoints.clientFromString(reactor, f"tcp:host=127.0.0.1:port={port.getHost().port}")
+        client_side = yield endpoints.connectProtocol(ep, _Client())
+    except Exception:
+        yield port.stopListening()
+        raise
+    return port, client_side
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_real_tcp_transport_has_what_idle_socket_reads():
     """``dataBuffer``, ``_tempDataBuffer``, ``_writeDisconnected``, ``TLS``,
     ``connected``, ``disconnecting`` and ``socket`` on Twisted's TCP connection."""
     _Quiet.connected_d, _Quiet.lost_d = defer.Deferred(), defer.Deferred()
-    port = yield endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
-        protocol.Factory.forProtocol(_Quiet)
-    )
-    client_side = None
+    port, client_side = yield _listen_and_connect(_Quiet)
     try:
-        ep = endpoints.clientFromString(reactor, f"tcp:host=127.0.0.1:port={port.getHost().port}")
-        client_side = yield endpoints.connectProtocol(ep, _Client())
         server_side = yield _Quiet.connected_d
         transport = server_side.transport
         assert isinstance(transport, tcp.Connection)
@@ -155,12 +166,8 @@ def test_start_tls_makes_the_layer_startTLS_installs_half_closeable(tmp_path):
     make_self_signed("x.test", str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
     _StartsTLS.paths = (str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
     _StartsTLS.started, _StartsTLS.lost = defer.Deferred(), defer.Deferred()
-    port = yield endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
-        protocol.Factory.forProtocol(_StartsTLS)
-    )
+    port, client_side = yield _listen_and_connect(_StartsTLS)
     try:
-        ep = endpoints.clientFromString(reactor, f"tcp:host=127.0.0.1:port={port.getHost().port}")
-        client_side = yield endpoints.connectProtocol(ep, _Client())
         transport = yield _StartsTLS.started
         layer = transport.protocol
         assert isinstance(layer, tls.TLSMemoryBIOProtocol)
