@@ -162,6 +162,11 @@ def test_8bit_header_fields_become_encoded_words():
     assert msg.get_content() == "body\r\n"
 
 
+def test_a_message_whose_only_8bit_is_a_header_field_keeps_its_body_as_it_is():
+    out = to_7bit(b"Subject: caf\xc3\xa9\r\n\r\nASCII body\r\n")
+    assert out == b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nASCII body\r\n"
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.binary(max_size=120).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")), max_size=8))
 def test_any_8bit_text_round_trips(body_lines):

@@ -77,7 +77,7 @@ def to_7bit(message: bytes) -> bytes:
     check_size(len(message))
     msg = email.message_from_bytes(message, _class=EmailMessage, policy=_POLICY)
     _utf8_headers(msg)
-    if "Content-Type" not in msg:
+    if "Content-Type" not in msg and _eight_bit(msg):
         _make_plain_text(msg)
     _convert(msg, inside=None)
     try:
