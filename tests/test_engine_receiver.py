@@ -562,6 +562,58 @@ def test_quit():
     assert p.send(b"NOOP\r\n") == []
 
 
+# -- the client's input ends (a half-close) ------------------------------------------------
+
+
+def test_end_of_input_after_dot_and_quit_still_answers_both():
+    """Exim's end of session: ``.`` and QUIT, then its side is shut down before it
+    reads anything.  The DATA decision is still pending when the input ends."""
+    p = in_tx()
+    p.answer = None  # the disk has not said yet
+    p.rx.receive_data(b"DATA\r\nSubject: s\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    p.rx.receive_eof()
+    assert p.pump() is ev.PAUSED
+    assert [r.code for r in p.out()] == [354]
+    assert len(p.of(ev.DataEnd)) == 1
+    p.rx.answer(reply(250, "2.0.0", "Queued"))
+    assert p.pump() is ev.CLOSED
+    assert [r.code for r in p.out()] == [250, 221]
+    assert p.take_events()[-1] == ev.Quit(), "a QUIT, not a Close: the session ended properly"
+
+
+def test_end_of_input_without_quit_answers_what_was_sent_then_closes():
+    p = ready()
+    p.rx.receive_data(b"NOOP\r\nMAIL FROM:<a@x.example>\r\n")
+    p.rx.receive_eof()
+    assert p.pump() is ev.CLOSED
+    assert [r.code for r in p.out()] == [250, 250]
+    assert p.take_events()[-1] == ev.Close("the client closed its side of the connection")
+    assert p.rx.transaction is None
+
+
+@pytest.mark.parametrize(
+    "sent", [b"NOOP", b"DATA\r\nSubject: cut\r\n\r\nno final dot\r\n", b"AUTH PLAIN"], ids=repr
+)
+def test_end_of_input_leaves_an_unfinished_command_or_message_unanswered(sent):
+    """A line without its CRLF is not a command; a message without its dot is no message."""
+    p = in_tx()
+    p.rx.receive_data(sent)
+    p.rx.receive_eof()
+    assert p.pump() is ev.CLOSED
+    assert [r.code for r in p.out()] in ([], [354])
+    assert not p.of(ev.DataEnd)
+    assert p.events[-1] == ev.Close("the client closed its side of the connection")
+
+
+def test_input_after_quit_is_ignored_when_the_input_ends_too():
+    p = ready()
+    p.rx.receive_data(b"QUIT\r\nNOOP\r\nMAIL FROM:<a@x.example>\r\n")
+    p.rx.receive_eof()
+    assert p.pump() is ev.CLOSED
+    assert [r.code for r in p.out()] == [221]
+    assert p.take_events() == [ev.Quit()]
+
+
 def test_quit_with_argument():
     p = Driver()
     [r] = p.send(b"QUIT now\r\n")

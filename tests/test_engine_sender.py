@@ -12,6 +12,7 @@ from smtppeer.engine.receiver import Receiver
 from smtppeer.engine.replies import Reply, reply
 from smtppeer.engine.sender import (
     BODY_CHUNK,
+    ConversionNeeded,
     Envelope,
     MessageResult,
     Ready,
@@ -181,12 +182,74 @@ def test_lockstep_all_recipients_refused_sends_no_data():
     c.feed(b"250 2.1.0 OK\r\n")
     assert c.feed(b"550 5.1.1 no\r\n") == b"RCPT TO:<c@y.example>\r\n"
     out = c.feed(b"450 4.2.1 mailbox busy\r\n")
-    assert out == b"RSET\r\nMAIL FROM:<a@x.example>\r\n"
+    assert out == b"RSET\r\n"
     [result] = c.events()
     assert codes(result) == {"b@y.example": 550, "c@y.example": 450}
     # RSET's reply is consumed, then the next message goes on
-    assert c.feed(OK) == b""
+    assert c.feed(OK) == b"MAIL FROM:<a@x.example>\r\n"
     assert c.feed(b"250 2.1.0 OK\r\n") == b"RCPT TO:<d@y.example>\r\n"
+
+
+# Without PIPELINING, one command, one reply (RFC 2920 §3): a strict server such as
+# OpenSMTPD answers a command with more input behind it "500 5.5.1 Pipelining not
+# supported" and hangs up (issue 14, item 4).
+
+
+def test_lockstep_rset_after_refused_recipients_waits_for_its_reply_before_quit():
+    c = connected()
+    c.tx.send(env("b@y.example"))
+    c.tx.finish()
+    assert c.tx.data_to_send() == b"MAIL FROM:<a@x.example>\r\n"
+    assert c.feed(b"250 2.1.0 OK\r\n") == b"RCPT TO:<b@y.example>\r\n"
+    assert c.feed(b"550 5.1.1 no\r\n") == b"RSET\r\n"
+    [result] = c.events()  # the result is known at once; only the next command waits
+    assert codes(result) == {"b@y.example": 550}
+    assert c.feed(OK) == b"QUIT\r\n"
+    assert c.feed(b"221 2.0.0 bye\r\n") == b""
+    assert c.events()[-1].clean
+
+
+def test_lockstep_rset_after_refused_data_waits_before_the_next_mail():
+    c = connected()
+    c.tx.send(env("b@y.example"))
+    c.tx.send(env("c@y.example"))
+    c.tx.finish()
+    c.tx.data_to_send()
+    c.feed(b"250 2.1.0 OK\r\n")
+    assert c.feed(b"250 2.1.5 OK\r\n") == b"DATA\r\n"
+    assert c.feed(b"554 5.7.1 no data today\r\n") == b"RSET\r\n"
+    assert c.feed(OK) == b"MAIL FROM:<a@x.example>\r\n"
+
+
+def test_lockstep_never_has_two_commands_outstanding():
+    """Whatever the replies, a server without PIPELINING never has more than one
+    command unanswered (the body and its dot are not commands)."""
+    replies = {
+        b"MAIL": [b"250 2.1.0 OK\r\n", b"550 5.7.1 no sender\r\n"],
+        b"RCPT": [b"550 5.1.1 no\r\n", b"250 2.1.5 OK\r\n", b"450 4.2.1 busy\r\n"],
+        b"DATA": [GO, b"554 5.7.1 no\r\n", b"451 4.3.0 later\r\n"],
+        b"RSET": [OK],
+        b"QUIT": [b"221 2.0.0 bye\r\n"],
+    }
+    for seed in range(40):
+        c = connected()
+        for n in range(3):
+            c.tx.send(env(f"b{n}@y.example", f"c{n}@y.example"))
+        c.tx.finish()
+        pending = c.tx.data_to_send()
+        for step in range(100):
+            if c.tx.closed:
+                break
+            commands = [line for line in pending.split(b"\r\n") if line[:4] in replies]
+            assert len(commands) <= 1, (seed, step, pending)
+            if pending.endswith(b"\r\n.\r\n") or pending == b".\r\n":
+                answer = OK  # the reply to the final dot
+            else:
+                options = replies[commands[0][:4]]
+                answer = options[(seed + step) % len(options)]
+            pending = c.feed(answer)
+        assert c.tx.closed, seed
+        assert len([e for e in c.events() if isinstance(e, MessageResult)]) == 3
 
 
 def test_lockstep_mail_refused():
@@ -347,6 +410,88 @@ def test_no_size_parameter_when_not_advertised():
     c = connected(EHLO_PLAIN)
     c.tx.send(env("b@y.example", size=5000, params={"BODY": "8BITMIME"}))
     assert c.tx.data_to_send() == b"MAIL FROM:<a@x.example>\r\n"  # and BODY dropped without 8BITMIME
+
+
+# 8-bit mail and a server without 8BITMIME (RFC 6152 §3; issue 14, item 3): never sent as it
+# is; the adapter converts it (ConversionNeeded, converted) or it is refused.
+
+EHLO_NO_8BITMIME = b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"
+EIGHT_BIT = "Subject: é\r\n\r\nGrüße\r\n".encode()
+SEVEN_BIT = b"Subject: =?utf-8?q?=C3=A9?=\r\nMIME-Version: 1.0\r\n\r\nGr=C3=BC=C3=9Fe\r\n"
+
+
+def test_8bit_to_a_server_without_8bitmime_waits_for_a_conversion():
+    c = connected(EHLO_NO_8BITMIME)
+    e = env("b@y.example", body=EIGHT_BIT, params={"BODY": "8BITMIME"}, tag="t")
+    c.tx.send(e)
+    c.tx.finish()
+    assert c.tx.data_to_send() == b"", "nothing is sent before the conversion"
+    assert c.events() == [ConversionNeeded(e)]
+    c.tx.converted(e, env("b@y.example", body=SEVEN_BIT, tag="t"))
+    assert c.tx.data_to_send() == (
+        b"MAIL FROM:<a@x.example> SIZE=%d\r\nRCPT TO:<b@y.example>\r\nDATA\r\n" % len(SEVEN_BIT)
+    )
+    assert c.feed(b"250 OK\r\n250 OK\r\n354 go\r\n") == SEVEN_BIT + b".\r\nQUIT\r\n"
+    c.feed(OK)
+    [result] = c.events()
+    assert result.envelope is e, "the result is the original message's"
+    assert codes(result) == {"b@y.example": 250}
+
+
+def test_8bit_by_the_adapters_word_for_a_body_that_is_not_bytes():
+    c = connected(EHLO_NO_8BITMIME)
+    e = Envelope("a@x.example", ["b@y.example"], io.BytesIO(EIGHT_BIT), eight_bit=True)
+    c.tx.send(e)
+    assert c.events() == [ConversionNeeded(e)]
+    c = connected(EHLO_NO_8BITMIME)
+    c.tx.send(Envelope("a@x.example", ["b@y.example"], io.BytesIO(b"x\r\n"), params={"BODY": "8BITMIME"}))
+    assert c.events() == [], "BODY=8BITMIME alone: the adapter said the body is 7-bit"
+    assert c.tx.data_to_send().startswith(b"MAIL FROM:<a@x.example>")
+
+
+def test_a_refused_conversion_is_the_messages_result_and_the_next_goes_on():
+    c = connected(EHLO_NO_8BITMIME)
+    e = env("b@y.example", body=EIGHT_BIT)
+    c.tx.send(e)
+    c.tx.send(env("c@y.example"))
+    [needed] = c.events()
+    refusal = reply(554, "5.6.3", "Conversion required but not supported: signed")
+    c.tx.converted(needed.envelope, refusal)
+    [result] = c.events()
+    assert result.envelope is e and result.results == {"b@y.example": refusal}
+    assert c.tx.data_to_send().startswith(b"MAIL FROM:<a@x.example> SIZE=18\r\nRCPT TO:<c@y.example>\r\n")
+
+
+def test_a_conversion_that_is_still_8bit_or_too_big_is_refused():
+    for replacement, code in [(EIGHT_BIT, 554), (b"x" * 1001, 552)]:
+        c = connected(EHLO_NO_8BITMIME)
+        e = env("b@y.example", body=EIGHT_BIT)
+        c.tx.send(e)
+        c.events()
+        c.tx.converted(e, env("b@y.example", body=replacement))
+        [result] = c.events()
+        assert codes(result) == {"b@y.example": code}
+        assert c.tx.data_to_send() == b""
+
+
+def test_8bit_to_a_server_with_8bitmime_goes_as_it_is():
+    c = connected(EHLO_PIPELINING)
+    c.tx.send(env("b@y.example", body=EIGHT_BIT, params={"BODY": "8BITMIME"}))
+    assert c.events() == []
+    assert c.tx.data_to_send().startswith(b"MAIL FROM:<a@x.example> BODY=8BITMIME SIZE=")
+
+
+def test_the_connection_lost_during_a_conversion_defers_the_message():
+    c = connected(EHLO_NO_8BITMIME)
+    e = env("b@y.example", body=EIGHT_BIT)
+    c.tx.send(e)
+    c.events()
+    c.tx.connection_lost("gone")
+    result, ended = c.events()
+    assert result.envelope is e and codes(result) == {"b@y.example": 451}
+    assert not ended.clean
+    c.tx.converted(e, env("b@y.example", body=SEVEN_BIT))  # too late: ignored
+    assert c.events() == [] and c.tx.data_to_send() == b""
 
 
 def test_too_large_for_server_refused_locally():

@@ -473,7 +473,9 @@ def test_auth_scram_bad_server_final_cancels(server_final):
     assert isinstance(
         server.respond(base64.b64decode(client_final.strip())), Challenge
     )  # the real server-final
-    assert c.feed(b"334 " + b64(server_final) + b"\r\n") == b"*\r\n" + QUIT
+    # RFC 4954 §4: "*" cancels, the server says 501, then QUIT (one command, one reply)
+    assert c.feed(b"334 " + b64(server_final) + b"\r\n") == b"*\r\n"
+    assert c.feed(b"501 5.7.0 AUTH cancelled\r\n") == QUIT
     deferred_for_security(c.events(), [e])
     assert not c.tx.authenticated
 
@@ -516,7 +518,9 @@ def test_auth_bad_challenges_cancel(mechanism, challenges):
     for challenge in challenges[:-1]:
         answer = c.feed(challenge)
         assert answer.endswith(b"\r\n") and answer.count(b"\r\n") == 1 and answer != b"*\r\n"
-    assert c.feed(challenges[-1]) == b"*\r\n" + QUIT
+    assert c.feed(challenges[-1]) == b"*\r\n"
+    assert c.events() == []
+    assert c.feed(b"501 5.7.0 AUTH cancelled\r\n") == QUIT
     assert c.events() == [SessionEnded(None, clean=False)]
 
 

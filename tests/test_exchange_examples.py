@@ -152,7 +152,7 @@ def test_atrn_poll_to_the_odmr_port_and_outgoing_mail_to_the_smtp_port(tmp_path)
             s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: c\r\n\r\nx\r\n")
         done = smtppeer_command(tmp_path, "poll", "--config", str(dialup.config), "provider")
         assert done.returncode == 0, (done.stdout, done.stderr)
-        assert done.stdout.startswith("poll provider: sent 2, received 1, turned, ")
+        assert done.stdout.startswith("poll provider: sent 2 messages to 2 recipients, received 1, turned, ")
         assert maildir_count(dave) == 2
         boss = tmp_path / "provider-data" / "mail" / "provider.example.org" / "boss"
         ann = tmp_path / "provider-data" / "mail" / "provider.example.org" / "ann"
@@ -219,7 +219,7 @@ def test_smtppeer_poll_runs_one_cycle_now_and_prints_the_summary(pair, tmp_path)
         s.sendmail("boss@provider.example.org", ["dave@dialup.example.org"], b"Subject: now\r\n\r\nx\r\n")
     done = smtppeer_command(tmp_path, "poll", "--config", str(dialup.config), "provider")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("poll provider: sent 0, received 1, turned, ")
+    assert done.stdout.startswith("poll provider: sent 0 messages to 0 recipients, received 1, turned, ")
     dave = tmp_path / "dialup-data" / "mail" / "dialup.example.org" / "dave"
     assert maildir_count(dave) == 1
 
@@ -235,7 +235,10 @@ def test_outgoing_mail_waits_for_the_next_poll_and_flush_sends_it_now(pair, tmp_
     )
     provider.start()
     dialup.start()  # its first poll is at once, the next in an hour
-    wait_until(lambda: "poll provider: sent 0, received 0, turned" in dialup.log(), what="the first poll")
+    wait_until(
+        lambda: "poll provider: sent 0 messages to 0 recipients, received 0, turned" in dialup.log(),
+        what="the first poll",
+    )
     with smtplib.SMTP("127.0.0.1", ports["2527"]) as s:
         s.sendmail("carol@dialup.example.org", ["boss@provider.example.org"], b"Subject: 1\r\n\r\nx\r\n")
     listed = smtppeer_command(tmp_path, "queue", "list", "-c", str(dialup.config))
@@ -243,7 +246,9 @@ def test_outgoing_mail_waits_for_the_next_poll_and_flush_sends_it_now(pair, tmp_
     boss = tmp_path / "provider-data" / "mail" / "provider.example.org" / "boss"
     assert maildir_count(boss) == 0 and "session with tcp:" not in dialup.log()  # no connection of its own
     polled = smtppeer_command(tmp_path, "poll", "-c", str(dialup.config), "provider")
-    assert polled.stdout.startswith("poll provider: sent 1, received 0, turned, "), polled
+    assert polled.stdout.startswith("poll provider: sent 1 message to 1 recipient, received 0, turned, "), (
+        polled
+    )
     assert maildir_count(boss) == 1
     with smtplib.SMTP("127.0.0.1", ports["2527"]) as s:
         s.sendmail("carol@dialup.example.org", ["boss@provider.example.org"], b"Subject: 2\r\n\r\nx\r\n")

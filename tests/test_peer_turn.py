@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest_twisted
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, task, threads
 
 from smtppeer.peer.hooks import SenderJob
 
@@ -156,22 +156,33 @@ class SlowTurn(MemoryHooks):
 def test_a_job_whose_connection_went_before_the_turn_is_given_back():
     """The client hangs up while TURN is being decided: the job the decision
     brings is never sent, so each of its messages is reported deferred (the
-    hold queue gets them back) and its ``on_end`` runs, exactly once."""
+    hold queue gets them back) and its ``on_end`` runs, exactly once.
+
+    A FIN alone is only the end of the client's side (it may still read, issue
+    14), so the session waits for the decision it owes an answer, and gives
+    the job back then: a client that has stopped sending cannot turn."""
     hooks = SlowTurn()
     listener = Listener("b.test", hooks)
     port = yield listener.start()
+    ended = []
+    job = SenderJob([message(1, "b@b.test", "a@a.test")], on_end=lambda: ended.append(True))
     try:
         client = yield connect_line_client(port)
         client.send(b"EHLO a.test\r\nTURN\r\n")
         yield client.wait_lines(2)  # the greeting and the EHLO reply; TURN is pending
         client.transport.loseConnection()
-        yield listener.peers[0].done
+        yield client.closed
+        server_side = listener.peers[0]
+        for _ in range(500):  # bounded: until the server has read the FIN
+            if server_side.input_ended:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        assert server_side.input_ended and hooks.turn_asked == 1
+        hooks.decision.callback(job)
+        summary = yield listener.peers[0].done
     finally:
         yield listener.stop()
-    assert hooks.turn_asked == 1
-    ended = []
-    job = SenderJob([message(1, "b@b.test", "a@a.test")], on_end=lambda: ended.append(True))
-    hooks.decision.callback(job)
+    assert not summary.turned
     assert [{rcpt: r.code for rcpt, r in result.results.items()} for result in job.results] == [
         {"a@a.test": 451}
     ]

@@ -50,10 +50,20 @@ class Host:
         return self.port.getHost().port
 
     @defer.inlineCallbacks
-    def queue(self, queue_id: str, address: str, state: str, route: dict[str, str], sender: str, due=False):
+    def queue(
+        self,
+        queue_id: str,
+        address: str | list[str],
+        state: str,
+        route: dict[str, str],
+        sender: str,
+        due: bool = False,
+    ):
         # not due for the runner's own rounds (unless ``due``): only the poll sends it
-        rcpt = Recipient(address, state, route, next_attempt=0.0 if due else reactor.seconds() + 3600)
-        env = Envelope(queue_id, sender, [rcpt], arrival=reactor.seconds())
+        addresses = [address] if isinstance(address, str) else address
+        later = 0.0 if due else reactor.seconds() + 3600
+        rcpts = [Recipient(a, state, route, next_attempt=later) for a in addresses]
+        env = Envelope(queue_id, sender, rcpts, arrival=reactor.seconds())
         sink = self.spool.new_message(env, b"Received: by " + self.hostname.encode() + b"\r\n")
         sink.write(f"Subject: {queue_id}\r\n\r\nbody of {queue_id}\r\n".encode())
         yield sink.finish()
@@ -98,7 +108,8 @@ def hosts(tmp_path):
 
 
 @defer.inlineCallbacks
-def prepare(provider: Host, dialup: Host, turn_by_address=True, turn_peers=None, held=2):
+def prepare(provider: Host, dialup: Host, turn_by_address=True, turn_peers=None, held=2, also_to=()):
+    """``also_to``: a fourth message from the dial-up host, to these recipients."""
     peers = {"dialup": ["127.0.0.1"]} if turn_peers is None else turn_peers
     port = yield provider.listen(turn_by_address, peers)
     endpoint = f"tcp:host=127.0.0.1:port={port}"
@@ -106,6 +117,8 @@ def prepare(provider: Host, dialup: Host, turn_by_address=True, turn_peers=None,
         yield provider.queue(f"H{n}", f"user{n}@dialup.test", HELD, {"hold": "dialup"}, "x@provider.test")
     for n in range(3):  # mail the dial-up host has for the provider
         yield dialup.queue(f"D{n}", "boss@provider.test", PENDING, {"relay": endpoint}, "me@dialup.test")
+    if also_to:
+        yield dialup.queue("D9", list(also_to), PENDING, {"relay": endpoint}, "me@dialup.test")
     provider.runner.startService()
     dialup.runner.startService()
     return endpoint
@@ -118,12 +131,24 @@ def test_one_poll_sends_turns_and_receives_on_the_same_connection(hosts):
     outcome = yield defer.ensureDeferred(dialup.runner.poll("provider", endpoint, dialup.policy))
     yield provider.settle()
     assert (outcome.sent, outcome.received, outcome.turned, outcome.ok) == (3, 2, True, True)
-    assert outcome.line().startswith("poll provider: sent 3, received 2, turned, ")
+    assert outcome.line().startswith("poll provider: sent 3 messages to 3 recipients, received 2, turned, ")
     assert len(provider.mailbox("provider.test", "boss")) == 3
     assert [len(dialup.mailbox("dialup.test", f"user{n}")) for n in range(2)] == [1, 1]
     # both queues are empty: what was acknowledged left the spool
     assert provider.spool.ids() == [] and dialup.spool.ids() == []
     assert provider.factory.active == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_poll_line_counts_messages_and_recipients(hosts):
+    """Issue 14, item 5: "sent N" counted recipients; it says both now."""
+    provider, dialup = hosts
+    endpoint = yield prepare(provider, dialup, held=1, also_to=["boss@provider.test", "staff@provider.test"])
+    outcome = yield defer.ensureDeferred(dialup.runner.poll("provider", endpoint, dialup.policy))
+    yield provider.settle()
+    assert (outcome.sent, outcome.sent_recipients, outcome.received) == (4, 5, 1)
+    assert outcome.line().startswith("poll provider: sent 4 messages to 5 recipients, received 1, turned, ")
+    assert len(provider.mailbox("provider.test", "staff")) == 1
 
 
 @pytest_twisted.inlineCallbacks

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import smtplib
 import socket
+
+from .conftest import wait_until
 
 
 def test_sigterm_answers_421_to_a_session_mid_transaction_and_keeps_the_queue(twistd_peer):
@@ -12,6 +15,12 @@ def test_sigterm_answers_421_to_a_session_mid_transaction_and_keeps_the_queue(tw
     with smtplib.SMTP("127.0.0.1", peer.port) as s:  # one message queued for a next hop that is down
         s.sendmail("x@src.test", ["u@far.test"], b"Subject: queued\r\n\r\nx\r\n")
     queue = peer.data_dir / "spool" / "queue"
+
+    def first_attempt_recorded() -> bool:  # then nothing changes in the queue for an hour
+        envelopes = list(queue.glob("*.json"))
+        return bool(envelopes) and json.loads(envelopes[0].read_text())["recipients"][0]["attempts"] == 1
+
+    wait_until(first_attempt_recorded, what="the first attempt's result in the envelope")
     queued = sorted(p.name for p in queue.iterdir())
     assert len(queued) == 2
     with socket.create_connection(("127.0.0.1", peer.port), timeout=10) as c:

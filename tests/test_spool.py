@@ -33,10 +33,34 @@ def test_a_committed_message_has_body_and_envelope(spool):
     loaded = spool.load("Q1")
     expected = envelope("Q1")
     expected.size = 34
+    expected.eight_bit = False
     assert loaded == expected
     assert os.listdir(spool.incoming) == []
     raw = json.loads(open(spool.envelope_path("Q1")).read())  # readable by an administrator
     assert raw["recipients"][0]["state"] == PENDING
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_envelope_says_whether_the_message_is_8bit(spool):
+    """Recorded as the body arrives, so that the relay knows which messages a next hop
+    without 8BITMIME needs converted without reading them (issue 14, item 3)."""
+    for queue_id, header, chunks, eight_bit in [
+        ("E1", b"Received: x\r\n", [b"Subject: a\r\n\r\n", b"ascii\r\n"], False),
+        ("E2", b"Received: x\r\n", [b"Subject: a\r\n\r\n", b"caf\xc3\xa9\r\n"], True),
+        ("E3", "Received: from h\u00e9\r\n".encode(), [b"\r\nx\r\n"], True),
+    ]:
+        msg = spool.new_message(envelope(queue_id), header)
+        for chunk in chunks:
+            msg.write(chunk)
+        yield msg.finish()
+        assert spool.load(queue_id).eight_bit is eight_bit, queue_id
+    # An envelope written before this was recorded says nothing: None, not False.
+    path = spool.envelope_path("E1")
+    raw = json.loads(open(path).read())
+    del raw["eight_bit"]
+    with open(path, "w") as f:
+        json.dump(raw, f)
+    assert spool.load("E1").eight_bit is None
 
 
 def test_aborted_message_leaves_nothing(spool):

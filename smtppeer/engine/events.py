@@ -148,7 +148,9 @@ class Quit(Event):
 
 @dataclass(frozen=True)
 class Close(Event):
-    """The engine gave up on the session (421 queued); close after writing."""
+    """The session ends without QUIT: the engine gave up on it (421 queued), or the
+    client's input ended (``Receiver.receive_eof``).  Close after writing; a
+    message still being received is thrown away."""
 
     reason: str
 

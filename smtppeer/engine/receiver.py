@@ -72,6 +72,7 @@ class Receiver:
         # An extension in mid-exchange (AUTH) takes the next line instead of the command parser.
         self.continuation: Callable[[str], None] | None = None
         self._tls_pending = False
+        self._input_ended = False  # the client will send nothing more (receive_eof)
         # RFC 4954 §4: AUTH lines (the command and the client's answers) may be up to
         # 12288 octets; every other command is still held to the command-line limit.
         self._auth_offered = any(x.keyword == "AUTH" for x in self.extensions)
@@ -114,6 +115,19 @@ class Receiver:
         else:
             self._lines.feed(data)
 
+    def receive_eof(self) -> None:
+        """The client has shut down its sending side (a TCP FIN, a TLS close_notify).
+
+        It can still read: a half-closed connection carries replies (RFC 5321
+        §3.8, §6.1), and Exim half-closes right after ``.`` and ``QUIT``,
+        before it has read the ``250`` for the dot.  So everything it sent is
+        still parsed and answered, decisions pending included; once its input
+        runs out the session ends (``Close``, then ``CLOSED``).  A last line
+        without its CRLF is not a command, and a message without its final
+        dot is not a message: neither gets a reply.
+        """
+        self._input_ended = True
+
     def next_event(self) -> ev.Event | object:
         """The next event, or NEED_DATA / PAUSED (awaiting an answer) / CLOSED."""
         while True:
@@ -126,12 +140,21 @@ class Receiver:
                 return ev.PAUSED
             if self.closed:
                 return ev.CLOSED
-            if self._decoder is not None:
-                return ev.NEED_DATA
-            line = self._lines.next_line()
+            line = None if self._decoder is not None else self._lines.next_line()
             if line is None:
-                return ev.NEED_DATA
+                if not self._input_ended:
+                    return ev.NEED_DATA
+                self._end_of_input()
+                continue
             self._handle_line(line)
+
+    def _end_of_input(self) -> None:
+        """Everything the client sent has been read and it will send no more."""
+        self.closed = True
+        self.continuation = None
+        self._decoder = None
+        self.transaction = None
+        self._events.append(ev.Close("the client closed its side of the connection"))
 
     def answer(self, response: Reply) -> None:
         """Answer the pending decision; its reply is queued at once."""

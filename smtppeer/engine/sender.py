@@ -13,12 +13,22 @@ everything with a 4.7.0 reply, so the mail stays queued.
 
 Every command sent pushes the handler for its reply onto a FIFO, so with
 PIPELINING (RFC 2920) the MAIL, RCPTs and DATA of a message go out in one
-write and the replies are matched up in order.
+write and the replies are matched up in order.  Without it, one command,
+one reply (RFC 2920 §3): a command given while another is unanswered waits
+for that reply (an RSET after a refused transaction, and the MAIL or QUIT
+behind it), because a strict server answers input sent too soon with an
+error and hangs up.
 
 The engine reads no files: a body given as bytes is sent as it is; any
 other body is the adapter's to read, and the engine asks for it
 (``body_wanted``) when the server has said 354 and the bytes before it are
 out, and takes it piece by piece (``send_body``, ``end_body``).
+
+An 8-bit message and a server that does not offer 8BITMIME (RFC 6152 §3:
+convert it to 7 bits or return it, never send it as it is): the engine says
+``ConversionNeeded`` before the message's MAIL and waits for ``converted``,
+with a 7-bit replacement or a refusal.  Converting means reading and
+rewriting the whole message, which is not the engine's to do.
 """
 
 from __future__ import annotations
@@ -46,6 +56,8 @@ class Envelope:
     brackets (``""`` is the null reverse-path; a source route such as
     ``@A,@B:u@c`` is sent as given).  ``body`` has CRLF line ends, unstuffed:
     bytes, or a source the adapter reads and hands over (``body_wanted``).
+    ``eight_bit`` says that a body which is not bytes has octets above 127
+    (the engine cannot look; a bytes body it checks itself).
     """
 
     reverse_path: str
@@ -54,6 +66,14 @@ class Envelope:
     params: dict[str, str | None] = field(default_factory=dict)
     size: int | None = None
     tag: object = None
+    eight_bit: bool = False
+
+    @property
+    def is_8bit(self) -> bool:
+        """Octets above 127 in the body (RFC 6152's 8-bit data)."""
+        if isinstance(self.body, bytes):
+            return not self.body.isascii()
+        return self.eight_bit
 
 
 class TlsPolicy(StrEnum):
@@ -111,6 +131,18 @@ class Ready(SenderEvent):
     """The greeting and EHLO/HELO are done; ``extensions`` maps keyword → argument."""
 
     extensions: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ConversionNeeded(SenderEvent):
+    """``envelope`` is 8-bit and the server does not offer 8BITMIME (RFC 6152 §3).
+
+    Call ``converted`` with a 7-bit replacement (same recipients and tag; its
+    body and size are what is sent), or with a Reply that refuses the message
+    (``554 5.6.3`` when it cannot be converted).  Nothing is sent meanwhile.
+    """
+
+    envelope: Envelope
 
 
 @dataclass(frozen=True)
@@ -197,10 +229,13 @@ class Sender:
         self._parser = ReplyParser()
         self._expect: deque[Callable[[Reply], None]] = deque([self._on_greeting])
         self._out: deque[bytes | _Body] = deque()
+        # Commands waiting for the reply to the one before (no PIPELINING), with their handlers.
+        self._held: deque[tuple[bytes, Callable[[Reply], None]]] = deque()
         self._events: deque[SenderEvent] = deque()
         self._queue: deque[Envelope] = deque()
         self._requests: deque[str] = deque()
         self._current: _Attempt | None = None  # the message under way
+        self._converting: Envelope | None = None  # waiting for ``converted`` (ConversionNeeded)
         self._request: str | None = None  # the request under way (``ETRN node``)
         self._finish: str | None = None
 
@@ -282,6 +317,10 @@ class Sender:
                 self._fail(f"unexpected reply {response}")
                 return
             self._expect.popleft()(response)
+            if self._held and not self._expect:
+                line, handler = self._held.popleft()
+                self._out.append(line)
+                self._expect.append(handler)
 
     def next_event(self) -> SenderEvent | None:
         return self._events.popleft() if self._events else None
@@ -335,6 +374,25 @@ class Sender:
         if not out or not isinstance(out[0], _Body) or out[0].ended:
             raise RuntimeError("no body is wanted now")
         return out[0]
+
+    def converted(self, envelope: Envelope, replacement: Envelope | Reply) -> None:
+        """The answer to ``ConversionNeeded(envelope)``: a 7-bit replacement to send
+        in its place (results are reported for ``envelope``), or a refusal for every
+        recipient.  Ignored once the session has reported ``envelope`` otherwise."""
+        if self._converting is not envelope:
+            return
+        self._converting = None
+        problem = replacement if isinstance(replacement, Reply) else self._unsendable(replacement)
+        if problem is None and replacement.is_8bit:
+            problem = reply(
+                554, "5.6.3", "Conversion required but not supported: the conversion left 8-bit data"
+            )
+        if problem is not None:
+            self._events.append(MessageResult(envelope, dict.fromkeys(envelope.recipients, problem)))
+        else:
+            self._start(envelope, replacement)
+            return
+        self._advance()
 
     def take_unread(self) -> bytes:
         """Bytes after the TURN reply: they belong to the new receiver."""
@@ -438,8 +496,9 @@ class Sender:
                     raise SaslError("challenge is not base64")
                 answer = exchange.respond(challenge)
             except SaslError as e:
-                self._command("*", _ignore)  # cancel (RFC 4954 §4)
-                self._give_up(f"AUTH {mechanism} failed: {e}")
+                # Cancel (RFC 4954 §4); QUIT once the server has answered the cancel with 501.
+                reason = f"AUTH {mechanism} failed: {e}"
+                self._command("*", lambda _: self._give_up(reason))
                 return
             self._command(encode(answer), lambda r: self._on_auth(mechanism, exchange, r))
         elif response.code == 235:
@@ -465,9 +524,15 @@ class Sender:
         """Start the next message, request or the final command when the session is idle."""
         if self.phase is not Phase.READY or self._current is not None or self._request is not None:
             return
+        if self._converting is not None:
+            return
         while self._queue:
             envelope = self._queue.popleft()
             problem = self._unsendable(envelope)
+            if problem is None and envelope.is_8bit and "8BITMIME" not in self.extensions:
+                self._converting = envelope
+                self._events.append(ConversionNeeded(envelope))
+                return
             if problem is None:
                 self._start(envelope)
                 return
@@ -503,11 +568,13 @@ class Sender:
             return reply(554, "5.5.1", "No recipients")
         return None
 
-    def _start(self, envelope: Envelope) -> None:
-        attempt = _Attempt(envelope)
+    def _start(self, envelope: Envelope, sending: Envelope | None = None) -> None:
+        """MAIL for ``envelope``; ``sending``: what goes out in its place (a converted copy)."""
+        sending = sending or envelope
+        attempt = _Attempt(envelope, sending)
         self._current = attempt
-        params = dict(envelope.params)
-        size = _size(envelope)
+        params = dict(sending.params)
+        size = _size(sending)
         if "SIZE" in self.extensions and size is not None:
             params["SIZE"] = str(size)
         if "8BITMIME" not in self.extensions:
@@ -589,7 +656,7 @@ class Sender:
             self._expect.append(_ignore)
             self._done()
             return
-        self._out.append(_Body(attempt.envelope))
+        self._out.append(_Body(attempt.sending))
         attempt.body_sent = True
         self._expect.append(self._on_data_end)
         if "PIPELINING" in self.extensions and not self._queue and not self._requests:
@@ -630,6 +697,9 @@ class Sender:
     def _fail(self, reason: str, response: Reply | None = None, status: str = "4.4.2") -> None:
         """The session is over: every message not finished is deferred."""
         lost = response if response is not None and response.code == 421 else reply(451, status, reason)
+        if self._converting is not None:
+            envelope, self._converting = self._converting, None
+            self._events.append(MessageResult(envelope, dict.fromkeys(envelope.recipients, lost)))
         if self._current is not None:
             attempt, self._current = self._current, None
             results = {r: attempt.results.get(r, lost) for r in attempt.envelope.recipients}
@@ -638,6 +708,7 @@ class Sender:
             envelope = self._queue.popleft()
             self._events.append(MessageResult(envelope, dict.fromkeys(envelope.recipients, lost)))
         self._cut_unfinished_body()
+        self._held.clear()
         self.phase = Phase.CLOSED
         self._events.append(SessionEnded(response, clean=False))
 
@@ -652,13 +723,18 @@ class Sender:
                 return
 
     def _command(self, line: str, handler: Callable[[Reply], None]) -> None:
-        self._out.append(line.encode("utf-8") + b"\r\n")
+        data = line.encode("utf-8") + b"\r\n"
+        if self._expect and "PIPELINING" not in self.extensions:
+            self._held.append((data, handler))  # one command, one reply (RFC 2920 §3)
+            return
+        self._out.append(data)
         self._expect.append(handler)
 
 
 @dataclass
 class _Attempt:
-    envelope: Envelope
+    envelope: Envelope  # what results are reported for
+    sending: Envelope  # what is sent: the envelope, or its 7-bit conversion
     accepted: list[str] = field(default_factory=list)
     results: dict[str, Reply] = field(default_factory=dict)
     mail_failed: Reply | None = None

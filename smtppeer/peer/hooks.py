@@ -138,12 +138,17 @@ class SenderJob:
     every envelope gets exactly one, even when the session never starts
     (``abandon``).  ``on_end`` is called once when the job is over, however
     it ended: whoever handed the job out may then release what it reserved.
+    ``convert`` makes a 7-bit copy of an 8-bit envelope for a server without
+    8BITMIME (RFC 6152 §3): an ``Envelope``, a refusal ``Reply``, or a
+    Deferred firing with one; without it such a message is refused with
+    ``554 5.6.3``.
     """
 
     envelopes: list[Envelope] = field(default_factory=list)
     finish: str = "QUIT"
     on_result: Callable[[MessageResult], object] | None = None
     on_end: Callable[[], object] | None = None
+    convert: Callable[[Envelope], Envelope | Reply | Deferred] | None = None
     results: list[MessageResult] = field(default_factory=list)
     turned: bool = False
     turn_reply: Reply | None = None

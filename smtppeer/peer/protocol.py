@@ -29,6 +29,7 @@ from smtppeer.engine.address import address_literal
 from smtppeer.engine.extensions import Extension
 from smtppeer.engine.sender import ClientSecurity
 from smtppeer.engine.session import SessionState
+from smtppeer.twisted_private import start_tls
 
 from .hooks import DropConnection, MessageSink, ReceiverHooks, SenderJob, Session
 from .sendnow import send_now
@@ -54,7 +55,7 @@ class SessionSummary:
     error: str | None = None
 
 
-@implementer(interfaces.IPushProducer)
+@implementer(interfaces.IPushProducer, interfaces.IHalfCloseableProtocol)
 class SMTPPeer(Protocol):
     """One SMTP connection; starts as receiver, or as sender when given a job."""
 
@@ -106,11 +107,17 @@ class SMTPPeer(Protocol):
         self._pumping = False
         self._pump_again = False
         self._lost = False
+        self._input_ended = False  # the other side shut down its sending side
         self.over_limit = False
 
     @property
     def role(self) -> str:
         return "sender" if self.sender is not None else "receiver"
+
+    @property
+    def input_ended(self) -> bool:
+        """The other side has shut down its sending side (it may still read)."""
+        return self._input_ended
 
     @property
     def secure(self) -> bool:
@@ -172,6 +179,35 @@ class SMTPPeer(Protocol):
             log.failure("internal error in {role} session with {c}", role=self.role, c=self.client_address)
             self._abandon(reply(421, "4.3.0", f"{self.hostname} Internal error, closing connection"))
 
+    def readConnectionLost(self) -> None:
+        """The other side shut down its sending side (TCP FIN; under TLS its
+        close_notify, or a FIN) and may still read.
+
+        Exim says ``.`` and ``QUIT`` in one write and then shuts down its side
+        before it reads the ``250`` for the dot.  Closing now would commit the
+        message without saying so, and the client would send it again.  So a
+        receiver answers everything it was sent, decisions still pending
+        included (a message's ``250`` comes when the disk says so), then the
+        ``221``, and only then closes.  A server that stops sending ends a
+        sender's session: what it did not answer is deferred.
+        """
+        if self._input_ended or self._lost:
+            return
+        self._input_ended = True
+        self._reading_paused = False  # reading has stopped for good: never resume it
+        try:
+            if self.receiver is not None:
+                self.receiver.receive_eof()
+                self._pump()
+            elif self.sender is not None and not self.sender.over:
+                self._abandon(reply(451, "4.4.2", "The server closed the connection"), "closed by the server")
+        except Exception:
+            log.failure("internal error in {role} session with {c}", role=self.role, c=self.client_address)
+            self._abandon(reply(421, "4.3.0", f"{self.hostname} Internal error, closing connection"))
+
+    def writeConnectionLost(self) -> None:
+        """``IHalfCloseableProtocol``: we never shut down our sending side alone."""
+
     def connectionLost(self, reason: Failure = None) -> None:
         if self.factory is not None:
             self.factory.peers.discard(self)
@@ -223,6 +259,8 @@ class SMTPPeer(Protocol):
         receiver = self.receiver
         if unread:
             receiver.receive_data(unread)
+        if self._input_ended:
+            receiver.receive_eof()  # it has said all it will: what it said is still answered
         if self.over_limit:
             busy = reply(421, "4.7.0", f"{self.hostname} Too many connections, try again later")
             self._greet(receiver, busy)
@@ -257,6 +295,10 @@ class SMTPPeer(Protocol):
         self.sender.finish(job.finish)
         if unread:
             self.sender.receive_data(unread)
+        if self._input_ended and not self.sender.over:
+            # The other side turned and stopped sending: it cannot answer what we would send.
+            self._abandon(reply(451, "4.4.2", "The other side closed the connection"), "closed after turning")
+            return
         self._arm(self.limits.reply_timeout)
         self._pump()
 
@@ -371,6 +413,7 @@ class SMTPPeer(Protocol):
 
     def _on_close(self, receiver: Receiver, event: ev.Close) -> None:
         self.summary.error = event.reason
+        self._drop_sink()
 
     def _decide(self, receiver: Receiver, ask, received: bool = False) -> None:
         """Ask a hook; answer the engine now, or when its Deferred fires."""
@@ -434,6 +477,10 @@ class SMTPPeer(Protocol):
                 if isinstance(job, SenderJob):  # it will never be sent: give it back
                     job.abandon("connection lost before turning")
                 return
+            if self._input_ended and isinstance(job, SenderJob):
+                # The client has stopped sending: it could never greet us as a server.
+                job.abandon("the client closed its side before turning")
+                job = reply(451, "4.4.2", "Not turning: the connection is closing")
             if not isinstance(job, SenderJob):
                 receiver.answer(job or reply(502, "5.5.1", f"{event.verb} not allowed"))
                 self._pump()
@@ -472,8 +519,9 @@ class SMTPPeer(Protocol):
 
     def _start_tls(self, creator: object) -> None:
         self.state = self.state.after_starttls()
-        # startTLS re-registers the producer with the TLS layer, which wants a streaming one.
-        self.transport.startTLS(creator)
+        # startTLS re-registers the producer with the TLS layer, which wants a streaming one;
+        # start_tls makes that layer report the other side's close_notify as a half-close.
+        start_tls(self.transport, creator)
 
     def _pump_sender(self) -> None:
         sender = self.sender
@@ -496,6 +544,27 @@ class SMTPPeer(Protocol):
     def _on_sender_starttls(self, sender: Sender, event: sev.StartTlsAccepted) -> None:
         self._start_tls(self.client_tls or _any_certificate())
         sender.tls_started()
+
+    def _on_conversion_needed(self, sender: Sender, event: sev.ConversionNeeded) -> None:
+        """The job converts the message (it may take a while: the whole message is
+        read); the engine waits meanwhile and drops an answer that comes too late."""
+        convert = self.job.convert if self.job is not None else None
+
+        def ask() -> sev.Envelope | Reply | defer.Deferred:
+            if convert is None:
+                return reply(554, "5.6.3", "Conversion required but not supported: the server lacks 8BITMIME")
+            return convert(event.envelope)
+
+        def answer(result: sev.Envelope | Reply) -> None:
+            if sender is self.sender and not self._lost:
+                sender.converted(event.envelope, result)
+                self._pump()
+
+        def failed(failure: Failure) -> Reply:
+            log.failure("could not convert a message to 7 bits", failure)
+            return reply(451, "4.3.0", "Could not convert the message to 7 bits; will try again")
+
+        _call_hook(ask, answer, failed)
 
     def _on_logged_in(self, sender: Sender, event: sev.LoggedIn) -> None:
         log.debug("authenticated with {mechanism}", mechanism=event.mechanism)
@@ -585,12 +654,12 @@ class SMTPPeer(Protocol):
         self.transport.loseConnection()
 
     def _pause_reading(self) -> None:
-        if not self._reading_paused:
+        if not self._reading_paused and not self._input_ended:
             self._reading_paused = True
             self.transport.pauseProducing()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused:
+        if self._reading_paused and not self._input_ended:
             self._reading_paused = False
             self.transport.resumeProducing()
 
@@ -666,6 +735,7 @@ _RECEIVER_EVENTS = {
 _SENDER_EVENTS = {
     sev.MessageResult: SMTPPeer._on_message_result,
     sev.StartTlsAccepted: SMTPPeer._on_sender_starttls,
+    sev.ConversionNeeded: SMTPPeer._on_conversion_needed,
     sev.LoggedIn: SMTPPeer._on_logged_in,
     sev.CommandResult: SMTPPeer._on_command_result,
     sev.Turned: SMTPPeer._on_turned,

@@ -8,9 +8,11 @@ session.  Each message's result goes to ``Results`` the moment it is known.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Callable
 
-from twisted.internet import defer, endpoints, interfaces
+from twisted.internet import defer, endpoints, interfaces, threads
 from twisted.logger import Logger
 
 from smtppeer.engine import Limits, reply
@@ -21,6 +23,7 @@ from smtppeer.peer.protocol import SessionSummary, SMTPPeerFactory
 from smtppeer.policy.routing import MX
 from smtppeer.store.spool import Spool
 
+from . import downgrade
 from .mx import DNSLookupError, MXResolver, endpoint_description
 from .queue import Item, Marks, Queue, RunnerSettings
 from .results import Results
@@ -131,10 +134,46 @@ class Attempts:
                 params=dict(envelope.params),
                 size=envelope.size or None,
                 tag=(envelope, rcpts),
+                eight_bit=_eight_bit(envelope),
             )
             for envelope, rcpts in items
         ]
-        return SenderJob(envelopes, on_result=on_result), pending
+        return SenderJob(envelopes, on_result=on_result, convert=self.convert), pending
+
+    def convert(self, envelope: SendEnvelope) -> defer.Deferred:
+        """A 7-bit copy of a spooled 8-bit message for a server without 8BITMIME
+        (RFC 6152 §3), made in a thread: the whole message is read and rewritten
+        (``downgrade.to_7bit``).  What cannot be converted is refused with ``554
+        5.6.3``, which returns it to its sender with that reason; a spool that
+        cannot be read defers it.  The spooled message itself is not changed: a
+        next hop with 8BITMIME still gets it as it came."""
+        spooled, _ = envelope.tag
+        path = self.spool.body_path(spooled.id)
+
+        def work() -> bytes:
+            downgrade.check_size(os.path.getsize(path))  # a message too large is not read at all
+            with open(path, "rb") as f:
+                return downgrade.to_7bit(f.read())
+
+        def converted(data: bytes) -> SendEnvelope:
+            params = {k: v for k, v in envelope.params.items() if k != "BODY"}
+            return dataclasses.replace(envelope, body=data, size=len(data), params=params, eight_bit=False)
+
+        def refused(failure):
+            if failure.check(downgrade.Unconvertible):
+                why = f"the next hop does not accept 8-bit mail (no 8BITMIME), and {failure.value}"
+                log.info(
+                    "{line}",
+                    line=f"{spooled.id}: cannot convert to 7 bits: {failure.value}",
+                    queue_id=spooled.id,
+                )
+                return reply(554, "5.6.3", f"Conversion required but not supported: {why}")
+            if failure.check(OSError):
+                return reply(451, "4.3.0", f"Cannot read the message: {failure.value}")
+            return failure
+
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), work)
+        return d.addCallbacks(converted, refused)
 
     async def send(
         self, description: str, endpoint: str, job: SenderJob, pending, items: list[Item], marks: Marks
@@ -162,6 +201,14 @@ class Attempts:
             f"{len(summary.sent)} messages delivered, {'clean' if summary.clean else summary.error}",
         )
         return summary
+
+
+def _eight_bit(envelope) -> bool:
+    """Whether a spooled message has octets above 127: as recorded when it was
+    spooled, or, for an entry from before that was recorded, as its sender declared."""
+    if envelope.eight_bit is not None:
+        return envelope.eight_bit
+    return (envelope.params.get("BODY") or "").upper() == "8BITMIME"
 
 
 class _LazyBody:

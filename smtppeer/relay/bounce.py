@@ -65,6 +65,7 @@ _STATUS_TEXT = {
     "4.4": "the destination could not be reached",
     "4.6": "a mail loop was detected",
     "4.7": "the message was in the queue too long",
+    "6.3": "the destination takes only 7-bit mail, and the message could not be converted",
     "7.1": "delivery was refused by policy",
 }
 

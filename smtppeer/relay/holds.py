@@ -45,8 +45,9 @@ class PollOutcome:
     """One poll cycle, for the log line and for ``smtppeer poll``."""
 
     peer: str
-    sent: int = 0
-    received: int = 0
+    sent: int = 0  # messages that reached at least one recipient
+    sent_recipients: int = 0  # the recipients they reached
+    received: int = 0  # messages
     turned: bool = False
     turn_reply: str | None = None
     duration: float = 0.0
@@ -64,10 +65,12 @@ class PollOutcome:
         else:
             turn = "turned" if self.turned else f"not turned ({self.turn_reply or 'no reply'})"
         outcome = "ok" if self.ok else f"failed: {self.error}"
-        return (
-            f"poll {self.peer}: sent {self.sent}, received {self.received}, {turn}, "
-            f"{self.duration:.2f}s, {outcome}"
-        )
+        sent = f"sent {_counted(self.sent, 'message')} to {_counted(self.sent_recipients, 'recipient')}"
+        return f"poll {self.peer}: {sent}, received {self.received}, {turn}, {self.duration:.2f}s, {outcome}"
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 class Holds:
@@ -168,7 +171,9 @@ class Holds:
             )
             outcome.error = f"cannot connect: {e}"
         else:
-            outcome.sent += sum(len(r.delivered) for r in summary.sent)
+            # A message to three recipients is one message sent, not three.
+            outcome.sent += sum(1 for r in summary.sent if r.delivered)
+            outcome.sent_recipients += sum(len(r.delivered) for r in summary.sent)
             outcome.received = summary.received
             outcome.turned = job.turned
             outcome.turn_reply = str(job.turn_reply) if job.turn_reply else None
@@ -200,7 +205,8 @@ class Holds:
             _, rcpts = items[0]
             outcome.error = f"cannot send: {rcpts[0].last_reply}"
             return
-        outcome.sent = sum(len(r.delivered) for r in summary.sent)
+        outcome.sent = sum(1 for r in summary.sent if r.delivered)
+        outcome.sent_recipients = sum(len(r.delivered) for r in summary.sent)
         if not summary.clean:
             outcome.error = f"sending: {summary.error}"
 

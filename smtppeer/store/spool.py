@@ -88,6 +88,9 @@ class Envelope:
     client: dict[str, str] = field(default_factory=dict)
     size: int = 0
     frozen: bool = False  # put on hold by an administrator: not sent until released
+    # The message has octets above 127 (a next hop without 8BITMIME needs it converted);
+    # None in an envelope written before this was recorded.
+    eight_bit: bool | None = None
     version: int = 1
 
     def to_json(self) -> bytes:
@@ -219,12 +222,17 @@ class SpoolMessage:
         self.spool = spool
         self.envelope = envelope
         self.body = BodyBuffer(os.path.join(spool.incoming, envelope.id + ".eml"), header)
+        self._ascii = header.isascii()
 
     def write(self, data: bytes) -> None:
+        # Noted as it arrives (a C scan of each chunk), so the relay never reads a body to know.
+        if self._ascii and not data.isascii():
+            self._ascii = False
         self.body.write(data)
 
     def finish(self) -> defer.Deferred:
         self.envelope.size = self.body.size
+        self.envelope.eight_bit = not self._ascii
         writes, syncs = self.body.commit_parts()
         queue_id = self.envelope.id
         envelope = _envelope_write(self.spool, self.envelope)  # the commit point: after the body
