@@ -107,6 +107,7 @@ class SMTPPeer(Protocol):
         self._lost = False
         self.refusal: Reply | None = None  # set by the factory: a 421 to greet with (over a limit)
         self.counted_as: str | None = None  # the client address the factory counts this session under
+        self.admitted = False  # the factory counts this session as holding a slot
 
     @property
     def role(self) -> str:
@@ -704,13 +705,16 @@ class SMTPPeerFactory(Factory):
         self.max_connections_per_client = max_connections_per_client or None
         self.auth_budget = auth_budget
         self.per_client: dict[str, int] = {}  # sessions counted per client address
+        self._admitted = 0  # sessions not refused at their greeting
         self.turn_by_address = turn_by_address  # a listener's ``turn = true``, for the TURN policy
         self.may_turn = may_turn  # False: this listener never turns (it is shared with workers)
         self.peers: set[SMTPPeer] = set()
 
     @property
     def active(self) -> int:
-        return len(self.peers)
+        """Sessions that hold a slot: not those refused at the greeting, which end at
+        once (a client reconnecting over its limit cannot take the others' slots)."""
+        return self._admitted
 
     def shutdown(self) -> defer.Deferred:
         """Say 421 to every session and close it; fires when all are gone.
@@ -726,8 +730,8 @@ class SMTPPeerFactory(Factory):
     def buildProtocol(self, addr) -> SMTPPeer:
         """Over ``max_connections``, or over ``max_connections_per_client`` for its
         address, the peer still answers, with 421, so the client knows to retry later
-        instead of seeing a reset.  Refused sessions are not counted against their
-        address: they end at once."""
+        instead of seeing a reset.  Refused sessions are not counted, neither against
+        the listener nor against their address: they end at once."""
         peer = self.protocol(self.hostname, self.hooks, **self.peer_options)
         peer.factory = self
         if self.max_connections is not None and self.active >= self.max_connections:
@@ -748,10 +752,15 @@ class SMTPPeerFactory(Factory):
                 log.info(
                     "{line}", line=f"{key} has {limit} sessions (max_connections_per_client)", client=key
                 )
+        self._admitted += 1
+        peer.admitted = True
         return peer
 
     def session_ended(self, peer: SMTPPeer) -> None:
         self.peers.discard(peer)
+        if peer.admitted:
+            peer.admitted = False
+            self._admitted -= 1
         key, peer.counted_as = peer.counted_as, None
         if key is not None:
             count = self.per_client.pop(key) - 1
