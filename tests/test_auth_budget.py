@@ -142,3 +142,15 @@ def test_without_a_budget_only_the_session_limit_holds():
             yield peer.done
     finally:
         yield listener.stop()
+
+
+def test_many_addresses_failing_once_each_do_not_grow_the_table_without_bound():
+    clock = task.Clock()
+    budget = AuthBudget(clock, failures=3, backoff=60, backoff_max=600)
+    for n in range(5000):
+        budget.failed(f"10.0.{n // 256}.{n % 256}")
+    clock.advance(600)  # quiet for backoff_max: all forgotten, swept out as the next ones come
+    for n in range(5000):
+        budget.failed(f"10.1.{n // 256}.{n % 256}")
+    assert len(budget._clients) == 5000
+    assert budget.check("10.0.0.1", "b.test") is None and budget.check(None, "b.test") is None

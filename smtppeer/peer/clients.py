@@ -118,9 +118,9 @@ class AuthBudget:
         now = self.clock.seconds()
         record = self._clients.get(key)
         if record is None or self._stale(record, now):
-            record = self._clients[key] = _Failures()
-            if len(self._clients) > self._sweep_at:
+            if len(self._clients) >= self._sweep_at:
                 self._sweep(now)
+            record = self._clients[key] = _Failures()
         record.count += 1
         record.last = now
         over = record.count - self.failures
