@@ -12,6 +12,7 @@ refusal comes at MAIL already.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import smtplib
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 
 from smtppeer.store.bodybuffer import BodyBuffer
 
-from .conftest import REPO, TwistdProcess
+from .conftest import REPO, TwistdProcess, free_port
 
 SMALL = b"Subject: small\r\n\r\nhello\r\n"
 LARGE = b"Subject: large\r\n\r\n" + (b"x" * 76 + b"\r\n") * 8000  # 624 KB: streamed to its file
@@ -146,3 +147,31 @@ def test_a_body_cut_short_by_a_filling_disk_is_an_error_not_a_shorter_message(sm
         body.write(b"y" * 150_000)  # one write: more than the room left
     assert raised.value.errno == errno.ENOSPC
     body.discard()
+
+
+def test_the_json_log_on_the_full_disk_drops_lines_with_one_line_of_its_own(small_disk, tmp_path):
+    """``json_log = true`` writes into the data directory: on a full disk its lines are
+    dropped (each would otherwise be a traceback in the text log), the text log says
+    so once, and the file keeps only whole lines."""
+    port = free_port()
+    config = tmp_path / "json.toml"
+    config.write_text(
+        f'hostname = "peer.test"\ndata_dir = "{small_disk}"\njson_log = true\n'
+        f'listen = ["tcp:{port}:interface=127.0.0.1"]\n[domains."peer.test"]\n'
+    )
+    peer = TwistdProcess(small_disk, config=config, port=port).start()
+    try:
+        fill(small_disk / "filler")
+        for _ in range(40):  # more log than the last page of the JSON file holds
+            assert send(peer.port, SMALL)[0] == 452
+        (small_disk / "filler").unlink()
+        assert send(peer.port, SMALL)[0] == 250
+        log = peer.log()
+        assert "Traceback" not in log and "critical" not in log, log
+        assert log.count("JSON log: cannot write (No space left on device); dropping lines") == 1, log
+        assert log.count("JSON log: writing again;") == 1, log
+        lines = (small_disk / "smtppeer.log.jsonl").read_text().splitlines()
+        assert all(json.loads(line)["text"] for line in lines)  # whole lines only
+        assert any("accepted from" in json.loads(line)["text"] for line in lines)
+    finally:
+        peer.stop()
