@@ -12,10 +12,8 @@ from __future__ import annotations
 import base64
 import smtplib
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, task, threads
-from twisted.logger import formatEvent, globalLogPublisher
 
 from smtppeer.engine.auth import Auth
 from smtppeer.engine.extensions import default_extensions
@@ -39,18 +37,6 @@ def attempt(port: int, password: str, source: str = "127.0.0.1") -> tuple[int, s
         except smtplib.SMTPServerDisconnected:
             closed = True
     return code, text.decode()[:5], closed
-
-
-@pytest.fixture
-def logged():
-    lines: list[str] = []
-
-    def observe(event):
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 @defer.inlineCallbacks

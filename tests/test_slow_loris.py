@@ -14,7 +14,6 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, reactor, task
-from twisted.logger import formatEvent, globalLogPublisher
 
 from smtppeer.engine import Limits
 
@@ -41,18 +40,6 @@ def until(predicate, what: str):
     raise AssertionError(f"never happened: {what}")
 
 
-@pytest.fixture
-def logged():
-    lines: list[str] = []
-
-    def observe(event):
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
-
-
 @defer.inlineCallbacks
 def trickle(clock: task.Clock, listener: Listener, clients: list[LineClient], seconds: int, sent: int = 0):
     """Each client sends one more octet of ``EHLO ...`` per second of ``clock``; the
@@ -72,6 +59,24 @@ def trickle(clock: task.Clock, listener: Listener, clients: list[LineClient], se
 
 
 @defer.inlineCallbacks
+def attack(per_client: int):
+    """A listener (``max_connections`` = ATTACKERS) and ATTACKERS clients from 127.0.0.1,
+    each past its greeting: (clock, hooks, listener, port, clients)."""
+    clock = task.Clock()
+    hooks = MemoryHooks()
+    listener = Listener(
+        "b.test", hooks, clock=clock, max_connections=ATTACKERS, max_connections_per_client=per_client
+    )
+    port = yield listener.start()
+    attackers = []
+    for _ in range(ATTACKERS):
+        client = yield connect_from(port, "127.0.0.1")
+        yield client.wait_lines(1)
+        attackers.append(client)
+    return clock, hooks, listener, port, attackers
+
+
+@defer.inlineCallbacks
 def served(port: int, hooks: MemoryHooks) -> defer.Deferred:
     """A legitimate client from 127.0.0.2 sends a message; returns its reply lines."""
     client = yield connect_from(port, "127.0.0.2")
@@ -86,16 +91,8 @@ def served(port: int, hooks: MemoryHooks) -> defer.Deferred:
 
 @pytest_twisted.inlineCallbacks
 def test_a_slow_loris_from_one_address_leaves_room_for_a_legitimate_client(logged):
-    clock = task.Clock()
-    hooks = MemoryHooks()
-    listener = Listener("b.test", hooks, clock=clock, max_connections=ATTACKERS, max_connections_per_client=5)
-    port = yield listener.start()
+    clock, hooks, listener, port, attackers = yield attack(per_client=5)
     try:
-        attackers = []
-        for _ in range(ATTACKERS):
-            client = yield connect_from(port, "127.0.0.1")
-            yield client.wait_lines(1)
-            attackers.append(client)
         greeted = [c for c in attackers if c.lines[0].startswith(b"220 ")]
         refused = [c for c in attackers if c not in greeted]
         assert len(greeted) == 5
@@ -123,16 +120,8 @@ def test_a_slow_loris_from_one_address_leaves_room_for_a_legitimate_client(logge
 @pytest_twisted.inlineCallbacks
 def test_without_the_per_client_limit_the_same_attack_locks_everyone_out():
     """The issue as it was (per-client limit off): the legitimate client gets 421."""
-    clock = task.Clock()
-    hooks = MemoryHooks()
-    listener = Listener("b.test", hooks, clock=clock, max_connections=ATTACKERS, max_connections_per_client=0)
-    port = yield listener.start()
+    clock, hooks, listener, port, attackers = yield attack(per_client=0)
     try:
-        attackers = []
-        for _ in range(ATTACKERS):
-            client = yield connect_from(port, "127.0.0.1")
-            yield client.wait_lines(1)
-            attackers.append(client)
         assert all(c.lines[0].startswith(b"220 ") for c in attackers)
         lines = yield served(port, hooks)
         assert lines == [b"421 4.7.0 b.test Too many connections, try again later"]
