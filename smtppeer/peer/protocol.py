@@ -275,8 +275,10 @@ class SMTPPeer(Protocol):
             event = receiver.next_event()
             if event is ev.NEED_DATA:
                 self._resume_reading()
-                self._arm(self.limits.data_timeout if receiver.in_data else self.limits.command_timeout)
-                self._time_line(receiver)
+                in_data = receiver.in_data
+                self._arm(self.limits.data_timeout if in_data else self.limits.command_timeout)
+                if self._line_timer is not None or (not in_data and receiver.line_pending):
+                    self._time_line(receiver)
                 return
             if event is ev.PAUSED:
                 self._cancel_timer()  # the client is waiting for us, not we for it
@@ -555,7 +557,8 @@ class SMTPPeer(Protocol):
         timer is re-armed by every octet, so a client trickling one a second would
         otherwise hold its session (and a slot of the listener) for ever."""
         if not receiver.line_pending:
-            self._cancel_line_timer()
+            if self._line_timer is not None:
+                self._cancel_line_timer()
             return
         mark = receiver.lines_read
         if self._line_timer is not None and mark == self._line_mark:
