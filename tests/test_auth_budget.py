@@ -140,3 +140,16 @@ def test_many_addresses_failing_once_each_do_not_grow_the_table_without_bound():
         budget.failed(f"10.1.{n // 256}.{n % 256}")
     assert len(budget._clients) == 5000
     assert budget.check("10.0.0.1", "b.test") is None and budget.check(None, "b.test") is None
+
+
+def test_the_back_off_doubles_up_to_backoff_max():
+    clock = task.Clock()
+    budget = AuthBudget(clock, failures=1, backoff=60, backoff_max=100)
+    budget.failed("192.0.2.1")  # 60 s
+    clock.advance(60)
+    assert budget.check("192.0.2.1", "b.test") is None
+    budget.failed("192.0.2.1")  # 120 s, but at most 100
+    clock.advance(99)
+    assert budget.check("192.0.2.1", "b.test").code == 454
+    clock.advance(1)
+    assert budget.check("192.0.2.1", "b.test") is None
