@@ -281,6 +281,21 @@ def spool(tmp_path):
         pytest_twisted.blockon(stopped)
 
 
+@pytest.fixture
+def logged():
+    """The text of every log event while the test runs (``twisted.logger``, in this process)."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event):
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
 @pytest.fixture(autouse=True)
 def clean_reactor(request):
     """Fail a test that leaves delayed calls or open sockets in the reactor."""

@@ -121,6 +121,12 @@ reply_timeout = 60.5
 data_block_timeout = "2m"
 data_end_timeout = "1h"
 max_connections = 20
+max_connections_per_client = 4
+auth_failures_per_client = 6
+auth_backoff = "30s"
+auth_backoff_max = "2h"
+queue_minfree = "100M"
+command_line_time = "2m"
 max_received = 50
 queue_lifetime = "2d"
 retry_interval = "30s"
@@ -175,8 +181,14 @@ def test_full_schema_round_trip(tmp_path):
             reply_timeout=60.5,
             data_block_timeout=120.0,
             data_end_timeout=3600.0,
+            command_line_time=120.0,
         ),
         max_connections=20,
+        max_connections_per_client=4,
+        auth_failures_per_client=6,
+        auth_backoff=30.0,
+        auth_backoff_max=7200.0,
+        queue_minfree=100 * 1024**2,
         max_received=50,
         queue_lifetime=2 * 86400.0,
         retry_interval=30.0,
@@ -496,6 +508,15 @@ def test_example_single_host():
     assert config.limits == Limits()  # the example spells out the defaults
     assert (config.max_connections, config.max_received) == (200, 100)
     assert (config.queue_lifetime, config.retry_interval) == (5 * 86400.0, 60.0)
+    defaults = Config(hostname=config.hostname)
+    for name in (
+        "max_connections_per_client",
+        "auth_failures_per_client",
+        "auth_backoff",
+        "auth_backoff_max",
+    ):
+        assert getattr(config, name) == getattr(defaults, name), name
+    assert config.queue_minfree == defaults.queue_minfree
 
 
 def test_example_provider(example_certs):
@@ -700,6 +721,16 @@ BROKEN = [
     ("command-line-511", "[limits]\ncommand_line = 511", "limits.command_line: 511 is too small: at least 512 octets (RFC 5321 §4.5.3.1.4)"),
     ("text-line-999", "[limits]\ntext_line = 999", "limits.text_line: 999 is too small: at least 1000 octets (RFC 5321 §4.5.3.1.6)"),
     ("connections-0", "[limits]\nmax_connections = 0", "limits.max_connections: 0 is too small: at least 1"),
+    # per-client limits and the disk (issue 13, items 2-4)
+    ("per-client-negative", "[limits]\nmax_connections_per_client = -1", "limits.max_connections_per_client: -1 is too small: at least 0 (0: no limit)"),
+    ("per-client-text", '[limits]\nmax_connections_per_client = "ten"', 'limits.max_connections_per_client: expected an integer, got a string ("ten")'),
+    ("line-time-zero", '[limits]\ncommand_line_time = "0s"', 'limits.command_line_time: "0s": must be more than 0 seconds'),
+    ("auth-failures-negative", "[limits]\nauth_failures_per_client = -3", "limits.auth_failures_per_client: -3 is too small: at least 0 (0: no limit)"),
+    ("auth-backoff-zero", "[limits]\nauth_backoff = 0", "limits.auth_backoff: 0: must be more than 0 seconds"),
+    ("auth-backoff-max-short", '[limits]\nauth_backoff = "10m"\nauth_backoff_max = "5m"', "limits.auth_backoff_max: auth_backoff_max (5m) is shorter than auth_backoff (10m)"),
+    ("auth-backoff-over-max", '[limits]\nauth_backoff = "2h"', "limits.auth_backoff: auth_backoff_max (1h) is shorter than auth_backoff (2h)"),
+    ("minfree-unit", '[limits]\nqueue_minfree = "1X"', 'limits.queue_minfree: "1X" is not a size (...'),
+    ("minfree-negative", "[limits]\nqueue_minfree = -1", "limits.queue_minfree: -1 is too small: at least 0 octets"),
     # domains and mailboxes
     ("bad-domain", '[domains."exa mple.org"]', 'domains."exa mple.org": "exa mple.org" is not a domain name'),
     (

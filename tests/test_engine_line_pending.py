@@ -56,3 +56,18 @@ def test_not_inside_data_nor_while_a_decision_is_ours():
     rx.receive_data(b"\r\nQUIT\r\n")
     pump(rx, accept_all)
     assert rx.closed and not rx.line_pending
+
+
+def test_lines_read_tells_a_new_line_from_the_one_being_timed():
+    """An adapter timing a pending line restarts its clock when ``lines_read`` moves."""
+    rx = Receiver("mx.example")
+    rx.start()
+    rx.receive_data(b"NO")
+    pump(rx, accept_all)
+    first = rx.lines_read
+    rx.receive_data(b"OP\r\nNO")  # one line ends and the next begins in the same read
+    pump(rx, accept_all)
+    assert rx.line_pending and rx.lines_read == first + 1
+    rx.receive_data(b"O")
+    pump(rx, accept_all)
+    assert rx.line_pending and rx.lines_read == first + 1  # still the same line

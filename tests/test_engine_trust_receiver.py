@@ -1024,3 +1024,50 @@ def test_auth_plain_only_in_clear_gets_538_not_503():
     p = peer(extensions=[*default_extensions(), auth])
     assert p.one(b"EHLO c\r\n")[0] == 250
     assert p.one(b"AUTH PLAIN AGEAYg==\r\n") == (538, "5.7.11")
+
+
+# -- the adapter's gate before an AUTH exchange (issue 13, item 3) -----------------------
+
+
+def test_auth_gate_is_asked_before_each_exchange_and_may_refuse_it():
+    p = ready(secure=True)
+    asked = []
+    verdict: list[Reply | None] = [reply(454, "4.7.0", "Too many failed authentications")]
+    p.rx.auth_gate = lambda: asked.append(1) or verdict[0]
+    assert p.one(AUTH_ALICE) == (454, "4.7.0")
+    assert p.rx.authenticated is None and p.rx.continuation is None and p.take_events() == []
+    assert p.codes(b"AUTH PLAIN\r\n") == [454]  # no 334: the exchange never starts
+    verdict[0] = None
+    assert p.one(AUTH_ALICE) == (235, "2.7.0")
+    assert len(asked) == 3
+    assert p.codes(b"NOOP\r\n") == [250]  # a 454 is not a bad command; the session goes on
+
+
+def test_auth_gate_421_ends_the_session():
+    p = ready(secure=True)
+    p.rx.auth_gate = lambda: reply(421, "4.7.0", "mx.example Too many failed authentications")
+    replies = p.send(AUTH_ALICE + b"NOOP\r\n")
+    assert [(r.code, r.enhanced) for r in replies] == [(421, "4.7.0")]
+    assert p.last is ev.CLOSED and p.rx.closed
+    assert [type(e) for e in p.events] == [ev.Close]
+
+
+def test_auth_gate_is_not_asked_for_what_is_refused_anyway():
+    """EHLO first, already authenticated, inside a transaction: 503 without asking."""
+    p = peer()
+    p.rx.auth_gate = lambda: pytest.fail("the gate was asked")
+    assert p.one(AUTH_ALICE) == (503, "5.5.1")
+    p = in_tx(secure=True)
+    p.rx.auth_gate = lambda: pytest.fail("the gate was asked")
+    assert p.one(AUTH_ALICE) == (503, "5.5.1")
+
+
+def test_only_checked_credentials_are_a_guess():
+    """What a budget per client counts: a wrong password, not a cancel or garbled base64."""
+    p = ready(secure=True)
+    assert p.one(b"AUTH PLAIN " + plain(password="bad") + b"\r\n") == (535, "5.7.8")
+    assert p.codes(b"AUTH PLAIN\r\n") == [334]
+    assert p.one(b"*\r\n") == (501, "5.0.0")
+    assert p.codes(b"AUTH PLAIN\r\n") == [334]
+    assert p.one(b"!!!!\r\n") == (501, "5.5.2")
+    assert [(type(e), e.guess) for e in p.events] == [(ev.AuthFailed, True)] + [(ev.AuthFailed, False)] * 2

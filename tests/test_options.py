@@ -73,6 +73,9 @@ def test_a_bad_dns_server_gets_the_same_complaint(capsys, text):
         ("--max-message-size", "message_size", "fifty"),
         ("--max-recipients", "recipients", "99"),
         ("--max-connections", "max_connections", "0"),
+        ("--max-connections-per-client", "max_connections_per_client", "-1"),
+        ("--queue-minfree", "queue_minfree", "-5"),
+        ("--queue-minfree", "queue_minfree", "lots"),
         ("--max-received", "max_received", "0"),
         ("--queue-lifetime", "queue_lifetime", "0"),
         ("--queue-lifetime", "queue_lifetime", "five days"),
@@ -108,6 +111,16 @@ def test_durations_as_in_the_file(option, key, text, expected):
     toml = text if text.replace(".", "").isdigit() else f'"{text}"'
     assert getattr(loads_config(f"[limits]\n{key} = {toml}\n"), key) == expected
     assert getattr(from_options(option, text), key) == expected
+
+
+def test_per_client_limit_and_queue_minfree_as_in_the_file():
+    for text, count in (("5", 5), ("0", 0)):
+        config = loads_config(f"[limits]\nmax_connections_per_client = {text}\n")
+        assert config.max_connections_per_client == count
+        assert from_options("--max-connections-per-client", text).max_connections_per_client == count
+    assert loads_config('[limits]\nqueue_minfree = "100M"\n').queue_minfree == 100 * 1024**2
+    assert from_options("--queue-minfree", "100M").queue_minfree == 100 * 1024**2
+    assert from_options().max_connections_per_client == 20 and from_options().queue_minfree == 0
 
 
 @pytest.mark.parametrize(("text", "octets"), [("50M", 50 * 1024**2), ("512K", 512 * 1024), ("2048", 2048)])

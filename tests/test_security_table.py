@@ -8,6 +8,9 @@ The provider holds mail for ``cust.test`` (peer ``cust``) and ``other.test``
 
 from __future__ import annotations
 
+import smtplib
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from .conftest import wait_until
@@ -37,16 +40,16 @@ def provider(twistd_config, tmp_path):
     assert "releasing" not in log and "ETRN: sending" not in log
 
 
-def session(port: int, ehlo: bool = True) -> RawSession:
-    s = RawSession(port)
+def session(port: int, ehlo: bool = True, source: str | None = None) -> RawSession:
+    s = RawSession(port, source=source)
     assert s.reply()[0] == 220
     if ehlo:
         assert s.command("EHLO attacker.test")[0] == 250
     return s
 
 
-def secured(port: int, user: str | None = None, password: str = "") -> RawSession:
-    s = session(port)
+def secured(port: int, user: str | None = None, password: str = "", source: str | None = None) -> RawSession:
+    s = session(port, source=source)
     s.starttls()
     assert s.command("EHLO attacker.test")[0] == 250
     if user is not None:
@@ -204,3 +207,60 @@ def test_one_atrn_session_per_domain_and_453_when_nothing_is_held(twistd_config,
 
     code, text = wait_until(atrn_after_the_session, what="the first session to be over")
     assert code == 453 and "no mail" in text[0]
+
+
+def guesses(port: int) -> list[int]:
+    """One session of up to three wrong passwords, as the issue's guesser sent them."""
+    s = secured(port)
+    codes = []
+    for n in range(3):
+        try:
+            codes.append(s.auth_plain("cust", f"guess{n}"))
+        except ConnectionError:
+            break  # closed after a 421
+        if codes[-1] == 421:
+            break
+    s.close()
+    return codes
+
+
+def test_auth_guessing_across_sessions_meets_a_budget_per_address(provider):
+    """Issue 13: 50 sessions from one address tried 150 passwords.  Now ten fail (535),
+    the next ten AUTHs are refused (454 4.7.0) and every one after that ends its
+    session (421 4.7.0); another address still logs in."""
+    with ThreadPoolExecutor(10) as pool:
+        codes = [
+            code for session_codes in pool.map(guesses, [provider.smtp_port] * 50) for code in session_codes
+        ]
+    assert codes.count(535) == 10 and codes.count(454) == 10, codes
+    assert set(codes) == {535, 454, 421}
+    s = secured(provider.smtp_port, "alice", ALICE_PASSWORD, source="127.0.0.2")
+    assert s.command("QUIT")[0] == 221
+    log = provider.log()
+    assert log.count("AUTH from 127.0.0.1: 10 failures; refusing its AUTH (454) for 60s") == 1, log
+    assert log.count("attempts while refused; closing its sessions at AUTH (421)") == 1, log
+    assert "Traceback" not in log
+
+
+def test_a_slow_loris_from_one_address_leaves_room_for_others(twistd_config, tmp_path):
+    """Issue 13: sockets trickling from one address held every slot.  Now that
+    address (127.0.0.3) gets ten sessions, each command line must end within a
+    second here, and a client from another address (127.0.0.2) is served meanwhile."""
+    limits = '[limits]\nmax_connections = 30\nmax_connections_per_client = 10\ncommand_line_time = "1s"\n'
+    provider = start_provider(twistd_config, tmp_path, extra=limits)
+    attackers = [RawSession(provider.smtp_port, source="127.0.0.3") for _ in range(30)]
+    greetings = [a.reply() for a in attackers]
+    admitted = [a for a, (code, _) in zip(attackers, greetings, strict=True) if code == 220]
+    refused = [text for code, text in greetings if code != 220]
+    assert len(admitted) == 10
+    assert refused == [["4.7.0 provider.test Too many connections from your address, try again later"]] * 20
+    for a in admitted:
+        a.send(b"E")  # and never the rest of the line
+    with smtplib.SMTP("127.0.0.1", provider.smtp_port, timeout=30, source_address=("127.0.0.2", 0)) as s:
+        s.sendmail("someone@far.test", ["postmaster@provider.test"], b"Subject: served\r\n\r\nhello\r\n")
+    for a in admitted:
+        code, text = a.reply()
+        assert (code, text) == (421, ["4.4.2 provider.test Command line too slow, closing connection"])
+    for a in attackers:
+        a.close()
+    assert (provider.data_dir / "mail" / "provider.test" / "postmaster" / "new").is_dir()

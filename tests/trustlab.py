@@ -156,8 +156,10 @@ class RawSession:
     """A line-level SMTP client on a plain socket, for what smtplib will not send:
     pipelined injections, TURN, ATRN, and acting as receiver after a turn."""
 
-    def __init__(self, port: int, timeout: float = 20.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 20.0, source: str | None = None) -> None:
+        """``source``: the loopback address to connect from (another client)."""
+        where = (source, 0) if source else None
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=where)
         self.file = self.sock.makefile("rb")
 
     def send(self, data: bytes) -> None:

@@ -6,6 +6,11 @@ commands), and keeps the rules: EHLO first, not twice, not inside a
 transaction, PLAIN and LOGIN only under TLS unless a listener allows them in
 clear (538), ``*`` cancels (501), and after ``max_failures`` failed attempts
 the session ends with 421.
+
+Failures across sessions are not this module's to count (it has no clock and
+sees one session): the adapter may set ``auth_gate`` on the receiver, which
+is asked before each exchange starts and may refuse it (454), or end the
+session (421).
 """
 
 from __future__ import annotations
@@ -98,6 +103,14 @@ class Auth(Extension):
             return reply(503, "5.5.1", "Already authenticated")
         if receiver.in_transaction:
             return reply(503, "5.5.1", "AUTH is not allowed inside a mail transaction")
+        gate = receiver.auth_gate
+        refusal = gate() if gate is not None else None
+        if refusal is not None:
+            if refusal.code == 421:
+                receiver.close(refusal)
+                receiver.emit(ev.Close("AUTH refused: too many failures from this client"))
+                return None
+            return refusal
         mechanism, _, initial_text = arg.strip().partition(" ")
         mechanism = mechanism.upper()
         if not mechanism or " " in initial_text.strip():
@@ -154,7 +167,7 @@ class Auth(Extension):
     def _failed(self, receiver: ExtensionHost, mechanism: str, reason: str) -> None:
         receiver.auth_failures += 1
         receiver.send_reply(reply(535, "5.7.8", "Authentication credentials invalid"))
-        receiver.emit(ev.AuthFailed(mechanism, reason))
+        receiver.emit(ev.AuthFailed(mechanism, reason, guess=True))
         if receiver.auth_failures >= self.max_failures:
             receiver.close(reply(421, "4.7.0", f"{receiver.hostname} Too many failed authentications"))
             receiver.emit(ev.Close("too many failed AUTH attempts"))

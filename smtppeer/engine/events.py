@@ -107,10 +107,13 @@ class Authenticated(Event):
 
 @dataclass(frozen=True)
 class AuthFailed(Event):
-    """AUTH failed (535 queued); ``reason`` is for the log, never for the client."""
+    """AUTH failed; ``reason`` is for the log, never for the client.  ``guess``: the
+    credentials were checked and wrong (535), which is what a budget of failures per
+    client counts; not a cancelled or garbled exchange, nor our own lookup failing."""
 
     mechanism: str
     reason: str
+    guess: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ class ExtensionHost(Protocol):
     secure: bool
     authenticated: str | None
     auth_failures: int
+    # Set by the adapter: asked before an AUTH exchange starts; a reply refuses it
+    # (421: and ends the session).  It knows what the engine cannot: other sessions, time.
+    auth_gate: Callable[[], Reply | None] | None
     continuation: Callable[[str], None] | None  # an extension in mid-exchange takes the next line
 
     @property

@@ -15,6 +15,9 @@ class Limits:
     recipients: int = 1000  # per transaction; RFC 5321 requires at least 100
     bad_commands: int = 20  # 5xx for bad input before 421 and close
     command_timeout: float = 300.0  # §4.5.3.2.7: server waits 5 min for a command
+    # Server side: a command line begun must end within this, however it trickles in
+    # (each octet re-arms command_timeout); the README says why 1 minute.
+    command_line_time: float = 60.0
     data_timeout: float = 600.0  # server side: 10 min between DATA chunks / idle
     reply_timeout: float = 300.0  # client side: 5 min for a reply (§4.5.3.2.1-6)
     data_block_timeout: float = 180.0  # client side: 3 min per data block (§4.5.3.2.5)

@@ -69,6 +69,8 @@ class Receiver:
         self.started = False  # the greeting has been queued
         self.authenticated: str | None = None  # the AUTH identity, once there is one
         self.auth_failures = 0
+        self.auth_gate: Callable[[], Reply | None] | None = None  # see ExtensionHost
+        self.lines_read = 0  # command lines taken so far (an adapter times each one's arrival)
         # An extension in mid-exchange (AUTH) takes the next line instead of the command parser.
         self.continuation: Callable[[str], None] | None = None
         self._tls_pending = False
@@ -146,6 +148,7 @@ class Receiver:
                     return ev.NEED_DATA
                 self._end_of_input()
                 continue
+            self.lines_read += 1
             self._handle_line(line)
 
     def _end_of_input(self) -> None:
@@ -220,6 +223,7 @@ class Receiver:
         ever): true from the first octet of a line to its LF, also while an
         over-long line is being skipped; false between lines, inside DATA and
         while a decision is pending (then the wait is ours, not the client's).
+        A change of ``lines_read`` while it stays true means a new line began.
         """
         return self._decoder is None and self._awaiting is None and not self.closed and self._lines.partial
 

@@ -31,6 +31,7 @@ from smtppeer.engine.sender import ClientSecurity
 from smtppeer.engine.session import SessionState
 from smtppeer.twisted_private import start_tls
 
+from .clients import AuthBudget, client_key
 from .hooks import DropConnection, MessageSink, ReceiverHooks, SenderJob, Session
 from .sendnow import send_now
 
@@ -102,13 +103,17 @@ class SMTPPeer(Protocol):
         self.sender: Sender | None = None
         self.sink: MessageSink | None = None
         self._timer = None
+        self._line_timer = None  # a command line that has begun must end within command_line_time
+        self._line_mark = -1  # Receiver.lines_read when the line being timed began
         self._write_paused = False
         self._reading_paused = False
         self._pumping = False
         self._pump_again = False
         self._lost = False
         self._input_ended = False  # the other side shut down its sending side
-        self.over_limit = False
+        self.refusal: Reply | None = None  # set by the factory: a 421 to greet with (over a limit)
+        self.counted_as: str | None = None  # the client address the factory counts this session under
+        self.admitted = False  # the factory counts this session as holding a slot
 
     @property
     def role(self) -> str:
@@ -160,6 +165,7 @@ class SMTPPeer(Protocol):
         self.connection = next(_connections)
         peer = self.transport.getPeer()
         self.client_address: str = getattr(peer, "host", str(peer))
+        self.client_key = client_key(getattr(peer, "host", None))
         self.client_literal = address_literal(self.client_address)
         self.transport.registerProducer(self, True)
         if self.job is not None:
@@ -210,7 +216,7 @@ class SMTPPeer(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         if self.factory is not None:
-            self.factory.peers.discard(self)
+            self.factory.session_ended(self)
         self._lost = True
         self._cancel_timer()
         self._drop_sink()
@@ -257,13 +263,14 @@ class SMTPPeer(Protocol):
         )
         self._session = None
         receiver = self.receiver
+        if getattr(self.factory, "auth_budget", None) is not None:
+            receiver.auth_gate = self._auth_gate
         if unread:
             receiver.receive_data(unread)
         if self._input_ended:
             receiver.receive_eof()  # it has said all it will: what it said is still answered
-        if self.over_limit:
-            busy = reply(421, "4.7.0", f"{self.hostname} Too many connections, try again later")
-            self._greet(receiver, busy)
+        if self.refusal is not None:  # over a limit of the factory's: 421, and nothing else
+            self._greet(receiver, self.refusal)
             return
 
         def failed(failure: Failure) -> Reply | None:
@@ -282,6 +289,7 @@ class SMTPPeer(Protocol):
         self._pump()
 
     def _become_sender(self, job: SenderJob, unread: bytes) -> None:
+        self._cancel_line_timer()
         self.receiver = None
         self._session = None
         self.job = job
@@ -331,7 +339,10 @@ class SMTPPeer(Protocol):
             event = receiver.next_event()
             if event is ev.NEED_DATA:
                 self._resume_reading()
-                self._arm(self.limits.data_timeout if receiver.in_data else self.limits.command_timeout)
+                in_data = receiver.in_data
+                self._arm(self.limits.data_timeout if in_data else self.limits.command_timeout)
+                if self._line_timer is not None or (not in_data and receiver.line_pending):
+                    self._time_line(receiver)
                 return
             if event is ev.PAUSED:
                 self._cancel_timer()  # the client is waiting for us, not we for it
@@ -387,8 +398,14 @@ class SMTPPeer(Protocol):
     def _on_verify(self, receiver: Receiver, event: ev.Verify) -> None:
         self._decide(receiver, lambda: self.hooks.verify(self.session, event.verb, event.argument))
 
+    def _auth_gate(self) -> Reply | None:
+        return self.factory.auth_budget.check(self.client_key, self.hostname)
+
     def _on_authenticated(self, receiver: Receiver, event: ev.Authenticated) -> None:
         self._session = None
+        budget = getattr(self.factory, "auth_budget", None)
+        if budget is not None:
+            budget.succeeded(self.client_key)
         log.info(
             "{line}",
             line=f"AUTH {event.mechanism} as {event.identity} from {self.client_address}",
@@ -396,6 +413,9 @@ class SMTPPeer(Protocol):
         )
 
     def _on_auth_failed(self, receiver: Receiver, event: ev.AuthFailed) -> None:
+        budget = getattr(self.factory, "auth_budget", None)
+        if budget is not None and event.guess:
+            budget.failed(self.client_key)
         log.info(
             "{line}",
             line=f"AUTH {event.mechanism} failed from {self.client_address}: {event.reason}",
@@ -675,6 +695,41 @@ class SMTPPeer(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._cancel_line_timer()
+
+    def _time_line(self, receiver: Receiver) -> None:
+        """Time each command line from its first octet to its end, as a whole: the idle
+        timer is re-armed by every octet, so a client trickling one a second would
+        otherwise hold its session (and a slot of the listener) for ever."""
+        if not receiver.line_pending:
+            if self._line_timer is not None:
+                self._cancel_line_timer()
+            return
+        mark = receiver.lines_read
+        if self._line_timer is not None and mark == self._line_mark:
+            return  # still the same line
+        self._line_mark = mark
+        seconds = self.limits.command_line_time
+        if self._line_timer is not None:
+            self._line_timer.reset(seconds)
+        else:
+            self._line_timer = self.clock.callLater(seconds, self._line_timed_out)
+
+    def _cancel_line_timer(self) -> None:
+        timer, self._line_timer = self._line_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _line_timed_out(self) -> None:
+        self._line_timer = None
+        seconds = self.limits.command_line_time
+        log.info("{line}", line=f"{self.client_address} took over {seconds:g}s to send a command line")
+        self._abandon(
+            reply(421, "4.4.2", f"{self.hostname} Command line too slow, closing connection"),
+            "command line timeout",
+        )
+        if self._write_paused and not self._lost:
+            self.transport.abortConnection()  # as in _timed_out: it reads nothing either
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -787,21 +842,32 @@ class SMTPPeerFactory(Factory):
         hooks: ReceiverHooks,
         *,
         max_connections: int | None = None,
+        max_connections_per_client: int | None = None,
+        auth_budget: AuthBudget | None = None,
         turn_by_address: bool = False,
         may_turn: bool = True,
         **peer_options,
     ) -> None:
+        """``max_connections_per_client``: sessions one client address may hold here
+        (None or 0: no limit); ``auth_budget``: failed AUTHs per client address,
+        usually shared by every listener of the service."""
         self.hostname = hostname
         self.hooks = hooks
         self.peer_options = peer_options
         self.max_connections = max_connections
+        self.max_connections_per_client = max_connections_per_client or None
+        self.auth_budget = auth_budget
+        self.per_client: dict[str, int] = {}  # sessions counted per client address
+        self._admitted = 0  # sessions not refused at their greeting
         self.turn_by_address = turn_by_address  # a listener's ``turn = true``, for the TURN policy
         self.may_turn = may_turn  # False: this listener never turns (it is shared with workers)
         self.peers: set[SMTPPeer] = set()
 
     @property
     def active(self) -> int:
-        return len(self.peers)
+        """Sessions that hold a slot: not those refused at the greeting, which end at
+        once (a client reconnecting over its limit cannot take the others' slots)."""
+        return self._admitted
 
     def shutdown(self) -> defer.Deferred:
         """Say 421 to every session and close it; fires when all are gone.
@@ -815,9 +881,41 @@ class SMTPPeerFactory(Factory):
         return defer.DeferredList(closing, consumeErrors=True)
 
     def buildProtocol(self, addr) -> SMTPPeer:
-        """Over ``max_connections`` the peer still answers, with 421, so the
-        client knows to retry later instead of seeing a reset."""
+        """Over ``max_connections``, or over ``max_connections_per_client`` for its
+        address, the peer still answers, with 421, so the client knows to retry later
+        instead of seeing a reset.  Refused sessions are not counted, neither against
+        the listener nor against their address: they end at once."""
         peer = self.protocol(self.hostname, self.hooks, **self.peer_options)
         peer.factory = self
-        peer.over_limit = self.max_connections is not None and self.active >= self.max_connections
+        if self.max_connections is not None and self.active >= self.max_connections:
+            peer.refusal = reply(421, "4.7.0", f"{self.hostname} Too many connections, try again later")
+            return peer
+        limit = self.max_connections_per_client
+        key = client_key(getattr(addr, "host", None)) if limit is not None else None
+        if key is not None:
+            count = self.per_client.get(key, 0)
+            if count >= limit:
+                peer.refusal = reply(
+                    421, "4.7.0", f"{self.hostname} Too many connections from your address, try again later"
+                )
+                return peer
+            self.per_client[key] = count + 1
+            peer.counted_as = key
+            if count + 1 == limit:
+                log.info(
+                    "{line}", line=f"{key} has {limit} sessions (max_connections_per_client)", client=key
+                )
+        self._admitted += 1
+        peer.admitted = True
         return peer
+
+    def session_ended(self, peer: SMTPPeer) -> None:
+        self.peers.discard(peer)
+        if peer.admitted:
+            peer.admitted = False
+            self._admitted -= 1
+        key, peer.counted_as = peer.counted_as, None
+        if key is not None:
+            count = self.per_client.pop(key) - 1
+            if count:
+                self.per_client[key] = count

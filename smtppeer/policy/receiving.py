@@ -49,6 +49,7 @@ from smtppeer.engine.framing import message_problem
 from smtppeer.peer.hooks import MessageSink, ReceiverHooks, SenderJob, Session, Transaction
 from smtppeer.store.ids import new_queue_id
 from smtppeer.store.maildir import MaildirStore
+from smtppeer.store.space import FreeSpace, out_of_room
 from smtppeer.store.spool import HELD, PENDING, Envelope, Recipient, Spool
 
 from .accounts import Accounts
@@ -61,6 +62,7 @@ log = Logger()
 MAX_RECEIVED = 100  # RFC 5321 §6.3 suggests a limit of at least 100
 _RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
 _HEADER_SCAN_LIMIT = 256 * 1024  # a header section longer than this is not scanned further
+NO_ROOM = reply(452, "4.3.1", "Insufficient system storage")  # RFC 3463: full disk or quota
 
 
 class ReceivingPolicy(ReceiverHooks):
@@ -79,10 +81,12 @@ class ReceivingPolicy(ReceiverHooks):
         peer_endpoints: dict[str, str | None] | None = None,
         clock: interfaces.IReactorTime | None = None,
         activity: Activity | None = None,
+        free_space: FreeSpace | None = None,
     ) -> None:
         """``clock`` stamps each spooled message's arrival; it must be the queue
         runner's, which measures the queue lifetime from it.  ``activity`` is told
-        what was received and refused."""
+        what was received and refused; ``free_space``: the floor (``queue_minfree``)
+        that MAIL is refused below."""
         if clock is None:
             from twisted.internet import reactor as clock  # noqa: PLC0415
         self.clock = clock
@@ -97,6 +101,7 @@ class ReceivingPolicy(ReceiverHooks):
         self.accounts = accounts or Accounts()
         self.owned = {name: [d.lower() for d in ds] for name, ds in (owned or {}).items()}  # peer -> domains
         self.peer_endpoints = peer_endpoints or {}  # peer -> where ETRN sends its mail
+        self.free_space = free_space
         self._atrn_sessions: dict[str, SenderJob] = {}  # domain -> the job serving it (RFC 2645 §4)
         self.polled: str | None = None  # the peer on the other end of a turned connection (``polling``)
         # where <postmaster> without a domain goes: the host's own domain if local
@@ -142,6 +147,17 @@ class ReceivingPolicy(ReceiverHooks):
             return decision.target == peer
         endpoint = self.peer_endpoints.get(peer)
         return decision.kind == RELAY and endpoint is not None and decision.target == endpoint
+
+    def mail_from(self, session: Session, path: Path, params: dict[str, str | None]) -> Reply:
+        """``452 4.3.1`` while the data directory has less than ``queue_minfree`` free, or
+        less than that plus the declared ``SIZE`` (RFC 1870 §6.1): the client keeps the
+        message and tries later, instead of sending it only to hear the same at its end."""
+        space = self.free_space
+        if space is not None:
+            size = params.get("SIZE")  # the engine has checked that it is a number
+            if not space.enough(int(size) if size else 0):
+                return NO_ROOM
+        return reply(250, "2.1.0", "Sender OK")
 
     def rcpt_to(self, session: Session, path: Path, params: dict[str, str | None]) -> Reply:
         decision = self.decide(session, path)
@@ -297,7 +313,13 @@ class ReceivingPolicy(ReceiverHooks):
         sink = self.new_message(queue_id, reverse_path, decisions, header, client, {})
         sink.write(message)
         d = defer.maybeDeferred(sink.finish)
-        d.addCallback(lambda _: queue_id)
+
+        def queued(response: Reply) -> str:
+            if not response.is_positive:  # a full disk, a loop: what SMTP would have answered
+                raise ValueError(f"message not queued: {response}")
+            return queue_id
+
+        d.addCallback(queued)
         return d
 
     def new_message(
@@ -331,10 +353,14 @@ class ReceivingPolicy(ReceiverHooks):
             elif decision.kind == HOLD:
                 spooled.append(Recipient(str(decision.path)[1:-1], HELD, {"hold": decision.target}))
         sinks: list[MessageSink] = []
+        error = None
         if local:
             # final delivery: RFC 5321 §4.4 puts the reverse-path in a Return-Path: header
             return_path = f"Return-Path: {reverse_path}\r\n".encode()
-            sinks.append(self.maildirs.new_message(local, return_path + header, queue_id))
+            try:
+                sinks.append(self.maildirs.new_message(local, return_path + header, queue_id))
+            except OSError as e:  # a new Maildir and no room for it: answered at the end of DATA
+                error = e
         envelope = None
         if spooled:
             reverse = reverse_path
@@ -363,7 +389,7 @@ class ReceivingPolicy(ReceiverHooks):
                 "relayed": [r.address for r in spooled if r.state == PENDING],
                 "held": [r.address for r in spooled if r.state == HELD],
             }
-        return IncomingMessage(self, sinks, queue_id, summary, envelope, about)
+        return IncomingMessage(self, sinks, queue_id, summary, envelope, about, error)
 
 
 class IncomingMessage(MessageSink):
@@ -371,6 +397,11 @@ class IncomingMessage(MessageSink):
 
     The log line is pre-formatted into a single field: twisted.logger's
     per-field formatting is a measurable share of the per-message cost.
+
+    A storage error (``OSError``: a full disk, a full quota) while the body
+    streams in, or when it is committed, is this message's only: the rest of
+    the body is read and dropped, and the end of DATA is answered ``452
+    4.3.1`` (no room) or ``451 4.3.0`` (anything else) with one log line.
     """
 
     def __init__(
@@ -381,6 +412,7 @@ class IncomingMessage(MessageSink):
         summary: str,
         envelope: Envelope | None,
         about: dict | None = None,
+        error: OSError | None = None,
     ) -> None:
         """``about``: what to tell the policy's activity watchers (None: nobody watches)."""
         self.policy, self.sinks, self.queue_id, self.summary = policy, sinks, queue_id, summary
@@ -389,13 +421,22 @@ class IncomingMessage(MessageSink):
         self.size = 0
         self._head = b""
         self._head_done = False
+        self.error = error  # why it cannot be stored, once known
+        if error is not None:
+            self._drop_sinks()
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if not self._head_done:
             self._scan_header(data)
-        for sink in self.sinks:
-            sink.write(data)
+        if self.error is not None:
+            return
+        try:
+            for sink in self.sinks:
+                sink.write(data)
+        except OSError as e:  # a large body streaming to its file: the disk is full
+            self.error = e
+            self._drop_sinks()  # give back the room the partial files took
 
     def _scan_header(self, data: bytes) -> None:
         self._head += data
@@ -414,12 +455,14 @@ class IncomingMessage(MessageSink):
             response = reply(554, "5.4.6", "Too many hops (Received: headers): routing loop detected")
             self.refused(f"{hops} Received: headers, a mail loop", response)
             return response
+        if self.error is not None:
+            return self._not_stored(self.error)
         if len(self.sinks) == 1:  # the common case, without the cost of gathering
             d = defer.maybeDeferred(self.sinks[0].finish)
         else:
             d = defer.DeferredList([defer.maybeDeferred(s.finish) for s in self.sinks], consumeErrors=True)
             d.addCallback(self._all_or_none)
-        d.addCallback(self._accepted)
+        d.addCallbacks(self._accepted, self._commit_failed)
         return d
 
     def _all_or_none(self, results: list) -> defer.Deferred | None:
@@ -455,6 +498,26 @@ class IncomingMessage(MessageSink):
                 Kind.REFUSED, stage="data", reason=why, reply=str(response) if response else None,
                 queue_id=self.queue_id, client=self.about["client"],
             )  # fmt: skip
+
+    def _commit_failed(self, failure) -> Reply:
+        """A commit that the file system refused is answered, with one line; anything
+        else is a bug, and goes on to the session's traceback and 451."""
+        failure.trap(OSError)
+        return self._not_stored(failure.value)
+
+    def _not_stored(self, error: OSError) -> Reply:
+        why = " ".join(str(error).split())
+        log.error(
+            "{line}", line=f"{self.queue_id}: not stored ({why}): {self.summary}", queue_id=self.queue_id
+        )
+        if out_of_room(error):
+            return NO_ROOM
+        return reply(451, "4.3.0", "Local error in processing; try again later")
+
+    def _drop_sinks(self) -> None:
+        for sink in self.sinks:
+            sink.abort()
+        self.sinks = []
 
     def abort(self, why: str = "abandoned before the end of DATA") -> None:
         log.info("{line}", line=f"{self.queue_id}: {why}", queue_id=self.queue_id)

@@ -144,6 +144,14 @@ class Config:
     polls: list[Poll] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     max_connections: int = 200
+    # Sessions one client address may hold on a listener (0: no limit); see README "Trust".
+    max_connections_per_client: int = 20
+    # Failed AUTHs from one address (all its sessions) before its AUTH gets 454 for
+    # auth_backoff, doubled with each further failure up to auth_backoff_max (0: no budget).
+    auth_failures_per_client: int = 10
+    auth_backoff: float = 60.0
+    auth_backoff_max: float = 3600.0
+    queue_minfree: int = 0  # octets free below which MAIL gets 452 4.3.1 (0: not checked)
     max_received: int = 100
     queue_lifetime: float = 5 * 86400.0
     retry_interval: float = 60.0

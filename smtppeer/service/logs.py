@@ -28,6 +28,11 @@ field of the event whose value is a string, a number, a boolean or null
 (``queue_id``, ``client``, ``peer``, ``line``...), so that events can be
 filtered without parsing ``text``.  The five above win over a field of the
 same name.
+
+A line that cannot be written (the data directory's disk is full) is
+dropped, not raised: an observer that raises makes Twisted log a traceback
+for every later event.  The text log says so once, and once more with the
+count when lines are written again; in the file a line is whole or absent.
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from twisted.application import service
-from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogPublisher
 from zope.interface import implementer
+
+log = Logger()
 
 FILE_NAME = "smtppeer.log.jsonl"
 FIELDS = ("time", "level", "namespace", "text", "failure")
@@ -76,10 +83,40 @@ class JSONLinesObserver:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        self.dropped = 0  # lines not written since writing failed
 
     def __call__(self, event: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(event_fields(event), ensure_ascii=False, default=str) + "\n")
+        line = json.dumps(event_fields(event), ensure_ascii=False, default=str) + "\n"
+        try:
+            self.write(line)
+        except OSError as e:
+            self.dropped += 1
+            if self.dropped == 1:  # (this line comes back here, and is dropped too)
+                log.error("{line}", line=f"JSON log: cannot write ({e.strerror or e}); dropping lines")
+            return
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            log.info("{line}", line=f"JSON log: writing again; {dropped} lines were dropped")
+
+    def write(self, line: str) -> None:
+        self.stream.write(line)
         self.stream.flush()
+
+
+class _FileLines(JSONLinesObserver):
+    """JSON lines to a file of our own (``BinaryIO``, unbuffered, appending), each
+    line whole or not at all: a write the disk took only part of is taken back."""
+
+    def write(self, line: str) -> None:
+        fd = self.stream.fileno()
+        end = os.lseek(fd, 0, os.SEEK_END)
+        view = memoryview(line.encode("utf-8"))
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            os.ftruncate(fd, end)
+            raise
 
 
 def json_lines() -> JSONLinesObserver:
@@ -92,13 +129,13 @@ class JSONLogFile(service.Service):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file: TextIO | None = None
+        self._file: BinaryIO | None = None
         self._observer: JSONLinesObserver | None = None
 
     def startService(self) -> None:  # noqa: N802 -- twisted's name
         super().startService()
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-        self._observer = JSONLinesObserver(self._file)
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
+        self._observer = _FileLines(self._file)
         globalLogPublisher.addObserver(self._observer)
 
     def stopService(self) -> None:  # noqa: N802 -- twisted's name

@@ -42,6 +42,8 @@ _KEYS: dict[str, Key] = {
     "max-message-size": ("limits", "message_size"),
     "max-recipients": ("limits", "recipients"),
     "max-connections": ("limits", "max_connections"),
+    "max-connections-per-client": ("limits", "max_connections_per_client"),
+    "queue-minfree": ("limits", "queue_minfree"),
     "max-received": ("limits", "max_received"),
     "queue-lifetime": ("limits", "queue_lifetime"),
     "retry-interval": ("limits", "retry_interval"),
@@ -51,6 +53,8 @@ _NUMERIC = {
     "max-message-size",
     "max-recipients",
     "max-connections",
+    "max-connections-per-client",
+    "queue-minfree",
     "max-received",
     "queue-lifetime",
     "retry-interval",
@@ -92,6 +96,20 @@ class Options(usage.Options):
             None,
             None,
             f"Concurrent sessions per listener; more get 421 4.7.0 [default: {_CONFIG.max_connections}]",
+        ],
+        [
+            "max-connections-per-client",
+            None,
+            None,
+            "Concurrent sessions per listener from one client address, 0 for no limit "
+            f"[default: {_CONFIG.max_connections_per_client}]",
+        ],
+        [
+            "queue-minfree",
+            None,
+            None,
+            "Free space the data directory must keep, or MAIL gets 452 4.3.1; 0: not checked "
+            f"[default: {_CONFIG.queue_minfree}]",
         ],
         [
             "processes",

@@ -18,6 +18,7 @@ from smtppeer.engine.auth import Auth
 from smtppeer.engine.etrn import Etrn
 from smtppeer.engine.extensions import EnhancedStatusCodes, Extension, default_extensions
 from smtppeer.engine.starttls import StartTls
+from smtppeer.peer.clients import AuthBudget
 from smtppeer.peer.protocol import SMTPPeerFactory
 from smtppeer.peer.tls import server_options
 from smtppeer.policy.accounts import Accounts, Login
@@ -25,6 +26,7 @@ from smtppeer.policy.receiving import ReceivingPolicy
 from smtppeer.policy.routing import Router
 from smtppeer.store.committer import Committer
 from smtppeer.store.maildir import MaildirStore
+from smtppeer.store.space import FreeSpace
 from smtppeer.store.spool import Spool
 
 from .config import ODMR, Config, Listener
@@ -40,8 +42,13 @@ class Receiving:
     which is harmless in a Maildir (each file appears whole or not at all)
     but could race with the spool's clean-up after a dead process."""
 
-    def __init__(self, config: Config, parent: service.MultiService) -> None:
+    def __init__(self, config: Config, parent: service.MultiService, clock=None) -> None:
+        """``clock``: what the per-client AUTH budget and the free-space check read
+        (the reactor unless a test gives a ``task.Clock``)."""
+        if clock is None:
+            from twisted.internet import reactor as clock  # noqa: PLC0415
         self.config = config
+        self.clock = clock
         data_dir = os.path.abspath(config.data_dir)
         deliveries = Committer(disk_process=True)
         deliveries.setServiceParent(parent)
@@ -65,6 +72,13 @@ class Receiving:
         )
         self.accounts = Accounts(_logins(config))
         self.server_tls = server_options(config.tls.certificate, config.tls.key) if config.tls else None
+        # One budget for every listener of the process: a guesser gains nothing by switching ports.
+        self.auth_budget = AuthBudget(
+            clock,
+            failures=config.auth_failures_per_client,
+            backoff=config.auth_backoff,
+            backoff_max=config.auth_backoff_max,
+        )
 
     def policy(self, runner, activity: Activity | None = None) -> ReceivingPolicy:
         """``runner``: the queue runner, or what tells it about new spool entries;
@@ -83,7 +97,14 @@ class Receiving:
             owned=_owned_domains(config),
             peer_endpoints=self.endpoints,
             activity=activity,
+            free_space=self._free_space(),
         )
+
+    def _free_space(self) -> FreeSpace | None:
+        """``queue_minfree``: checked on the file systems of the Maildirs and the spool."""
+        if not self.config.queue_minfree:
+            return None
+        return FreeSpace([self.store.root, self.spool.root], self.config.queue_minfree, self.clock)
 
     def factory(self, listener: Listener, hooks: ReceivingPolicy) -> SMTPPeerFactory:
         config = self.config
@@ -93,6 +114,8 @@ class Receiving:
             hooks,
             limits=config.limits,
             max_connections=config.max_connections,
+            max_connections_per_client=config.max_connections_per_client,
+            auth_budget=self.auth_budget if config.auth_failures_per_client else None,
             turn_by_address=listener.turn,
             may_turn=listener.processes == 1,
             extensions=_extensions(listener, self.accounts, tls is not None),

@@ -22,6 +22,15 @@ def create_file(path: str) -> BinaryIO:
     return open(path, "xb", buffering=0)  # noqa: SIM115
 
 
+def _write_all(file: BinaryIO, data: bytes) -> None:
+    """All of ``data``, or an ``OSError``.  An unbuffered file's ``write`` may take only
+    part of it, without an error, when the disk fills up (the error comes at the next
+    write): a body that ended on such a write would be committed cut short."""
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view) :]
+
+
 class BodyBuffer:
     """The bytes of one message, destined for ``path`` (a name nobody reads yet)."""
 
@@ -45,12 +54,12 @@ class BodyBuffer:
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self._file is not None:
-            self._file.write(data)
+            _write_all(self._file, data)
             return
         self._chunks.append(data)
         if self.size > self.limit:
             self._file = self.create(self.path)
-            self._file.write(b"".join(self._chunks))
+            _write_all(self._file, b"".join(self._chunks))
             self._chunks = []
 
     def commit_parts(self) -> tuple[tuple[tuple[str, bytes], ...], tuple[str, ...]]:

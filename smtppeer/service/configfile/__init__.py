@@ -92,11 +92,18 @@ The schema (``examples/`` has annotated files for each use)::
     text_line = 1000                    # at least 1000
     bad_commands = 20
     command_timeout = "5m"
+    command_line_time = "1m"            # a command line begun must end within this (a slow-loris)
     data_timeout = "10m"
     reply_timeout = "5m"
     data_block_timeout = "3m"
     data_end_timeout = "10m"
-    max_connections = 200
+    max_connections = 200               # sessions per listener; more get 421 4.7.0
+    max_connections_per_client = 20     # sessions per listener from one address (0: no limit)
+    auth_failures_per_client = 10       # failed AUTHs from one address, all sessions, before its AUTH
+                                        #   gets 454 4.7.0 for auth_backoff (0: no budget)
+    auth_backoff = "1m"                 # doubled with each further failure, up to auth_backoff_max
+    auth_backoff_max = "1h"
+    queue_minfree = 0                   # free space below which MAIL gets 452 4.3.1 (0: not checked)
     max_received = 100
     queue_lifetime = "5d"
     retry_interval = "1m"
