@@ -188,6 +188,22 @@ def test_queue_help_and_misplaced_options():
     assert no_id.returncode == 64 and "give a queue ID" in no_id.stderr.decode()
 
 
+def test_options_go_before_or_after_the_arguments(twistd_peer):
+    peer = twistd_peer("--route", "far.test=tcp:host=127.0.0.1:port=9", "--retry-interval", "1h")
+    data = str(peer.data_dir)
+    sent = smtppeer("send", "x@far.test", "-d", data, "y@far.test", stdin=MESSAGE)
+    assert sent.returncode == 0, sent.stderr
+    queue_id = sent.stdout.decode().split()[-1]
+    shown = smtppeer("queue", "show", queue_id, "--data-dir", data)
+    assert shown.returncode == 0 and b"x@far.test" in shown.stdout
+    wrong = smtppeer("queue", "list", "surplus", "-d", data)
+    assert wrong.returncode == 64
+    assert wrong.stderr.decode().splitlines() == [
+        "smtppeer queue list: Wrong number of arguments.",
+        "Try 'smtppeer queue list --help'.",
+    ]
+
+
 def test_send_adds_from_date_and_message_id(twistd_peer):
     peer = twistd_peer()
     done = smtppeer(

@@ -59,6 +59,27 @@ class CommandOptions(usage.Options):
         print(f"smtppeer {__version__}")
         sys.exit(0)
 
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:  # noqa: N802 -- usage.Options'
+        """Options before or after the arguments, as in most commands
+        (``check-config provider.toml --peer dialup.toml``, ``lab wait beta --count 2``):
+        usage.Options stops at the first argument, so a command without subcommands gets its
+        options put first, and ``--`` before the arguments."""
+        if getattr(self, "subCommands", None):  # the options after a subcommand's name are the subcommand's
+            return super().parseOptions(options)
+        argv = list(sys.argv[1:] if options is None else options)
+        try:
+            flags, rest = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        takes_value = {name[:-1] for name in self.longOpt if name.endswith("=")}
+        ordered: list[str] = []
+        for flag, value in flags:
+            if flag.startswith("--"):
+                ordered.append(f"{flag}={value}" if flag[2:] in takes_value else flag)
+            else:
+                ordered += [flag, value] if f"{flag[1]}:" in self.shortOpt else [flag]
+        return super().parseOptions([*ordered, "--", *rest])
+
     def getSynopsis(self) -> str:  # noqa: N802 -- usage.Options' name
         # usage.Options writes a subcommand's synopsis after its parent's whole synopsis; with a
         # subcommand chosen ours is only the path to it: "Usage: smtppeer queue" + " list [-d DIR]".
@@ -91,16 +112,6 @@ class CheckConfigOptions(CommandOptions):
         self["peers"].append(path)
 
     opt_p = opt_peer
-
-    def parseOptions(self, options: Sequence[str] | None = None) -> None:  # noqa: N802 -- usage.Options'
-        """Options before or after FILE (``check-config provider.toml --peer dialup.toml``):
-        usage.Options stops at the first argument, so the options are put first."""
-        argv = list(sys.argv[1:] if options is None else options)
-        try:
-            flags, rest = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
-        except getopt.GetoptError as e:
-            raise usage.UsageError(str(e)) from None
-        super().parseOptions([part for flag in flags for part in flag] + rest)
 
     def parseArgs(self, file: str) -> None:  # noqa: N802 -- usage.Options' name
         self["file"] = file
@@ -704,9 +715,12 @@ def main(
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
-        command = options.subCommand
-        print(f"smtppeer{' ' + command if command else ''}: {e}", file=err)
-        print(f"Try 'smtppeer{' ' + command if command else ''} --help'.", file=err)
+        path, chosen = ["smtppeer"], options  # "smtppeer lab wait": as far as the parse got
+        while getattr(chosen, "subCommand", None):
+            path.append(chosen.subCommand)
+            chosen = chosen.subOptions
+        print(f"{' '.join(path)}: {e}", file=err)
+        print(f"Try '{' '.join(path)} --help'.", file=err)
         return EXIT_USAGE
     except SystemExit as e:  # --help, --version
         return e.code if isinstance(e.code, int) else EXIT_OK
