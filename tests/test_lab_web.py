@@ -324,7 +324,7 @@ async def test_queue_held_poll_and_transcripts(lab, api):
         True,
         "provider",
     )
-    assert outcome["line"].startswith("poll provider: sent 0, received 1, turned")
+    assert outcome["line"].startswith("poll provider: sent 0 messages to 0 recipients, received 1, turned")
     await lab.wait_for_messages("beta", 1, timeout=20)
 
     transcripts = (await api.get("/api/hosts/provider/transcripts")).json()
