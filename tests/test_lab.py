@@ -112,6 +112,28 @@ def test_a_452_fault_on_one_recipient_is_retried_and_then_delivered(two_sites):
     assert message.subject == "busy"
 
 
+@pytest_twisted.inlineCallbacks
+def test_waits_see_a_bounce_land_in_a_local_senders_maildir(two_sites):
+    lab = two_sites
+    lab.add_fault({"host": "provider", "phase": "rcpt", "recipient": "gone@*", "reply": "550 5.1.1 Gone"})
+    landed = lab.wait_for_messages("alpha", 1, {"mailbox": "a@alpha.test"}, timeout=600)
+    quiet = lab.wait_for_no_messages("alpha", duration=600)
+    bounced = lab.wait_for_event("bounced", host="alpha", timeout=20)
+    yield threads.deferToThread(send, lab.hosts["alpha"].smtp, "a@alpha.test", ["gone@provider.test"], "gone")
+    yield bounced
+    # both waits heard it with the bounce itself (no event "received": it was not sent to alpha)
+    assert landed.called and quiet.called
+    [message] = yield landed
+    assert message.header("Return-Path") == "<>" and "gone@provider.test" in message.raw.decode()
+    with pytest.raises(AssertionError, match="alpha received 1 message"):
+        yield quiet
+
+
+LINK = (
+    '[hosts.a]\ndomains = ["a.test"]\n[hosts.b]\ndomains = ["b.test"]\n[links.x]\nfrom = "a"\nto = "b"\n{}\n'
+)
+
+
 @pytest.mark.parametrize(
     "bad, error",
     [
@@ -123,6 +145,9 @@ def test_a_452_fault_on_one_recipient_is_retried_and_then_delivered(two_sites):
             '[hosts.a]\ndomains = ["a.test"]\n[links.x]\nfrom = "a"\nto = "b"\n',
             'two.toml: links.x.to: no host named "b"',
         ),
+        (LINK.format('bandwidth = "fast"'), 'two.toml: links.x.bandwidth: "fast" is not a bandwidth'),
+        (LINK.format('bandwidth = "1X/s"'), 'two.toml: links.x.bandwidth: "1X" is not a size'),
+        (LINK.format("bandwidth = 0"), "two.toml: links.x.bandwidth: 0 is too small: at least 1 octets per"),
     ],
 )
 def test_a_wrong_topology_is_one_line_naming_the_key(bad, error):
@@ -131,6 +156,16 @@ def test_a_wrong_topology_is_one_line_naming_the_key(bad, error):
     with pytest.raises(ConfigError) as raised:
         loads_topology(bad, "two.toml")
     assert str(raised.value).startswith(error)
+
+
+@pytest.mark.parametrize(
+    "written, octets", [(2048, 2048), ("64K/s", 65536), ("1 MiB / s", 1024**2), ("100/S", 100)]
+)
+def test_a_link_bandwidth_is_a_size_per_second(written, octets):
+    value = f'"{written}"' if isinstance(written, str) else written
+    assert (
+        loads_topology(LINK.format(f"bandwidth = {value}"), "two.toml").links["x"].toxics.bandwidth == octets
+    )
 
 
 @pytest_twisted.inlineCallbacks

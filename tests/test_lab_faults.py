@@ -164,6 +164,24 @@ def test_a_delay_holds_the_greeting_on_the_labs_clock(tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_lab_that_stops_ends_a_session_a_delay_holds(tmp_path):
+    clock = task.Clock()
+    lab = Lab(capture_topology(), data_dir=str(tmp_path / "lab"), clock=clock)
+    yield lab.start()
+    try:
+        lab.add_fault({"host": "capture", "phase": "connect", "delay": "30s"})
+        fired = lab.wait_for_event("fault", host="capture")
+        greeted = threads.deferToThread(talk, lab.hosts["capture"].smtp, [b"QUIT"])
+        yield fired
+        yield task.deferLater(reactor, 0, lambda: None)  # the fault fires, then the delay starts
+    finally:
+        yield lab.stop()
+    replies = yield greeted  # no greeting: the 421 every session gets when its host stops
+    assert replies == [b"421 4.3.2 capture.test Service shutting down\r\n", b""]
+    assert not clock.getDelayedCalls()  # and the delay's timer went with the lab
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_turn_refused_by_a_fault_fails_the_poll_and_keeps_the_mail_held(tmp_path):
     text = (
         '[hosts.provider]\ndomains = ["provider.test"]\n'

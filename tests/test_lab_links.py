@@ -161,6 +161,28 @@ async def test_reset_after_passes_exactly_n_octets_then_resets_both_ends(rig):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_reset_behind_latency_is_one_cut_however_much_follows(rig):
+    link, _, timer = rig.make(reset_after=100, latency=5.0)
+    client = await rig.connect(link)
+    await until(lambda: rig.targets, "the target's side")
+    client.transport.write(b"y" * 150)
+    await until(lambda: any(p.passed == 100 for p in link.connections), "the proxy read up to the cut")
+    client.transport.write(b"z" * 50)  # after the cut is decided, before it happens
+    client.transport.write(b"z" * 50)
+    await until(
+        lambda: link.stats.octets == 0 and len(timer.getDelayedCalls()) == 2, "100 octets, then the cut"
+    )
+    for _ in range(10):  # the reactor turns: whatever more it reads is swallowed
+        await task.deferLater(reactor, 0.005, lambda: None)
+    assert len(timer.getDelayedCalls()) == 2 and link.stats.cut == 1
+    timer.advance(5.1)
+    await client.lost
+    await rig.targets[0].lost
+    assert rig.targets[0].received == b"y" * 100
+    assert link.stats.cut == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_hang_passes_nothing_and_closes_nothing(rig):
     link, _, _ = rig.make(hang=True)
     client = await rig.connect(link)

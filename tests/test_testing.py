@@ -8,6 +8,7 @@ import textwrap
 import pytest_twisted
 from twisted.internet import threads
 
+from smtppeer.lab.topology import loads_topology
 from smtppeer.testing import start_capture, start_lab
 
 from .conftest import REPO
@@ -55,6 +56,18 @@ def test_start_lab_takes_toml_text(tmp_path):
     lab = yield start_lab('[hosts.one]\ndomains = ["one.test"]\n', data_dir=tmp_path / "lab")
     try:
         assert set(lab.hosts) == {"one"} and lab.hosts["one"].smtp[1] > 0
+    finally:
+        yield lab.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_start_lab_leaves_the_callers_topology_as_it_was(tmp_path):
+    text = '[lab]\nhttp = "tcp:0:interface=127.0.0.1"\n[hosts.one]\ndomains = ["one.test"]\n'
+    topology = loads_topology(text)
+    lab = yield start_lab(topology, data_dir=tmp_path / "lab")
+    try:
+        assert lab.topology.http is None  # a test has the lab itself
+        assert topology.http == "tcp:0:interface=127.0.0.1"  # a second start_lab of it is the same
     finally:
         yield lab.stop()
 

@@ -24,6 +24,7 @@ from smtppeer.service.configfile import ConfigError
 
 from .hosts import host_config
 from .topology import Role, load_topology
+from .web import WAIT_LIMIT  # what the API's long-poll allows
 
 EXIT_UNAVAILABLE = 69  # sysexits.h EX_UNAVAILABLE: no lab answers there
 
@@ -141,8 +142,8 @@ class WaitOptions(ApiOptions):
     def postOptions(self) -> None:  # noqa: N802 -- usage.Options' name
         if self["count"] < 1:
             raise usage.UsageError("--count must be at least 1")
-        if not 0 < self["timeout"] <= 3600:
-            raise usage.UsageError("--timeout must be more than 0 and at most 3600 seconds")
+        if not 0 < self["timeout"] <= WAIT_LIMIT:
+            raise usage.UsageError(f"--timeout must be more than 0 and at most {WAIT_LIMIT:g} seconds")
 
 
 def wait(options: WaitOptions, out: TextIO, err: TextIO) -> int:

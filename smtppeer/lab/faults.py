@@ -24,6 +24,7 @@ from typing import Any
 
 from twisted.internet import defer, interfaces, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from smtppeer.engine import Path, Reply
 from smtppeer.peer.hooks import DropConnection, MessageSink, ReceiverHooks, Session, Transaction
@@ -32,9 +33,12 @@ from .topology import Action, FaultSpec, Phase
 
 log = Logger()
 
-# The commands a lab host lets its faults see before they run.
-SCREENED = frozenset({"EHLO", "HELO", "AUTH", "DATA"})
 _SCREEN_PHASES = {"EHLO": Phase.EHLO, "HELO": Phase.EHLO, "AUTH": Phase.AUTH, "DATA": Phase.DATA}
+# The commands a lab host lets its faults see before they run.
+SCREENED = frozenset(_SCREEN_PHASES)
+# Connections whose MAIL FROM a host's faults remember for RCPT: a session may end after MAIL
+# with neither DATA nor RSET, and nothing says so, so the oldest are forgotten past this.
+MAX_SENDERS = 1024
 
 _ids = itertools.count(1)
 
@@ -134,6 +138,27 @@ class FaultBook:
         self.clock = clock
         self.faults: list[Fault] = []
         self.watchers: list[FiredWatcher] = []
+        self._delays: set[defer.Deferred] = set()
+
+    def later(self, delay: float, then: Callable[[], Any]) -> defer.Deferred:
+        """``then()`` after ``delay`` seconds of the lab's clock (a delay fault).  A lab
+        that stops first (``stop``) ends the wait without an answer: the host's own
+        stop says 421 to that session as to every other, no timer outlives the lab,
+        and no stopped host's policy is called."""
+        d = task.deferLater(self.clock, delay, then)
+        self._delays.add(d)
+
+        def done(result: object) -> object:
+            self._delays.discard(d)
+            if isinstance(result, Failure) and result.check(defer.CancelledError):
+                return defer.Deferred()  # never answered: the session ends with the host
+            return result
+
+        return d.addBoth(done)
+
+    def stop(self) -> None:
+        for d in list(self._delays):
+            d.cancel()
 
     def add(self, spec: FaultSpec) -> Fault:
         fault = Fault(spec, self.clock.seconds())
@@ -175,9 +200,6 @@ class FaultBook:
                 return fault
         return None
 
-    def wants_screen(self, host: str) -> bool:
-        return any(f.spec.host == host and f.spec.phase in _SCREEN_PHASES.values() for f in self.faults)
-
 
 class FaultyHooks(ReceiverHooks):
     """A host's receiving policy, with its faults in front of it."""
@@ -198,8 +220,8 @@ class FaultyHooks(ReceiverHooks):
         if spec.action == Action.REPLY:
             response = spec.reply
             result = refusal(response) if refusal is not None else response
-            return task.deferLater(self.book.clock, spec.delay, lambda: result) if spec.delay else result
-        return task.deferLater(self.book.clock, spec.delay, then)  # DELAY
+            return self.book.later(spec.delay, lambda: result) if spec.delay else result
+        return self.book.later(spec.delay, then)  # DELAY
 
     def greeting(self, session: Session):
         fault = self.book.strike(self.host, Phase.CONNECT, client=session.client_address)
@@ -212,7 +234,10 @@ class FaultyHooks(ReceiverHooks):
 
     def mail_from(self, session: Session, path: Path, params: dict[str, str | None]):
         sender = str(path)[1:-1]
+        self._senders.pop(session.connection, None)  # newest last: the oldest go first
         self._senders[session.connection] = sender
+        if len(self._senders) > MAX_SENDERS:
+            del self._senders[next(iter(self._senders))]
         fault = self.book.strike(self.host, Phase.MAIL, sender=sender, client=session.client_address)
         return self._apply(fault, lambda: self.inner.mail_from(session, path, params))
 

@@ -12,6 +12,8 @@ read.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import functools
 import itertools
 import os
 import random
@@ -43,6 +45,9 @@ log = Logger()
 
 EVENTS_KEPT = 1000
 NOT_YET = object()  # what a wait's check says until it is satisfied
+# what puts a message into a host's Maildirs: a message taken in, or a bounce to a local sender
+FILLS_MAILDIRS = frozenset({Kind.RECEIVED, Kind.BOUNCED})
+Entries = list[dict[str, Any]]  # a host's queue as JSON-ready values (LabHost.queue)
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class Message:
     key: str  # its name in the Maildir
     raw: bytes
 
-    @property
+    @functools.cached_property
     def parsed(self) -> EmailMessage:
         return message_from_bytes(self.raw, policy=policy.default)
 
@@ -103,8 +108,6 @@ def matcher(match: Match) -> Callable[[Message], bool]:
     """A predicate from what a test (or the HTTP API) says a message must be like:
     a function, ``{"subject": "glob", "mailbox": "glob", ...}`` (headers and
     ``mailbox``, case-insensitive globs), or text the raw message contains."""
-    import fnmatch  # noqa: PLC0415
-
     if match is None:
         return lambda message: True
     if callable(match):
@@ -186,9 +189,10 @@ class LabHost:
         return [message for _, message in ordered if predicate(message)]
 
     def message(self, key: str) -> Message | None:
-        for message in self.messages():
-            if message.key == key:
-                return message
+        for box, name, path in self._files():
+            if name == key:
+                with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+                    return Message(self.name, box, key, f.read())
         return None
 
     def delete_messages(self, key: str | None = None) -> int:
@@ -201,7 +205,7 @@ class LabHost:
                     removed += 1
         return removed
 
-    def queue(self) -> list[dict[str, Any]]:
+    def queue(self) -> Entries:
         """What waits in this host's spool: to send, or held for a peer."""
         out = []
         for envelope in self.assembly.runner.entries.values():
@@ -226,15 +230,16 @@ class LabHost:
             )
         return out
 
-    def held(self, peer: str | None = None) -> list[dict[str, Any]]:
+    def held(self, peer: str | None = None, queue: Entries | None = None) -> Entries:
         return [
             entry
-            for entry in self.queue()
+            for entry in (self.queue() if queue is None else queue)
             if any(r["state"] == HELD and (peer is None or r["hold"] == peer) for r in entry["recipients"])
         ]
 
-    def pending(self) -> list[dict[str, Any]]:
-        return [entry for entry in self.queue() if any(r["state"] == PENDING for r in entry["recipients"])]
+    def pending(self, queue: Entries | None = None) -> Entries:
+        entries = self.queue() if queue is None else queue
+        return [entry for entry in entries if any(r["state"] == PENDING for r in entry["recipients"])]
 
     def poll(self, peer: str | None = None) -> defer.Deferred:
         """Run this dial-up host's poll now; fires with its outcome."""
@@ -244,7 +249,7 @@ class LabHost:
         return poller.poll_now(peer or self.spec.provider or next(iter(poller.schedules)))
 
     def describe(self) -> dict[str, Any]:
-        spec = self.spec
+        spec, queue = self.spec, self.queue()
         return {
             "name": self.name,
             "role": str(spec.role),
@@ -254,9 +259,9 @@ class LabHost:
             "poll": {"method": str(spec.poll.method), "every": spec.poll.every} if spec.poll else None,
             "ports": self.ports,
             "data_dir": self.data_dir,
-            "messages": len(self.messages()),
-            "queued": len(self.pending()),
-            "held": len(self.held()),
+            "messages": sum(1 for _ in self._files()),
+            "queued": len(self.pending(queue)),
+            "held": len(self.held(queue=queue)),
         }
 
 
@@ -346,6 +351,7 @@ class Lab(service.MultiService):
         log.info("{line}", line=f"lab {self.topology.source}: {summary}; data in {self.data_dir}")
 
     def stopService(self) -> defer.Deferred:
+        self.faults.stop()  # no delay fault's timer outlives the lab
         d = defer.maybeDeferred(super().stopService)
 
         def links_down(result):
@@ -469,13 +475,15 @@ class Lab(service.MultiService):
         predicate = matcher(match)
 
         def check(event: Event | None) -> object:
-            if event is not None and (event.host != host or event.kind != Kind.RECEIVED):
+            if event is not None and (event.host != host or event.kind not in FILLS_MAILDIRS):
                 return NOT_YET
             found = lab_host.messages(predicate)
             return found if len(found) >= count else NOT_YET
 
         def expired() -> object:
             found = lab_host.messages(predicate)
+            if len(found) >= count:  # it landed with no event of its own (a file put there by hand)
+                return found
             raise TimeoutError(f"{host} has {len(found)} matching messages, not {count}, after {timeout:g}s")
 
         return self._wait(check, timeout, expired)
@@ -490,7 +498,7 @@ class Lab(service.MultiService):
         before = {m.key for m in lab_host.messages(predicate)}
 
         def check(event: Event | None) -> object:
-            if event is not None and event.host == host and event.kind == Kind.RECEIVED:
+            if event is not None and event.host == host and event.kind in FILLS_MAILDIRS:
                 new = [m for m in lab_host.messages(predicate) if m.key not in before]
                 if new:
                     raise AssertionError(f"{host} received {len(new)} message(s): {new[0].subject!r}")

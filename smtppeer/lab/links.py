@@ -256,7 +256,12 @@ class _Pipe:
         self._ready_at = {"client": 0.0, "server": 0.0}  # when the last queued chunk is delivered
         self._closing: set[str] = set()
         self._done = False
-        self._calls: list = []
+        self._calls: deque[interfaces.IDelayedCall] = deque()  # pending, in about the order they fire
+
+    def _later(self, delay: float, f: Callable[..., object], *args: object) -> None:
+        while self._calls and not self._calls[0].active():  # fired: forgotten as we go
+            self._calls.popleft()
+        self._calls.append(self.link.timer.callLater(delay, f, *args))
 
     def _other(self, side: _Side) -> _Side | None:
         return self.server if side is self.client else self.client
@@ -265,6 +270,8 @@ class _Pipe:
         link, toxics = self.link, self.link.spec.toxics
         if self._done or toxics.hang:
             return  # hang: swallowed, nothing passes and nothing closes
+        if toxics.reset_after is not None and self.passed >= toxics.reset_after:
+            return  # the cut is on its way (behind the latency): nothing more passes
         if toxics.reset_after is not None and self.passed + len(data) >= toxics.reset_after:
             allowed = toxics.reset_after - self.passed
             if allowed > 0:
@@ -294,7 +301,7 @@ class _Pipe:
         self._queued[source.name] += len(data)
         if self._queued[source.name] > BUFFER_HIGH and source.transport is not None:
             source.transport.pauseProducing()
-        self._calls.append(timer.callLater(when - now, self._release, source))
+        self._later(when - now, self._release, source)
 
     def _release(self, source: _Side) -> None:
         queue = self._queues[source.name]
@@ -319,7 +326,7 @@ class _Pipe:
             action()
             return
         wait = max(self._ready_at[source.name] - self.link.timer.seconds(), 0.0) + 0.001
-        self._calls.append(self.link.timer.callLater(wait, action))
+        self._later(wait, action)
 
     def closed(self, side: _Side) -> None:
         """One end closed: the other closes once what is queued has gone, after the slow close."""
@@ -340,7 +347,7 @@ class _Pipe:
         self._done = True
         if slow:
             # the pipe stays the link's (a cut still resets it) until the other end is closed
-            self._calls.append(self.link.timer.callLater(slow, other.transport.loseConnection))
+            self._later(slow, other.transport.loseConnection)
             return
         other.transport.loseConnection()
         self._forget()
@@ -365,5 +372,5 @@ class _Pipe:
         for call in self._calls:
             if call.active():
                 call.cancel()
-        self._calls = []
+        self._calls.clear()
         self.link.connections.discard(self)

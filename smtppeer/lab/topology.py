@@ -210,7 +210,7 @@ _SCHEDULE = re.compile(
     r"(?P<state>up|down)(?:\s+every\s+(?P<period>\S+)\s+for\s+(?P<duration>\S+)(?:\s+after\s+(?P<offset>\S+))?)?",
     re.IGNORECASE,
 )
-_BANDWIDTH = re.compile(r"(\d+)\s*([KMG]?)(?:i?B)?\s*/\s*s", re.IGNORECASE)
+_PER_SECOND = re.compile(r"(.*?)\s*/\s*s", re.IGNORECASE)
 _MILLISECONDS = re.compile(r"(\d+(?:\.\d*)?)\s*ms", re.IGNORECASE)
 _REPLY = re.compile(r"([245]\d\d)(?:\s+([245]\.\d{1,3}\.\d{1,3}))?(?:\s+(.*))?", re.DOTALL)
 
@@ -280,11 +280,7 @@ class TopologyReader(Values):
         spec = self.table(value, key, ("method", "every", "jitter"))
         method = self.choice(spec.get("method", "turn"), (*key, "method"), PollMethod)
         every = self.duration(spec.get("every", "5m"), (*key, "every"))
-        jitter = 0.0
-        if "jitter" in spec:
-            jitter = float(self.check(spec["jitter"], (*key, "jitter"), (int, float), "a number"))
-            if not 0 <= jitter < 1:
-                raise self.error((*key, "jitter"), f"{_show(spec['jitter'])}: must be from 0 up to (not) 1")
+        jitter = self.jitter(spec["jitter"], (*key, "jitter")) if "jitter" in spec else 0.0
         return PollSpec(method, every, jitter)
 
     def check_hosts(self, hosts: dict[str, HostSpec]) -> None:
@@ -374,16 +370,13 @@ class TopologyReader(Values):
         return schedule
 
     def bandwidth(self, value: Any, key: Key) -> int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            octets = value
-        else:
-            m = _BANDWIDTH.fullmatch(self.string(value, key).strip())
+        """Octets per second: a number, or a size per second ("64K/s", as sizes are written)."""
+        if isinstance(value, str):
+            m = _PER_SECOND.fullmatch(value.strip())
             if m is None:
                 raise self.error(key, f'{_show(value)} is not a bandwidth (octets per second, or "64K/s")')
-            octets = int(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2).upper()]
-        if octets < 1:
-            raise self.error(key, f"{_show(value)}: must be at least 1 octet per second")
-        return octets
+            value = m.group(1)
+        return self.size(value, key, 1, " per second")
 
     # -- faults -----------------------------------------------------------------
 

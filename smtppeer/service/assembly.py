@@ -29,7 +29,7 @@ from smtppeer.relay.queue import RunnerSettings
 from smtppeer.relay.scheduler import QueueRunner
 from smtppeer.store.maildir import MaildirStore
 
-from .config import TLS_NONE, TLS_VERIFY, Config, Peer, SendMode
+from .config import TLS_NONE, TLS_VERIFY, Config, Peer
 from .control import ControlFactory, ControlService
 from .logs import JSONLogFile, json_log_path
 from .options import Options
@@ -102,7 +102,9 @@ def assemble(
         deliver_locally=functools.partial(_deliver_bounce, side.store, side.router),
         resolver=MXResolver(resolver, local_names=[config.hostname]),
         settings=RunnerSettings(
-            lifetime=config.queue_lifetime, backoff_base=config.retry_interval, on_poll=_on_poll(config)
+            lifetime=config.queue_lifetime,
+            backoff_base=config.retry_interval,
+            on_poll=frozenset(config.on_poll_relays()),
         ),
         limits=config.limits,
         security=_client_security(config),
@@ -148,17 +150,6 @@ def assemble(
         listen=", ".join(listener.endpoint for listener in config.listeners),
     )
     return Assembly(top, config, side, runner, hooks, listeners, poller, activity)
-
-
-def _on_poll(config: Config) -> frozenset[str]:
-    """The relays whose mail waits for a poll of their peer (``send = "on-poll"``): its
-    endpoint (what routes through it are resolved to) and ``peer:NAME``."""
-    relays = [
-        (peer.endpoint, f"peer:{peer.name}")
-        for peer in config.peers.values()
-        if peer.send == SendMode.ON_POLL and peer.endpoint is not None
-    ]
-    return frozenset(relay for pair in relays for relay in pair)
 
 
 def _client_security(config: Config):

@@ -249,9 +249,14 @@ class DataDirOptions(CommandOptions):
             options = getattr(options, "parent", None)
         return None
 
+    _loaded: tuple[Config | None] | None = None
+
     def config(self) -> Config | None:
-        path = self._given("config")
-        return load_config(path) if path else None
+        """The file given by -c, read once (None without one)."""
+        if self._loaded is None:
+            path = self._given("config")
+            self._loaded = (load_config(path) if path else None,)
+        return self._loaded[0]
 
     def data_dir(self) -> str:
         given = self._given("data-dir")
@@ -466,7 +471,11 @@ def queue(options: QueueOptions, out: TextIO, err: TextIO) -> int:
             print(f"smtppeer queue show: no message {opts['id']!r}", file=err)
             return EXIT_FAILED
         spool = Spool(spool_dir, committer=None)
-        return _list(spool, out, _polled(config)) if sub == "list" else _show(spool, opts["id"], out, err)
+        return (
+            _list(spool, out, config.on_poll_relays() if config else {})
+            if sub == "list"
+            else _show(spool, opts["id"], out, err)
+        )
     if sub == "flush":
         route = None
         if opts["peer"]:
@@ -492,15 +501,6 @@ def queue(options: QueueOptions, out: TextIO, err: TextIO) -> int:
 
 
 _DONE = {"hold": "held", "release": "released", "delete": "deleted"}
-
-
-def _polled(config: Config | None) -> dict[str, str]:
-    """Relays whose mail waits for a poll (``send = "on-poll"``) -> the peer; known with -c only."""
-    waits: dict[str, str] = {}
-    for peer in config.peers.values() if config is not None else ():
-        if peer.send == SendMode.ON_POLL and peer.endpoint is not None:
-            waits[peer.endpoint] = waits[f"peer:{peer.name}"] = peer.name
-    return waits
 
 
 def _list(spool: Spool, out: TextIO, polled: dict[str, str] | None = None) -> int:

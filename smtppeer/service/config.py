@@ -160,3 +160,13 @@ class Config:
     accept_any_domain: bool = False  # every domain not routed or held is local (a capturing test server)
     json_log: bool = False
     metrics: str | None = None  # a server endpoint serving Prometheus metrics at /metrics
+
+    def on_poll_relays(self) -> dict[str, str]:
+        """The relays whose mail waits for a poll of their peer (``send = "on-poll"``),
+        each to the peer's name: its endpoint (what routes through it are resolved
+        to) and ``peer:NAME``."""
+        waits: dict[str, str] = {}
+        for peer in self.peers.values():
+            if peer.send == SendMode.ON_POLL and peer.endpoint is not None:
+                waits[peer.endpoint] = waits[f"peer:{peer.name}"] = peer.name
+        return waits

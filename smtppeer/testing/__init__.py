@@ -22,6 +22,7 @@ mail for any domain into its Maildirs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -59,8 +60,7 @@ def start_lab(
     """Start a lab from a ``Topology``, TOML text or a file's path; fires with it
     once every host listens.  Its HTTP API is not started (a test has the lab
     itself); ``Lab.stop`` stops everything."""
-    spec = _topology(topology)
-    spec.http = None
+    spec = dataclasses.replace(_topology(topology), http=None)  # the caller's Topology stays as it was
     lab = Lab(spec, data_dir=None if data_dir is None else os.fspath(data_dir))
     return lab.start()
 

@@ -94,9 +94,7 @@ class Polls(Values):
         if "interval" in spec:
             poll.interval = self.duration(spec["interval"], (*key, "interval"))
         if "jitter" in spec:
-            poll.jitter = float(self.check(spec["jitter"], (*key, "jitter"), (int, float), "a number"))
-            if not 0 <= poll.jitter < 1:
-                raise self.error((*key, "jitter"), f"{_show(spec['jitter'])}: must be from 0 up to (not) 1")
+            poll.jitter = self.jitter(spec["jitter"], (*key, "jitter"))
         if "method" in spec:
             text = self.string(spec["method"], (*key, "method")).strip().lower()
             if text not in POLL_METHODS:

@@ -100,6 +100,13 @@ class Values:
             raise self.error(key, f"{value} is too small: at least {minimum}{why}")
         return value
 
+    def jitter(self, value: Any, key: Key) -> float:
+        """A fraction of an interval to vary it by, from 0 up to (not) 1."""
+        fraction = float(self.check(value, key, (int, float), "a number"))
+        if not 0 <= fraction < 1:
+            raise self.error(key, f"{_show(value)}: must be from 0 up to (not) 1")
+        return fraction
+
     def array(self, value: Any, key: Key, item: Callable[[Any, Key], Any]) -> list:
         self.check(value, key, list, "an array")
         return [item(v, (*key, i)) for i, v in enumerate(value)]
