@@ -1,6 +1,6 @@
 """The lab at scale: how long ten hosts take to start, and how fast mail crosses three hops.
 
-    python bench/bench_lab.py [--messages 1000] [--sessions 10] [--repeat 1]
+    python bench/bench_lab.py [--messages 1000] [--sessions 10] [--per-destination N]
 
 A ten-host lab in this process (the same code as ``twistd smtppeer lab``):
 a dial-up site ``alpha`` sends everything through its provider ``edge``,
@@ -12,7 +12,9 @@ last one is in ``far``'s Maildir, durably at every hop.
 
 For a ratio in the same run (the machine is shared and noisy), the same
 number of messages is then sent straight to ``far``: one hop, no links.
-Prints the start time, both rates and their ratio.
+Prints the start time, both rates and their ratio.  ``--per-destination N``
+sets ``outgoing_connections_per_destination`` on the three sending hosts
+(default: smtppeer's own, 4).
 """
 
 from __future__ import annotations
@@ -53,7 +55,15 @@ IDLE = ["beta", "gamma", "delta"]
 LOCALS = ["west", "east", "north"]
 
 
-def topology_text() -> str:
+SENDERS = ["edge", "core", "alpha"]
+
+
+def topology_text(per_destination: int | None = None) -> str:
+    text = TOPOLOGY
+    if per_destination is not None:
+        limits = f"config = {{ limits = {{ outgoing_connections_per_destination = {per_destination} }} }}\n"
+        for name in SENDERS:
+            text = text.replace(f"[hosts.{name}]\n", f"[hosts.{name}]\n{limits}")
     extra = []
     for name in IDLE:
         extra.append(
@@ -62,7 +72,7 @@ def topology_text() -> str:
         )
     for name in LOCALS:
         extra.append(f'[hosts.{name}]\nrole = "local"\ndomains = ["{name}.test"]\n')
-    return TOPOLOGY.replace("{extra}", "\n".join(extra))
+    return text.replace("{extra}", "\n".join(extra))
 
 
 def smtp_source(port: int, messages: int, sessions: int, recipient: str) -> list[str]:
@@ -78,6 +88,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--per-destination", type=int, default=None)
     args = parser.parse_args()
     if not (shutil.which("smtp-source") or Path("/usr/sbin/smtp-source").exists()):
         print("smtp-source is needed (apt-get install postfix)", file=sys.stderr)
@@ -92,7 +103,7 @@ def main() -> int:
     results: dict[str, float] = {}
 
     async def run() -> None:
-        topology = loads_topology(topology_text(), "bench-lab")
+        topology = loads_topology(topology_text(args.per_destination), "bench-lab")
         topology.http = None
         lab = Lab(topology, data_dir=str(work / "lab"))
         started = time.perf_counter()

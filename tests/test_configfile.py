@@ -130,6 +130,11 @@ command_line_time = "2m"
 max_received = 50
 queue_lifetime = "2d"
 retry_interval = "30s"
+retry_interval_max = "2h"
+outgoing_connections = 50
+outgoing_connections_per_destination = 10
+messages_per_connection = 500
+connect_timeout = "1m"
 """
 
 
@@ -192,6 +197,11 @@ def test_full_schema_round_trip(tmp_path):
         max_received=50,
         queue_lifetime=2 * 86400.0,
         retry_interval=30.0,
+        retry_interval_max=7200.0,
+        outgoing_connections=50,
+        outgoing_connections_per_destination=10,
+        messages_per_connection=500,
+        connect_timeout=60.0,
         dns=("127.0.0.1", 5353),
         honour_source_routes=False,
         json_log=True,
@@ -498,6 +508,16 @@ def test_examples_are_all_here():
     ]
 
 
+def test_a_retry_interval_over_an_hour_lifts_the_default_maximum():
+    """Before retry_interval_max could be set, retry_interval = "2h" was valid and meant
+    "every two hours": it still does, and a maximum given is checked against it."""
+    config = loads_config('hostname = "h.test"\n[limits]\nretry_interval = "2h"\n')
+    assert (config.retry_interval, config.retry_interval_max) == (7200.0, 7200.0)
+    config = loads_config('hostname = "h.test"\n[limits]\nretry_interval = "2h"\nretry_interval_max = "1d"\n')
+    assert config.retry_interval_max == 86400.0
+    assert loads_config('hostname = "h.test"\n').retry_interval_max == 3600.0
+
+
 def test_example_single_host():
     config = load_config(EXAMPLES / "single-host.toml")
     assert config.hostname == "mail.example.org"
@@ -514,6 +534,11 @@ def test_example_single_host():
         "auth_failures_per_client",
         "auth_backoff",
         "auth_backoff_max",
+        "retry_interval_max",
+        "outgoing_connections",
+        "outgoing_connections_per_destination",
+        "messages_per_connection",
+        "connect_timeout",
     ):
         assert getattr(config, name) == getattr(defaults, name), name
     assert config.queue_minfree == defaults.queue_minfree
@@ -729,6 +754,11 @@ BROKEN = [
     ("auth-backoff-zero", "[limits]\nauth_backoff = 0", "limits.auth_backoff: 0: must be more than 0 seconds"),
     ("auth-backoff-max-short", '[limits]\nauth_backoff = "10m"\nauth_backoff_max = "5m"', "limits.auth_backoff_max: auth_backoff_max (5m) is shorter than auth_backoff (10m)"),
     ("auth-backoff-over-max", '[limits]\nauth_backoff = "2h"', "limits.auth_backoff: auth_backoff_max (1h) is shorter than auth_backoff (2h)"),
+    ("retry-max-short", '[limits]\nretry_interval = "10m"\nretry_interval_max = "5m"', "limits.retry_interval_max: retry_interval_max (5m) is shorter than retry_interval (10m)"),
+    ("outgoing-0", "[limits]\noutgoing_connections = 0", "limits.outgoing_connections: 0 is too small: at least 1"),
+    ("per-destination-0", "[limits]\noutgoing_connections_per_destination = 0", "limits.outgoing_connections_per_destination: 0 is too small: at least 1"),
+    ("per-connection-float", "[limits]\nmessages_per_connection = 2.5", "limits.messages_per_connection: expected an integer, got a float (2.5)"),
+    ("connect-timeout-zero", '[limits]\nconnect_timeout = "0s"', 'limits.connect_timeout: "0s": must be more than 0 seconds'),
     ("minfree-unit", '[limits]\nqueue_minfree = "1X"', 'limits.queue_minfree: "1X" is not a size (...'),
     ("minfree-negative", "[limits]\nqueue_minfree = -1", "limits.queue_minfree: -1 is too small: at least 0 octets"),
     # domains and mailboxes

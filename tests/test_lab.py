@@ -178,6 +178,43 @@ def test_a_host_keeps_transcripts_of_its_sessions(two_sites):
     assert "C: mail FROM:<x@else.test>" in session and "S: 250 2.0.0 Ok: queued as" in session
 
 
+SENDING_LIMITS = """
+[hosts.a]
+domains = ["a.test"]
+config = { limits = { outgoing_connections_per_destination = 1, messages_per_connection = 2 } }
+
+[hosts.b]
+role = "local"
+domains = ["b.test"]
+"""
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_sending_limits_of_the_configuration_shape_the_connections(tmp_path):
+    """Five messages due at once for one destination, one connection allowed to
+    it and two messages per connection: three sessions, one after another."""
+    lab = Lab(loads_topology(SENDING_LIMITS, "limits.toml"), data_dir=str(tmp_path / "lab"))
+    yield lab.start()
+    try:
+        a, b = lab.hosts["a"], lab.hosts["b"]
+        with lab.link_down("a-b"):
+            for n in range(5):
+                yield threads.deferToThread(send, a.smtp, "s@a.test", ["r@b.test"], f"m{n}")
+            yield lab.wait_until(
+                lambda: (
+                    len(a.pending()) == 5 and all(r["attempts"] for e in a.pending() for r in e["recipients"])
+                ),
+                what="five messages deferred",
+            )
+        assert a.assembly.runner.flush() == 5
+        yield lab.wait_for_messages("b", 5, timeout=30)
+        yield lab.wait_until(lambda: not a.queue(), what="a's queue emptied")
+        sessions = [t.as_dict()["text"] for t in b.transcripts.sessions]
+        assert [text.count("C: DATA") for text in sessions] == [2, 2, 1], sessions
+    finally:
+        yield lab.stop()
+
+
 def send_big(address, size: int) -> None:
     body = ("Subject: big\r\n\r\n" + ("z" * 76 + "\r\n") * (size // 78)).encode()
     with smtplib.SMTP(*address, timeout=30) as client:

@@ -27,7 +27,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, interfaces
+from twisted.internet import defer, interfaces, task
 from twisted.logger import Logger
 
 from smtppeer.activity import Activity, Kind, Record
@@ -47,6 +47,7 @@ EVENTS_KEPT = 1000
 NOT_YET = object()  # what a wait's check says until it is satisfied
 # what puts a message into a host's Maildirs: a message taken in, or a bounce to a local sender
 FILLS_MAILDIRS = frozenset({Kind.RECEIVED, Kind.BOUNCED})
+WAIT_UNTIL_EVERY = 0.1  # seconds between looks of wait_until, besides those after events
 Entries = list[dict[str, Any]]  # a host's queue as JSON-ready values (LabHost.queue)
 
 
@@ -419,12 +420,17 @@ class Lab(service.MultiService):
     # -- waiting ----------------------------------------------------------------
 
     def _wait(
-        self, check: Callable[[Event | None], object], timeout: float, expired: Callable[[], object]
+        self,
+        check: Callable[[Event | None], object],
+        timeout: float,
+        expired: Callable[[], object],
+        every: float | None = None,
     ) -> defer.Deferred:
-        """The shape of every wait: ``check`` is asked now and after each event, and
-        returns what to fire with or ``NOT_YET`` (or raises, to fail); when
-        ``timeout`` seconds of the lab's clock pass, ``expired`` says what happens
-        (a value, or it raises).  Cancelling the Deferred stops the wait."""
+        """The shape of every wait: ``check`` is asked now and after each event (and
+        every ``every`` seconds, if given), and returns what to fire with or
+        ``NOT_YET`` (or raises, to fail); when ``timeout`` seconds of the lab's clock
+        pass, ``expired`` says what happens (a value, or it raises).  Cancelling the
+        Deferred stops the wait."""
         result: defer.Deferred = defer.Deferred(lambda _: finish())
 
         def settle(outcome: Callable[[], object]) -> None:
@@ -455,11 +461,18 @@ class Lab(service.MultiService):
 
         unwatch = self.watch(look)
         timer = self.clock.callLater(timeout, expire)
+        ticks = None
+        if every is not None:
+            ticks = task.LoopingCall(look)
+            ticks.clock = self.clock
+            ticks.start(every, now=False)
 
         def finish() -> None:
             unwatch()
             if timer.active():
                 timer.cancel()
+            if ticks is not None and ticks.running:
+                ticks.stop()
 
         look()
         return result
@@ -509,13 +522,15 @@ class Lab(service.MultiService):
     def wait_until(
         self, predicate: Callable[[], object], timeout: float = 10.0, what: str = "the condition"
     ) -> defer.Deferred:
-        """Fires with ``predicate()``'s result once it is true, looked at now and after
-        every event; fails with ``TimeoutError`` after ``timeout`` seconds."""
+        """Fires with ``predicate()``'s result once it is true, looked at now, after
+        every event and every ``WAIT_UNTIL_EVERY`` seconds (what it asks about may
+        change with no event: a queue entry removed after its delivery was told);
+        fails with ``TimeoutError`` after ``timeout`` seconds."""
 
         def expired() -> object:
             raise TimeoutError(f"{what} did not come true in {timeout:g}s")
 
-        return self._wait(lambda event: predicate() or NOT_YET, timeout, expired)
+        return self._wait(lambda event: predicate() or NOT_YET, timeout, expired, WAIT_UNTIL_EVERY)
 
     def wait_for_event(
         self, kind: str, host: str | None = None, timeout: float = 10.0, **fields: Any

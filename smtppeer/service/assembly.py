@@ -104,6 +104,11 @@ def assemble(
         settings=RunnerSettings(
             lifetime=config.queue_lifetime,
             backoff_base=config.retry_interval,
+            backoff_max=config.retry_interval_max,
+            max_connections=config.outgoing_connections,
+            per_destination=config.outgoing_connections_per_destination,
+            messages_per_connection=config.messages_per_connection,
+            connect_timeout=config.connect_timeout,
             on_poll=frozenset(config.on_poll_relays()),
         ),
         limits=config.limits,

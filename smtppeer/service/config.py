@@ -154,7 +154,15 @@ class Config:
     queue_minfree: int = 0  # octets free below which MAIL gets 452 4.3.1 (0: not checked)
     max_received: int = 100
     queue_lifetime: float = 5 * 86400.0
-    retry_interval: float = 60.0
+    retry_interval: float = 60.0  # the first retry; each further one waits twice as long ...
+    retry_interval_max: float = 3600.0  # ... up to this
+    # Sending: sessions open at once in all, to one destination (an endpoint, or a
+    # domain's MX hosts), messages sent over one before it is closed, and how long a
+    # connection may take to open.
+    outgoing_connections: int = 20
+    outgoing_connections_per_destination: int = 4
+    messages_per_connection: int = 100
+    connect_timeout: float = 30.0
     dns: tuple[str, int] | None = None
     honour_source_routes: bool = True
     accept_any_domain: bool = False  # every domain not routed or held is local (a capturing test server)

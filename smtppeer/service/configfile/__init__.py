@@ -107,6 +107,11 @@ The schema (``examples/`` has annotated files for each use)::
     max_received = 100
     queue_lifetime = "5d"
     retry_interval = "1m"
+    retry_interval_max = "1h"           # default: 1h, or retry_interval if that is longer
+    outgoing_connections = 20           # sending: sessions at once, in all
+    outgoing_connections_per_destination = 4   # to one endpoint or one domain's MX hosts
+    messages_per_connection = 100
+    connect_timeout = "30s"
 
 Defaults are those of ``twistd smtppeer`` with no options.
 

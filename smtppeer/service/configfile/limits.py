@@ -22,7 +22,15 @@ SERVICE = (
     "max_received",
     "queue_lifetime",
     "retry_interval",
+    "retry_interval_max",
+    "outgoing_connections",
+    "outgoing_connections_per_destination",
+    "messages_per_connection",
+    "connect_timeout",
 )
+
+# Pairs of (shorter, longer) durations: the second may not be below the first.
+_ORDERED = (("auth_backoff", "auth_backoff_max"), ("retry_interval", "retry_interval_max"))
 
 
 class LimitsSection(Values):
@@ -46,22 +54,34 @@ class LimitsSection(Values):
                 values[name] = self.size(raw, key, 1000, " (RFC 5321 §4.5.3.1.6)")
             elif name == "recipients":
                 values[name] = self.integer(raw, key, 100, " (RFC 5321 §4.5.3.1.8)")
-            elif name in ("bad_commands", "max_connections", "max_received"):
+            elif name in (
+                "bad_commands",
+                "max_connections",
+                "max_received",
+                "outgoing_connections",
+                "outgoing_connections_per_destination",
+                "messages_per_connection",
+            ):
                 values[name] = self.integer(raw, key, 1)
             elif name in ("max_connections_per_client", "auth_failures_per_client"):
                 values[name] = self.integer(raw, key, 0, " (0: no limit)")
             elif name == "queue_minfree":
                 values[name] = self.size(raw, key, 0)
-            else:  # the timeouts, auth_backoff(_max), queue_lifetime, retry_interval
+            else:  # the timeouts, auth_backoff(_max), queue_lifetime, retry_interval(_max)
                 values[name] = self.duration(raw, key)
         for name in SERVICE:
             if name in values:
                 setattr(config, name, values.pop(name))
-        if config.auth_backoff_max < config.auth_backoff:
-            name = "auth_backoff_max" if "auth_backoff_max" in value else "auth_backoff"
-            raise self.error(
-                ("limits", name),
-                f"auth_backoff_max ({format_duration(config.auth_backoff_max)}) is shorter than "
-                f"auth_backoff ({format_duration(config.auth_backoff)})",
-            )
+        if "retry_interval_max" not in value:
+            # A retry_interval over the default maximum was valid before the maximum
+            # could be set, and meant "retry this often": it still does.
+            config.retry_interval_max = max(config.retry_interval_max, config.retry_interval)
+        for short, long in _ORDERED:
+            if getattr(config, long) < getattr(config, short):
+                name = long if long in value else short
+                raise self.error(
+                    ("limits", name),
+                    f"{long} ({format_duration(getattr(config, long))}) is shorter than "
+                    f"{short} ({format_duration(getattr(config, short))})",
+                )
         config.limits = Limits(**values)
