@@ -7,6 +7,10 @@ system storage`` (never a ``250``, never ``451 Local error`` or ``421
 Internal error``), with one log line per message and no traceback; once the
 space is freed the same mail gets its ``250``.  With ``--queue-minfree`` the
 refusal comes at MAIL already.
+
+The sending side on the same small disk: a delivery's result or a bounce
+the full disk refuses is kept in memory, said once, and written when the
+space returns; nothing is sent twice and no failure goes unreported.
 """
 
 from __future__ import annotations
@@ -20,10 +24,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 
 from smtppeer.store.bodybuffer import BodyBuffer
+from smtppeer.store.committer import Committer
+from smtppeer.store.spool import DELIVERED, PENDING, Spool
 
 from .conftest import REPO, TwistdProcess, free_port
+from .peerutil import Listener
+from .test_runner import Harness, PickyHooks
 
 SMALL = b"Subject: small\r\n\r\nhello\r\n"
 LARGE = b"Subject: large\r\n\r\n" + (b"x" * 76 + b"\r\n") * 8000  # 624 KB: streamed to its file
@@ -175,3 +186,91 @@ def test_the_json_log_on_the_full_disk_drops_lines_with_one_line_of_its_own(smal
         assert any("accepted from" in json.loads(line)["text"] for line in lines)
     finally:
         peer.stop()
+
+
+# -- the sending side: results the disk will not take ------------------------------
+
+
+@pytest_twisted.async_yield_fixture
+async def relay_on_small_disk(small_disk):
+    """A queue runner (not started) whose spool is on the small disk, sending to a
+    real SMTPPeer on loopback that refuses ``bad*`` with 550 and ``later*`` with
+    450; its clock is a ``task.Clock``.  Yields (harness, the next hop's hooks,
+    the log events)."""
+    hooks = PickyHooks()
+    listener = Listener("next.test", hooks)
+    port = await listener.start()
+    committer = Committer()
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    harness = Harness(Spool(str(small_disk / "spool"), committer), port, jitter=0.0)
+    try:
+        yield harness, hooks, events
+    finally:
+        harness.runner.stopService()
+        await harness.runner.idle()
+        globalLogPublisher.removeObserver(events.append)
+        await (committer.stopService() or defer.succeed(None))
+        for peer in listener.peers:
+            await peer.done
+        await listener.stop()
+
+
+def log_lines(events: list[dict]) -> list[str]:
+    """The text of the log events of the relay, and any traceback as one line of its own."""
+    return [
+        "TRACEBACK " + e["log_failure"].getErrorMessage() if "log_failure" in e else formatEvent(e)
+        for e in events
+        if e.get("log_namespace", "").startswith("smtppeer.relay")
+    ]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_delivery_state_the_full_disk_refuses_is_kept_and_written_when_room_returns(relay_on_small_disk):
+    """One recipient delivered and one deferred while the disk is full: the state
+    cannot be written, so it is kept in memory (the delivered one is not sent again),
+    one line says so, and the next sweep after the space returns writes it."""
+    harness, hooks, events = relay_on_small_disk
+    spool = harness.spool
+    yield harness.queue("D1", "ok@next.test", "later@next.test")
+    fill(Path(spool.root).parent / "filler")
+    harness.runner.startService()
+    yield harness.run()
+    assert [s.recipients for s in hooks.stored] == [["ok@next.test"]]
+    on_disk = {r.address: r.state for r in spool.load("D1").recipients}
+    assert on_disk == {"ok@next.test": PENDING, "later@next.test": PENDING}  # not written
+    lines = log_lines(events)
+    assert not [line for line in lines if line.startswith("TRACEBACK")], lines
+    assert sum("D1: cannot write its delivery state (no room" in line for line in lines) == 1, lines
+    yield harness.run(advance=harness.runner.settings.interval)  # still full: tried again, quietly
+    assert sum("cannot write" in line for line in log_lines(events)) == 1
+    (Path(spool.root).parent / "filler").unlink()
+    yield harness.run(advance=harness.runner.settings.interval)
+    on_disk = {r.address: r.state for r in spool.load("D1").recipients}
+    assert on_disk == {"ok@next.test": DELIVERED, "later@next.test": PENDING}
+    assert harness.runner.results.unsaved == {}
+    assert any("D1: its state is written now" in line for line in log_lines(events))
+    assert len(hooks.stored) == 1  # the delivered recipient was never sent again
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_bounce_the_full_disk_refuses_is_made_when_room_returns(relay_on_small_disk):
+    """A 550 while the disk is full: no bounce can be queued; the failure is not
+    forgotten (as it would be until a restart) but bounced once there is room."""
+    harness, hooks, events = relay_on_small_disk
+    spool = harness.spool
+    yield harness.queue("B1", "bad@next.test", sender="sender@next.test")
+    fill(Path(spool.root).parent / "filler")
+    harness.runner.startService()
+    yield harness.run()
+    assert hooks.stored == [] and spool.ids() == ["B1"]
+    lines = log_lines(events)
+    assert not [line for line in lines if line.startswith("TRACEBACK")], lines
+    assert sum("B1: cannot write" in line for line in lines) == 1, lines
+    (Path(spool.root).parent / "filler").unlink()
+    yield harness.run(advance=harness.runner.settings.interval)
+    yield harness.run()  # the bounce, queued now, goes out
+    [bounced] = hooks.stored
+    assert bounced.reverse_path == "<>" and bounced.recipients == ["sender@next.test"]
+    assert b"bad@next.test" in bounced.body and b"550" in bounced.body
+    assert spool.ids() == [] and harness.runner.entries == {}

@@ -13,6 +13,13 @@ verdict on the message but says the next hop takes no mail on that port,
 an ODMR port (RFC 2645) most likely.  That is this host's configuration
 error, so it defers (``451 4.3.5``) with a log line saying so, and the mail
 waits for the route to be mended, or for the queue lifetime, like any.
+
+A disk that refuses a write (full, over quota, failing) does not lose a
+result: the state stays in memory, where the runner acts on it as usual,
+one line is logged, and ``retry_unsaved`` (on every sweep of the runner)
+writes it, and makes the bounces it owes, once the disk takes them.  Until
+then a restart would send to those recipients again: at least once, never
+never.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from smtppeer.engine.address import AddressError, parse_path
 from smtppeer.peer.tls import endpoint_host
 from smtppeer.policy.routing import HOLD, LOCAL, MX, RELAY, Router
 from smtppeer.store.ids import new_queue_id
+from smtppeer.store.space import out_of_room
 from smtppeer.store.spool import DELIVERED, FAILED, HELD, PENDING, Envelope, Recipient, Spool
 
 from . import bounce
@@ -72,6 +80,8 @@ class Results:
         self.deliver_locally = deliver_locally
         self.look_again = look_again
         self.added = added
+        # Envelopes whose state (or a bounce they owe) the disk refused: written again later.
+        self.unsaved: dict[str, Envelope] = {}
 
     async def record_all(self, items: list[Item], response: Reply, marks: Marks) -> None:
         """The same result for everything of a session that never got going; the
@@ -109,7 +119,7 @@ class Results:
                     failed.append((rcpt, expired))
                 else:
                     rcpt.next_attempt = now + self.backoff(rcpt.attempts)
-        await self.spool.update(envelope)
+        saved = await self._save(envelope)
         if self.activity.watched:
             self._report(envelope, [r for r in rcpts if r.address in results], now)
         if misrouted is not None:
@@ -132,7 +142,8 @@ class Results:
             self.look_again(envelope.id)  # the next run files it under its retry time
         for rcpt, response in failed:
             log.info("{line}", line=f"{envelope.id}: {rcpt.address} failed: {response}", queue_id=envelope.id)
-        await self.report_failures(envelope)
+        if saved:
+            await self.report_failures(envelope)
 
     def _report(self, envelope: Envelope, rcpts: list[Recipient], now: float) -> None:
         for rcpt in rcpts:
@@ -148,10 +159,11 @@ class Results:
         for rcpt, why in reasons:
             rcpt.state = FAILED
             rcpt.last_reply = str(why)
-        await self.spool.update(envelope)
+        saved = await self._save(envelope)
         if self.activity.watched:
             self._report(envelope, [rcpt for rcpt, _ in reasons], self.clock.seconds())
-        await self.report_failures(envelope)
+        if saved:
+            await self.report_failures(envelope)
 
     async def report_failures(self, envelope: Envelope) -> None:
         """Bounce the failed recipients not reported yet; then the entry may go.
@@ -160,6 +172,12 @@ class Results:
         and the entry is removed only after that: a crash in between makes a
         second bounce at worst, never none.
         """
+        try:
+            await self._settle(envelope)
+        except OSError as e:
+            self._keep(envelope, e, "the bounce it owes")
+
+    async def _settle(self, envelope: Envelope) -> None:
         unreported = envelope.unreported()
         if unreported:
             await self._bounce(envelope, unreported)
@@ -168,6 +186,41 @@ class Results:
             await self.spool.update(envelope)
         if envelope.done:
             self.queue.entries.pop(envelope.id, None)
+
+    async def _save(self, envelope: Envelope) -> bool:
+        """Write the envelope's state; if the disk refuses, keep it for ``retry_unsaved``."""
+        try:
+            await self.spool.update(envelope)
+        except OSError as e:
+            self._keep(envelope, e, "its delivery state")
+            return False
+        return True
+
+    def _keep(self, envelope: Envelope, error: OSError, what: str) -> None:
+        first = envelope.id not in self.unsaved
+        self.unsaved[envelope.id] = envelope
+        if first:  # one line per message, not one per retry
+            why = "no room on the disk" if out_of_room(error) else f"{error.strerror or error}"
+            log.error(
+                "{line}",
+                line=f"{envelope.id}: cannot write {what} ({why}): kept in memory, "
+                f"written when the disk takes it (tried every {self.settings.interval:g}s)",
+                queue_id=envelope.id,
+            )
+
+    async def retry_unsaved(self) -> None:
+        """Write what the disk refused before, then make the bounces it owes."""
+        for queue_id, envelope in list(self.unsaved.items()):
+            if self.queue.entries.get(queue_id) is not envelope:
+                del self.unsaved[queue_id]  # deleted by the administrator meanwhile
+                continue
+            try:
+                await self.spool.update(envelope)
+                await self._settle(envelope)
+            except OSError:
+                continue  # still refused: logged the first time
+            del self.unsaved[queue_id]
+            log.info("{line}", line=f"{queue_id}: its state is written now", queue_id=queue_id)
 
     def backoff(self, attempts: int) -> float:
         s = self.settings

@@ -174,7 +174,8 @@ class QueueRunner(service.Service):
 
         Only envelopes that are ready (new, or whose retry time has come) are
         looked at, so a large queue costs nothing per run; held mail is checked
-        for expiry once per ``interval``.
+        for expiry, and states the disk refused are written again, once per
+        ``interval``.
         """
         self._timer = None
         now = self.clock.seconds()
@@ -184,6 +185,10 @@ class QueueRunner(service.Service):
         if now >= self._next_sweep:
             self._next_sweep = now + self.settings.interval
             self.holds.expire(now)
+            if self.results.unsaved:
+                d = defer.ensureDeferred(self.results.retry_unsaved())
+                d.addErrback(lambda f: log.failure("could not write a kept delivery state", f))
+                self._track(d)
         batches: dict[tuple[str, str], list[Item]] = {}
         for queue_id in list(self._ready):
             del self._ready[queue_id]
