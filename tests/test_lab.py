@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from smtppeer.lab.lab import Lab
+from smtppeer.lab.lab import Lab, MessageScan
 from smtppeer.lab.topology import loads_topology
 
 TWO_SITES = """
@@ -176,6 +176,25 @@ def test_a_host_keeps_transcripts_of_its_sessions(two_sites):
     text = [t.as_dict()["text"] for t in lab.hosts["provider"].transcripts.sessions]
     [session] = [t for t in text if "FROM:<x@else.test>" in t]  # smtplib says "mail FROM:"
     assert "C: mail FROM:<x@else.test>" in session and "S: 250 2.0.0 Ok: queued as" in session
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_scan_of_messages_follows_the_maildirs_as_they_change(two_sites):
+    """What every wait looks through after each event: files come and go under it."""
+    lab = two_sites
+    provider = lab.hosts["provider"]
+    scan = MessageScan(provider, {"subject": "keep*"})
+    for subject in ("keep 1", "drop", "keep 2"):
+        yield threads.deferToThread(send, provider.smtp, "x@else.test", ["p@provider.test"], subject)
+    yield lab.wait_for_messages("provider", 3, timeout=20)
+    assert [m.subject for m in scan.matching()] == ["keep 1", "keep 2"]
+    first = scan.matching()[0]
+    assert provider.delete_messages(first.key) == 1
+    assert [m.subject for m in scan.matching()] == ["keep 2"]
+    yield threads.deferToThread(send, provider.smtp, "x@else.test", ["p@provider.test"], "keep 3")
+    yield lab.wait_for_messages("provider", 3, timeout=20)
+    assert [m.subject for m in scan.matching()] == ["keep 2", "keep 3"]
+    assert [m.key for m in scan.matching()] == [m.key for m in provider.messages({"subject": "keep*"})]
 
 
 SENDING_LIMITS = """

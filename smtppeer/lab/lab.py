@@ -176,18 +176,17 @@ class LabHost:
 
     def messages(self, match: Match = None) -> list[Message]:
         """Every message in this host's Maildirs that matches, oldest first."""
-        found: list[tuple[float, Message]] = []
-        for box, key, path in self._files():
-            try:
-                with open(path, "rb") as f:
-                    raw = f.read()
-                when = os.stat(path).st_mtime
-            except FileNotFoundError:
-                continue  # removed meanwhile (a reset)
-            found.append((when, Message(self.name, box, key, raw)))
-        predicate = matcher(match)
-        ordered = sorted(found, key=lambda item: (item[0], item[1].key))
-        return [message for _, message in ordered if predicate(message)]
+        return MessageScan(self, match).matching()
+
+    def _read(self, box: str, key: str, path: str) -> tuple[float, Message] | None:
+        """One message file and when it was delivered; None if it is gone (a reset)."""
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+                when = os.fstat(f.fileno()).st_mtime
+        except FileNotFoundError:
+            return None
+        return when, Message(self.name, box, key, raw)
 
     def message(self, key: str) -> Message | None:
         for box, name, path in self._files():
@@ -264,6 +263,32 @@ class LabHost:
             "queued": len(self.pending(queue)),
             "held": len(self.held(queue=queue)),
         }
+
+
+class MessageScan:
+    """A host's matching messages, looked at again and again (a wait, after each
+    event): each file is read and matched once, so a wait for N messages reads
+    N files, not N each time one lands."""
+
+    def __init__(self, host: LabHost, match: Match = None) -> None:
+        self.host = host
+        self.predicate = matcher(match)
+        self._seen: dict[str, tuple[float, str, Message | None]] = {}  # path -> (when, key, if it matches)
+
+    def matching(self) -> list[Message]:
+        """The matching messages there now, oldest first."""
+        seen: dict[str, tuple[float, str, Message | None]] = {}
+        for box, key, path in self.host._files():
+            item = self._seen.get(path)
+            if item is None:
+                read = self.host._read(box, key, path)
+                if read is None:
+                    continue
+                when, message = read
+                item = (when, key, message if self.predicate(message) else None)
+            seen[path] = item
+        self._seen = seen  # what was removed is forgotten
+        return [m for _, _, m in sorted(seen.values(), key=lambda item: item[:2]) if m is not None]
 
 
 class Lab(service.MultiService):
@@ -484,17 +509,16 @@ class Lab(service.MultiService):
         them in its Maildirs; fails with ``TimeoutError`` (saying what it saw) if
         they are not there in ``timeout`` seconds of the lab's clock.  Cancelling
         it stops the wait (the HTTP API's long-poll, when its client goes away)."""
-        lab_host = self.hosts[host]
-        predicate = matcher(match)
+        scan = MessageScan(self.hosts[host], match)
 
         def check(event: Event | None) -> object:
             if event is not None and (event.host != host or event.kind not in FILLS_MAILDIRS):
                 return NOT_YET
-            found = lab_host.messages(predicate)
+            found = scan.matching()
             return found if len(found) >= count else NOT_YET
 
         def expired() -> object:
-            found = lab_host.messages(predicate)
+            found = scan.matching()
             if len(found) >= count:  # it landed with no event of its own (a file put there by hand)
                 return found
             raise TimeoutError(f"{host} has {len(found)} matching messages, not {count}, after {timeout:g}s")
@@ -506,13 +530,12 @@ class Lab(service.MultiService):
     ) -> defer.Deferred[None]:
         """Fires after ``duration`` if no new matching message reached ``host`` in it;
         fails with ``AssertionError`` as soon as one does."""
-        lab_host = self.hosts[host]
-        predicate = matcher(match)
-        before = {m.key for m in lab_host.messages(predicate)}
+        scan = MessageScan(self.hosts[host], match)
+        before = {m.key for m in scan.matching()}
 
         def check(event: Event | None) -> object:
             if event is not None and event.host == host and event.kind in FILLS_MAILDIRS:
-                new = [m for m in lab_host.messages(predicate) if m.key not in before]
+                new = [m for m in scan.matching() if m.key not in before]
                 if new:
                     raise AssertionError(f"{host} received {len(new)} message(s): {new[0].subject!r}")
             return NOT_YET
