@@ -122,6 +122,7 @@ data_block_timeout = "2m"
 data_end_timeout = "1h"
 max_connections = 20
 max_connections_per_client = 4
+client_ipv6_prefix_length = 64
 auth_failures_per_client = 6
 auth_backoff = "30s"
 auth_backoff_max = "2h"
@@ -190,6 +191,7 @@ def test_full_schema_round_trip(tmp_path):
         ),
         max_connections=20,
         max_connections_per_client=4,
+        client_ipv6_prefix_length=64,
         auth_failures_per_client=6,
         auth_backoff=30.0,
         auth_backoff_max=7200.0,
@@ -531,6 +533,7 @@ def test_example_single_host():
     defaults = Config(hostname=config.hostname)
     for name in (
         "max_connections_per_client",
+        "client_ipv6_prefix_length",
         "auth_failures_per_client",
         "auth_backoff",
         "auth_backoff_max",
@@ -759,6 +762,8 @@ BROKEN = [
     ("per-destination-0", "[limits]\noutgoing_connections_per_destination = 0", "limits.outgoing_connections_per_destination: 0 is too small: at least 1"),
     ("per-connection-float", "[limits]\nmessages_per_connection = 2.5", "limits.messages_per_connection: expected an integer, got a float (2.5)"),
     ("connect-timeout-zero", '[limits]\nconnect_timeout = "0s"', 'limits.connect_timeout: "0s": must be more than 0 seconds'),
+    ("ipv6-prefix-0", "[limits]\nclient_ipv6_prefix_length = 0", "limits.client_ipv6_prefix_length: 0 is too small: at least 1"),
+    ("ipv6-prefix-129", "[limits]\nclient_ipv6_prefix_length = 129", "limits.client_ipv6_prefix_length: 129 is too large: at most 128 bits"),
     ("minfree-unit", '[limits]\nqueue_minfree = "1X"', 'limits.queue_minfree: "1X" is not a size (...'),
     ("minfree-negative", "[limits]\nqueue_minfree = -1", "limits.queue_minfree: -1 is too small: at least 0 octets"),
     # domains and mailboxes

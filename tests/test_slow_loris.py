@@ -187,6 +187,10 @@ def test_an_ipv4_client_of_a_dual_stack_listener_is_counted_as_its_ipv4_address(
 
     assert client_key("::ffff:127.0.0.1") == client_key("127.0.0.1") == "127.0.0.1"
     assert client_key("::1") == "::1" and client_key("/run/smtppeer.sock") is None
+    # an IPv6 client as its network (client_ipv6_prefix_length); a mapped IPv4 one never
+    assert client_key("2001:db8::1:2:3", 84) == client_key("2001:db8::9", 84) == "2001:db8::/84"
+    assert client_key("2001:db8:0:0:1000::1", 84) == "2001:db8:0:0:1000::/84"
+    assert client_key("::ffff:192.0.2.1", 84) == "192.0.2.1" and client_key("::1", 128) == "::1"
     listener = Listener("b.test", MemoryHooks(), max_connections_per_client=1)
     ep = endpoints.serverFromString(reactor, "tcp6:0:interface=\\:\\:")
     try:

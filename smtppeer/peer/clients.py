@@ -13,8 +13,11 @@ both are also counted per client address, across sessions:
   only; the engine, which has none, is told its verdict.
 
 An address is counted as the client's IP address, an IPv4-mapped IPv6 address
-(``::ffff:192.0.2.1``, a dual-stack listener) as the IPv4 address it is.  A
-client of a UNIX socket has no address and is not counted.
+(``::ffff:192.0.2.1``, a dual-stack listener) as the IPv4 address it is.  An
+IPv6 client is counted as its network of ``client_ipv6_prefix_length`` bits
+(default 84, Postfix's ``smtpd_client_ipv6_prefix_length``): one host given a
+/64 has 2**64 addresses to open sessions from.  A client of a UNIX socket has
+no address and is not counted.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from smtppeer.engine import Reply, reply
 log = Logger()
 
 
-def client_key(host: str | None) -> str | None:
-    """The address a client is counted as, or None (not an IP address: a UNIX socket).
+def client_key(host: str | None, ipv6_prefix: int = 128) -> str | None:
+    """The address a client is counted as, or None (not an IP address: a UNIX socket):
+    an IPv6 client as its network of ``ipv6_prefix`` bits (``2001:db8::/84``).
 
     Twisted gives IPv4 addresses in dotted form already, so they are taken as they
     are; only an IPv6 address is parsed (one parse per connection)."""
@@ -44,7 +48,11 @@ def client_key(host: str | None) -> str | None:
     except ValueError:
         return None
     mapped = address.ipv4_mapped
-    return str(mapped) if mapped is not None else str(address)
+    if mapped is not None:
+        return str(mapped)
+    if ipv6_prefix >= 128:
+        return str(address)
+    return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
 
 
 @dataclass

@@ -165,7 +165,8 @@ class SMTPPeer(Protocol):
         self.connection = next(_connections)
         peer = self.transport.getPeer()
         self.client_address: str = getattr(peer, "host", str(peer))
-        self.client_key = client_key(getattr(peer, "host", None))
+        prefix = getattr(self.factory, "client_ipv6_prefix_length", 128)
+        self.client_key = client_key(getattr(peer, "host", None), prefix)
         self.client_literal = address_literal(self.client_address)
         self.transport.registerProducer(self, True)
         if self.job is not None:
@@ -843,19 +844,22 @@ class SMTPPeerFactory(Factory):
         *,
         max_connections: int | None = None,
         max_connections_per_client: int | None = None,
+        client_ipv6_prefix_length: int = 128,
         auth_budget: AuthBudget | None = None,
         turn_by_address: bool = False,
         may_turn: bool = True,
         **peer_options,
     ) -> None:
         """``max_connections_per_client``: sessions one client address may hold here
-        (None or 0: no limit); ``auth_budget``: failed AUTHs per client address,
-        usually shared by every listener of the service."""
+        (None or 0: no limit), an IPv6 client counted as its network of
+        ``client_ipv6_prefix_length`` bits; ``auth_budget``: failed AUTHs per client
+        address (counted alike), usually shared by every listener of the service."""
         self.hostname = hostname
         self.hooks = hooks
         self.peer_options = peer_options
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client or None
+        self.client_ipv6_prefix_length = client_ipv6_prefix_length
         self.auth_budget = auth_budget
         self.per_client: dict[str, int] = {}  # sessions counted per client address
         self._admitted = 0  # sessions not refused at their greeting
@@ -891,7 +895,8 @@ class SMTPPeerFactory(Factory):
             peer.refusal = reply(421, "4.7.0", f"{self.hostname} Too many connections, try again later")
             return peer
         limit = self.max_connections_per_client
-        key = client_key(getattr(addr, "host", None)) if limit is not None else None
+        host = getattr(addr, "host", None)
+        key = client_key(host, self.client_ipv6_prefix_length) if limit is not None else None
         if key is not None:
             count = self.per_client.get(key, 0)
             if count >= limit:

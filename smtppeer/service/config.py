@@ -146,6 +146,8 @@ class Config:
     max_connections: int = 200
     # Sessions one client address may hold on a listener (0: no limit); see README "Trust".
     max_connections_per_client: int = 20
+    # An IPv6 client is counted (sessions, failed AUTHs) as its network of this many bits.
+    client_ipv6_prefix_length: int = 84
     # Failed AUTHs from one address (all its sessions) before its AUTH gets 454 for
     # auth_backoff, doubled with each further failure up to auth_backoff_max (0: no budget).
     auth_failures_per_client: int = 10

@@ -115,6 +115,7 @@ class Receiving:
             limits=config.limits,
             max_connections=config.max_connections,
             max_connections_per_client=config.max_connections_per_client,
+            client_ipv6_prefix_length=config.client_ipv6_prefix_length,
             auth_budget=self.auth_budget if config.auth_failures_per_client else None,
             turn_by_address=listener.turn,
             may_turn=listener.processes == 1,

@@ -99,6 +99,7 @@ The schema (``examples/`` has annotated files for each use)::
     data_end_timeout = "10m"
     max_connections = 200               # sessions per listener; more get 421 4.7.0
     max_connections_per_client = 20     # sessions per listener from one address (0: no limit)
+    client_ipv6_prefix_length = 84      # an IPv6 client is counted as its /84 (128: the address)
     auth_failures_per_client = 10       # failed AUTHs from one address, all sessions, before its AUTH
                                         #   gets 454 4.7.0 for auth_backoff (0: no budget)
     auth_backoff = "1m"                 # doubled with each further failure, up to auth_backoff_max

@@ -15,6 +15,7 @@ from .values import Values, format_duration
 SERVICE = (
     "max_connections",
     "max_connections_per_client",
+    "client_ipv6_prefix_length",
     "auth_failures_per_client",
     "auth_backoff",
     "auth_backoff_max",
@@ -27,6 +28,16 @@ SERVICE = (
     "outgoing_connections_per_destination",
     "messages_per_connection",
     "connect_timeout",
+)
+
+# Counts of at least one.
+_COUNTS = (
+    "bad_commands",
+    "max_connections",
+    "max_received",
+    "outgoing_connections",
+    "outgoing_connections_per_destination",
+    "messages_per_connection",
 )
 
 # Pairs of (shorter, longer) durations: the second may not be below the first.
@@ -43,32 +54,7 @@ class LimitsSection(Values):
             self.LIMITS,
             {"max_message_size": "message_size", "max_recipients": "recipients"},
         )
-        values: dict[str, Any] = {}
-        for name, raw in value.items():
-            key: Key = ("limits", name)
-            if name == "message_size":
-                values[name] = self.size(raw, key, 1024)
-            elif name == "command_line":
-                values[name] = self.size(raw, key, 512, " (RFC 5321 §4.5.3.1.4)")
-            elif name == "text_line":
-                values[name] = self.size(raw, key, 1000, " (RFC 5321 §4.5.3.1.6)")
-            elif name == "recipients":
-                values[name] = self.integer(raw, key, 100, " (RFC 5321 §4.5.3.1.8)")
-            elif name in (
-                "bad_commands",
-                "max_connections",
-                "max_received",
-                "outgoing_connections",
-                "outgoing_connections_per_destination",
-                "messages_per_connection",
-            ):
-                values[name] = self.integer(raw, key, 1)
-            elif name in ("max_connections_per_client", "auth_failures_per_client"):
-                values[name] = self.integer(raw, key, 0, " (0: no limit)")
-            elif name == "queue_minfree":
-                values[name] = self.size(raw, key, 0)
-            else:  # the timeouts, auth_backoff(_max), queue_lifetime, retry_interval(_max)
-                values[name] = self.duration(raw, key)
+        values = {name: self._limit(name, raw, ("limits", name)) for name, raw in value.items()}
         for name in SERVICE:
             if name in values:
                 setattr(config, name, values.pop(name))
@@ -85,3 +71,27 @@ class LimitsSection(Values):
                     f"{short} ({format_duration(getattr(config, short))})",
                 )
         config.limits = Limits(**values)
+
+    def _limit(self, name: str, raw: Any, key: Key) -> Any:
+        """One value of ``[limits]``, checked for what its key means."""
+        if name == "message_size":
+            return self.size(raw, key, 1024)
+        if name == "command_line":
+            return self.size(raw, key, 512, " (RFC 5321 §4.5.3.1.4)")
+        if name == "text_line":
+            return self.size(raw, key, 1000, " (RFC 5321 §4.5.3.1.6)")
+        if name == "recipients":
+            return self.integer(raw, key, 100, " (RFC 5321 §4.5.3.1.8)")
+        if name in _COUNTS:
+            return self.integer(raw, key, 1)
+        if name in ("max_connections_per_client", "auth_failures_per_client"):
+            return self.integer(raw, key, 0, " (0: no limit)")
+        if name == "client_ipv6_prefix_length":
+            bits = self.integer(raw, key, 1)
+            if bits > 128:
+                raise self.error(key, f"{bits} is too large: at most 128 bits")
+            return bits
+        if name == "queue_minfree":
+            return self.size(raw, key, 0)
+        # the timeouts, auth_backoff(_max), queue_lifetime, retry_interval(_max)
+        return self.duration(raw, key)
