@@ -117,3 +117,37 @@ def test_not_a_string_is_one_line():
     with pytest.raises(ConfigError) as raised:
         loads_config("metrics = 9101", "smtppeer.toml")
     assert str(raised.value) == "smtppeer.toml: metrics: expected a string, got an integer (9101)"
+
+
+def test_the_metrics_count_the_mail_of_worker_processes_too(twistd_peer):
+    """``--processes 2``: a worker takes sessions on its own socket; what it receives
+    and refuses reaches the service's ``/metrics`` over the workers' pipe."""
+    from .test_processes import queue_id_pids, workers_of
+
+    port = free_port()
+    peer = twistd_peer(
+        "--processes", "2", "--metrics", f"tcp:{port}:interface=127.0.0.1", "--domain", "peer.test"
+    )
+    wait_for_port(port, peer.proc)
+    wait_until(lambda: len(workers_of(peer.proc.pid)) == 1, what="the worker process")
+    wait_until(lambda: "accepting on" in peer.log(), what="the worker to accept")
+    sent = refused = 0
+    box = peer.maildir("peer.test", "u")
+    for n in range(200):  # SO_REUSEPORT spreads sessions: bounded, until both processes had some
+        with smtplib.SMTP("127.0.0.1", peer.port, timeout=20) as client:
+            client.sendmail("a@x.test", ["u@peer.test"], f"Subject: {n}\r\n\r\nhi\r\n".encode())
+            sent += 1
+            with pytest.raises(smtplib.SMTPRecipientsRefused):
+                client.sendmail("a@x.test", ["w@nowhere.test"], b"Subject: refused\r\n\r\nhi\r\n")
+            refused += 1
+        if sent >= 10 and len(queue_id_pids(box)) == 2:
+            break
+    assert len(queue_id_pids(box)) == 2, "the worker took no session"
+
+    def counted() -> Scrape | None:
+        metrics = Scrape(scrape(port)[2])
+        return metrics if metrics("smtppeer_received_total", host="peer.test") == sent else None
+
+    metrics = wait_until(counted, what=f"{sent} messages counted")
+    assert metrics("smtppeer_refused_total", host="peer.test", stage="rcpt") == refused
+    assert "unreadable" not in peer.log()

@@ -17,7 +17,9 @@ worker to be started again instead of being refused.
 A worker only receives.  It stores mail exactly as the service does
 (Maildirs, and the spool for mail to relay or hold, synced before its
 ``250``) and then announces each new spool entry to the service over a
-pipe, so that there is still one queue runner.  Such a listener never turns:
+pipe, so that there is still one queue runner.  What it receives and
+refuses (``activity.py``'s records) goes over the same pipe, so the
+service's metrics count the mail of every process.  Such a listener never turns:
 TURN, ATRN and ETRN need the runner's hold queues, so they are refused (or
 not offered) there, in every process alike.
 
@@ -29,6 +31,7 @@ dies, and removes the unfinished spool files it left.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -41,6 +44,7 @@ from twisted.application import service
 from twisted.internet import defer, error, protocol
 from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
 
+from smtppeer.activity import Activity, Kind, Record
 from smtppeer.twisted_private import parse_endpoint
 
 from .config import Config
@@ -49,7 +53,10 @@ from .startup import fail
 log = Logger()
 
 LISTEN_FD = 3  # the shared listening socket, in the worker
-ANNOUNCE_FD = 4  # worker -> service: the ID of each new spool entry, one per line
+# worker -> service, one per line: the ID of each new spool entry, or ACTIVITY and a
+# record of what the worker received or refused, as JSON
+ANNOUNCE_FD = 4
+ACTIVITY = "@"
 STOP_TIMEOUT = 20.0  # SIGTERM, then this long, then SIGKILL
 RESPAWN_DELAY = (1.0, 30.0)  # doubling while workers die young
 
@@ -127,6 +134,16 @@ class SharedListener(service.Service):
             childFDs={0: "w", 1: "r", 2: "r", LISTEN_FD: self._sockets[number].fileno(), ANNOUNCE_FD: "r"},
         )
         self.workers[number] = worker
+
+    def reported(self, text: str) -> None:
+        """A worker received or refused something: the service's watchers (metrics) are told."""
+        try:
+            record = json.loads(text)
+            kind, fields = Kind(record["kind"]), dict(record["fields"])
+        except (ValueError, KeyError, TypeError) as e:
+            log.info("{line}", line=f"a worker reported something unreadable ({e}): {text[:200]!r}")
+            return
+        self.runner.activity.report(kind, **fields)
 
     def announced(self, queue_id: str) -> None:
         """A worker has a new spool entry on disk: hand it to the queue runner."""
@@ -220,7 +237,9 @@ class _Worker(protocol.ProcessProtocol):
         *lines, self._lines[fd] = (self._lines[fd] + data).split(b"\n")
         for line in lines:
             text = line.decode("utf-8", "replace").rstrip()
-            if fd == ANNOUNCE_FD:
+            if fd == ANNOUNCE_FD and text.startswith(ACTIVITY):
+                self.pool.reported(text[len(ACTIVITY) :])
+            elif fd == ANNOUNCE_FD:
                 self.pool.announced(text)
             elif text:
                 log.info("{line}", line=f"worker {self.number}: {text}")
@@ -250,10 +269,15 @@ class _Worker(protocol.ProcessProtocol):
 
 
 class _Announcer:
-    """Stands in for the queue runner in a worker: tells the service about new entries."""
+    """Stands in for the queue runner in a worker: tells the service about new entries,
+    and (as an ``Activity`` watcher) what the worker received and refused."""
 
     def add(self, envelope) -> None:
         os.write(ANNOUNCE_FD, f"{envelope.id}\n".encode())
+
+    def forward(self, record: Record) -> None:
+        line = json.dumps({"kind": str(record.kind), "fields": record.fields}, default=str)
+        os.write(ANNOUNCE_FD, f"{ACTIVITY}{line}\n".encode())
 
 
 def _read_exactly(fd: int, n: int) -> bytes:
@@ -279,7 +303,9 @@ def main() -> None:
     )
     top = service.MultiService()
     side = Receiving(config, top)
-    factory = side.factory(config.listeners[index], side.policy(_Announcer()))
+    announcer, activity = _Announcer(), Activity(reactor)
+    activity.watch(announcer.forward)
+    factory = side.factory(config.listeners[index], side.policy(announcer, activity))
     top.startService()
     with socket.socket(fileno=os.dup(LISTEN_FD)) as shared:
         family = shared.family
