@@ -144,6 +144,18 @@ def smtppeer(
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
+def end_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    """Send ``sig`` (unless it has ended) and wait; SIGKILL if it is not gone in ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+    return proc.returncode
+
+
 class TwistdProcess:
     """``twistd -n smtppeer ...`` as a real process on a loopback port."""
 
@@ -196,13 +208,7 @@ class TwistdProcess:
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
+        end_process(self.proc, sig)
         self._log.close()
         code, self.proc = self.proc.returncode, None
         return code

@@ -61,7 +61,7 @@ from typing import TypeVar
 
 import pytest
 
-from .conftest import IN_CI, free_port, require_tool, wait_until
+from .conftest import IN_CI, end_process, free_port, require_tool, wait_until
 
 T = TypeVar("T")
 
@@ -701,13 +701,7 @@ class SmtpSink:
 
     def stop(self) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=10)
+            end_process(self.proc, timeout=10)
             self.proc = None
         if self._out is not None:
             self._out.close()

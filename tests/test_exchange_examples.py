@@ -13,7 +13,7 @@ import pytest
 
 from smtppeer.peer.tls import make_self_signed
 
-from .conftest import REPO, TWISTD, free_port, smtppeer, wait_for_port, wait_until
+from .conftest import REPO, TWISTD, end_process, free_port, smtppeer, wait_for_port, wait_until
 
 EXAMPLES = REPO / "examples"
 
@@ -53,13 +53,8 @@ class Proc:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            end_process(self.proc)
         self.proc = None
 
     def log(self) -> str:

@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from smtppeer.engine.sender import Envelope
 from smtppeer.peer.hooks import ReceiverHooks, SenderJob
 
-from .conftest import free_port, require_tool, wait_for_port
+from .conftest import end_process, free_port, require_tool, wait_for_port
 from .peerutil import connect_sender
 
 pytestmark = pytest.mark.interop
@@ -68,13 +68,7 @@ def smtp_sink():
 
     yield start
     for proc, dump_dir in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        end_process(proc, timeout=10)
         proc.stdout.close()
         if dump_dir is not None:
             shutil.rmtree(dump_dir, ignore_errors=True)

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from .conftest import REPO, TWISTD, require_tool
+from .conftest import REPO, TWISTD, end_process, require_tool
 
 PORT = 2525  # inside the namespace: nothing else is there
 SAME_84 = ["2001:db8::1", "2001:db8::2", "2001:db8::3"]  # one /84, and one /64
@@ -126,12 +126,7 @@ def test_ipv6_clients_are_counted_by_their_network(namespace_tools, tmp_path, pr
         if prefix == 84:
             assert "Too many connections from your address" in greetings[2]
     finally:
-        service.terminate()
-        try:
-            service.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait(timeout=15)
+        end_process(service)
         log.close()
     text = (tmp_path / "twistd.log").read_text()
     assert "Traceback" not in text, text

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from .conftest import REPO, TWISTD, cli_env, free_port, require_tool, smtppeer, wait_until
+from .conftest import REPO, TWISTD, cli_env, end_process, free_port, require_tool, smtppeer, wait_until
 
 README = (REPO / "README.rst").read_text()
 SECTION = README.split("Lab: a network of peers on one machine\n", 1)[1].split("\nOperations\n", 1)[0]
@@ -78,13 +78,7 @@ def lab_process(tmp_path):
         assert proc.poll() is None, (tmp_path / "lab.log").read_text()
         yield proc, json.loads(info.read_text()), tmp_path
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        end_process(proc, timeout=30)
         log.close()
 
 

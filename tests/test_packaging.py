@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import smtplib
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, free_port, wait_for_port
+from .conftest import REPO, end_process, free_port, wait_for_port
 
 pytestmark = pytest.mark.slow
 
@@ -108,13 +107,7 @@ def test_installed_twistd_accepts_mail(installed):
             with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
                 assert client.sendmail("a@x.test", ["u@localhost"], b"Subject: pkg\r\n\r\nhi\r\n") == {}
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=15)
+            end_process(proc)
     assert len(list((data / "mail" / "localhost" / "u" / "new").iterdir())) == 1, log.read_text()
 
 
