@@ -274,3 +274,19 @@ def test_a_bounce_the_full_disk_refuses_is_made_when_room_returns(relay_on_small
     assert bounced.reverse_path == "<>" and bounced.recipients == ["sender@next.test"]
     assert b"bad@next.test" in bounced.body and b"550" in bounced.body
     assert spool.ids() == [] and harness.runner.entries == {}
+
+
+@pytest_twisted.inlineCallbacks
+def test_queue_hold_on_the_full_disk_fails_and_changes_nothing(relay_on_small_disk):
+    """``smtppeer queue hold`` cannot be written: the command fails (the CLI says
+    why) and the message is not held in memory only, to be sent after all."""
+    harness, hooks, _ = relay_on_small_disk
+    yield harness.queue("H1", "later@next.test")
+    harness.runner.startService()
+    yield harness.run()  # deferred by the next hop's 450
+    fill(Path(harness.spool.root).parent / "filler")
+    with pytest.raises(OSError) as raised:
+        yield defer.ensureDeferred(harness.runner.set_frozen("H1", True))
+    assert raised.value.errno == errno.ENOSPC
+    assert harness.runner.entries["H1"].frozen is False
+    assert harness.spool.load("H1").frozen is False

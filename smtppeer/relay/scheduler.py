@@ -336,7 +336,11 @@ class QueueRunner(service.Service):
         """Hold a message back from delivery (``queue hold``), or let it go (``queue release``)."""
         envelope = self.entries[queue_id]
         envelope.frozen = frozen
-        await self.spool.update(envelope)
+        try:
+            await self.spool.update(envelope)
+        except OSError:  # a full disk: the command fails, and memory keeps saying what the disk says
+            envelope.frozen = not frozen
+            raise
         if not frozen:
             self._look_again(queue_id)
 
