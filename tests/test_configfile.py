@@ -511,8 +511,8 @@ def test_examples_are_all_here():
 
 
 def test_a_retry_interval_over_an_hour_lifts_the_default_maximum():
-    """Before retry_interval_max could be set, retry_interval = "2h" was valid and meant
-    "every two hours": it still does, and a maximum given is checked against it."""
+    """retry_interval = "2h" means "every two hours" (before retry_interval_max could be
+    set, the hour-long maximum cut it to one, unsaid); a maximum given is checked against it."""
     config = loads_config('hostname = "h.test"\n[limits]\nretry_interval = "2h"\n')
     assert (config.retry_interval, config.retry_interval_max) == (7200.0, 7200.0)
     config = loads_config('hostname = "h.test"\n[limits]\nretry_interval = "2h"\nretry_interval_max = "1d"\n')

@@ -290,3 +290,10 @@ def test_queue_hold_on_the_full_disk_fails_and_changes_nothing(relay_on_small_di
     assert raised.value.errno == errno.ENOSPC
     assert harness.runner.entries["H1"].frozen is False
     assert harness.spool.load("H1").frozen is False
+    (Path(harness.spool.root).parent / "filler").unlink()
+    yield defer.ensureDeferred(harness.runner.set_frozen("H1", True))  # held, on disk
+    fill(Path(harness.spool.root).parent / "filler")
+    for frozen in (True, False):  # held again, or released: neither written, and it stays held
+        with pytest.raises(OSError):
+            yield defer.ensureDeferred(harness.runner.set_frozen("H1", frozen))
+        assert harness.runner.entries["H1"].frozen is True and harness.spool.load("H1").frozen is True

@@ -82,6 +82,8 @@ class Results:
         self.added = added
         # Envelopes whose state (or a bounce they owe) the disk refused: written again later.
         self.unsaved: dict[str, Envelope] = {}
+        self._retrying: set[str] = set()  # the one retry_unsaved under way, by queue ID
+        self._settling: set[str] = set()  # envelopes whose bounces are being made
 
     async def record_all(self, items: list[Item], response: Reply, marks: Marks) -> None:
         """The same result for everything of a session that never got going; the
@@ -178,12 +180,20 @@ class Results:
             self._keep(envelope, e, "the bounce it owes")
 
     async def _settle(self, envelope: Envelope) -> None:
-        unreported = envelope.unreported()
-        if unreported:
-            await self._bounce(envelope, unreported)
-            for rcpt in unreported:
-                rcpt.notified = True
-            await self.spool.update(envelope)
+        """Bounce what is unreported, one caller per envelope at a time: a second
+        caller (a result while a retry is bouncing) leaves it to the first, which
+        looks again before it ends, so no recipient is bounced twice."""
+        if envelope.id in self._settling:
+            return
+        self._settling.add(envelope.id)
+        try:
+            while unreported := envelope.unreported():
+                await self._bounce(envelope, unreported)
+                for rcpt in unreported:
+                    rcpt.notified = True
+                await self.spool.update(envelope)
+        finally:
+            self._settling.discard(envelope.id)
         if envelope.done:
             self.queue.entries.pop(envelope.id, None)
 
@@ -197,7 +207,7 @@ class Results:
         return True
 
     def _keep(self, envelope: Envelope, error: OSError, what: str) -> None:
-        first = envelope.id not in self.unsaved
+        first = envelope.id not in self.unsaved and envelope.id not in self._retrying
         self.unsaved[envelope.id] = envelope
         if first:  # one line per message, not one per retry
             why = "no room on the disk" if out_of_room(error) else f"{error.strerror or error}"
@@ -209,17 +219,24 @@ class Results:
             )
 
     async def retry_unsaved(self) -> None:
-        """Write what the disk refused before, then make the bounces it owes."""
-        for queue_id, envelope in list(self.unsaved.items()):
+        """Write what the disk refused before, then make the bounces it owes.  One
+        pass at a time; each envelope leaves ``unsaved`` before it is tried, so a
+        result refused meanwhile (or this try failing again) puts it back."""
+        if self._retrying:
+            return  # the pass under way (a long one, after a long full-disk spell) goes on
+        while self.unsaved:
+            queue_id, envelope = self.unsaved.popitem()
             if self.queue.entries.get(queue_id) is not envelope:
-                del self.unsaved[queue_id]  # deleted by the administrator meanwhile
-                continue
+                continue  # deleted by the administrator meanwhile
+            self._retrying.add(queue_id)
             try:
                 await self.spool.update(envelope)
                 await self._settle(envelope)
-            except OSError:
-                continue  # still refused: logged the first time
-            del self.unsaved[queue_id]
+            except OSError as e:
+                self._keep(envelope, e, "its delivery state")  # quiet: logged the first time
+                break  # the disk is still full: the next sweep tries the rest
+            finally:
+                self._retrying.discard(queue_id)
             log.info("{line}", line=f"{queue_id}: its state is written now", queue_id=queue_id)
 
     def backoff(self, attempts: int) -> float:
@@ -277,8 +294,12 @@ class Results:
             return
         envelope = Envelope(queue_id, "", [rcpt], self.clock.seconds())
         sink = self.spool.new_message(envelope, b"")
-        sink.write(message)
-        await sink.finish()
+        try:
+            sink.write(message)
+            await sink.finish()
+        except OSError:
+            sink.abort()  # whatever it began on disk is not left to fill it (bounces stay small today)
+            raise
         self.added(envelope)
 
 

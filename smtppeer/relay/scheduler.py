@@ -335,11 +335,11 @@ class QueueRunner(service.Service):
     async def set_frozen(self, queue_id: str, frozen: bool) -> None:
         """Hold a message back from delivery (``queue hold``), or let it go (``queue release``)."""
         envelope = self.entries[queue_id]
-        envelope.frozen = frozen
+        was, envelope.frozen = envelope.frozen, frozen
         try:
             await self.spool.update(envelope)
         except OSError:  # a full disk: the command fails, and memory keeps saying what the disk says
-            envelope.frozen = not frozen
+            envelope.frozen = was
             raise
         if not frozen:
             self._look_again(queue_id)

@@ -133,7 +133,7 @@ class Options(usage.Options):
             "retry-interval",
             None,
             None,
-            f"First retry after this long, doubling up to an hour "
+            f"First retry after this long, doubling up to retry_interval_max (1h) "
             f"[default: {format_duration(_CONFIG.retry_interval)}]",
         ],
         ["dns", None, None, "DNS server for MX routes: IP, IP:PORT or [IPv6]:PORT [default: the system's]"],

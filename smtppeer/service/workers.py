@@ -273,11 +273,18 @@ class _Announcer:
     and (as an ``Activity`` watcher) what the worker received and refused."""
 
     def add(self, envelope) -> None:
-        os.write(ANNOUNCE_FD, f"{envelope.id}\n".encode())
+        _write_all(f"{envelope.id}\n".encode())
 
     def forward(self, record: Record) -> None:
         line = json.dumps({"kind": str(record.kind), "fields": record.fields}, default=str)
-        os.write(ANNOUNCE_FD, f"{ACTIVITY}{line}\n".encode())
+        _write_all(f"{ACTIVITY}{line}\n".encode())
+
+
+def _write_all(data: bytes) -> None:
+    """A line over PIPE_BUF (a record with many recipients) may be written in parts."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(ANNOUNCE_FD, view) :]
 
 
 def _read_exactly(fd: int, n: int) -> bytes:

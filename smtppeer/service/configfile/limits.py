@@ -59,8 +59,8 @@ class LimitsSection(Values):
             if name in values:
                 setattr(config, name, values.pop(name))
         if "retry_interval_max" not in value:
-            # A retry_interval over the default maximum was valid before the maximum
-            # could be set, and meant "retry this often": it still does.
+            # A retry_interval over the default maximum is taken to mean "retry this
+            # often" (before the maximum could be set, it was cut to an hour unsaid).
             config.retry_interval_max = max(config.retry_interval_max, config.retry_interval)
         for short, long in _ORDERED:
             if getattr(config, long) < getattr(config, short):
