@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -51,7 +50,7 @@ from typing import Any
 from smtppeer.engine.replies import Reply
 from smtppeer.relay.holds import PollMethod
 from smtppeer.service.configfile.errors import Key, _show, _suggest
-from smtppeer.service.configfile.reader import _syntax_error, read_document
+from smtppeer.service.configfile.reader import loads_document, read_document
 from smtppeer.service.configfile.values import Values
 
 
@@ -197,11 +196,7 @@ def load_topology(path: str | os.PathLike[str]) -> Topology:
 
 
 def loads_topology(text: str, source: str = "<topology>") -> Topology:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise _syntax_error(source, e) from None
-    return TopologyReader(source).topology(data)
+    return TopologyReader(source).topology(loads_document(text, source))
 
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")

@@ -66,13 +66,17 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def loads_config(text: str, source: str = "<string>") -> Config:
-    """Check a configuration given as TOML text; ``source`` names it in errors."""
+def loads_document(text: str, source: str) -> dict[str, Any]:
+    """TOML text as a document, with ``read_document``'s one-line syntax errors."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise _syntax_error(source, e) from None
-    return parse_config(data, source)
+
+
+def loads_config(text: str, source: str = "<string>") -> Config:
+    """Check a configuration given as TOML text; ``source`` names it in errors."""
+    return parse_config(loads_document(text, source), source)
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
